@@ -1,0 +1,1 @@
+"""Members: who may hold keys (sign-up and verification come later)."""

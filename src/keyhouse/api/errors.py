@@ -1,0 +1,73 @@
+"""The one place errors become HTTP responses, always shaped like OpenAI's.
+
+Never FastAPI's 422 body, never a stack trace, never a key in full.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keyhouse.api.http import ClientGone
+from keyhouse.errors import InvalidRequest, KeyhouseError, NotFound, ServerError
+
+log = logging.getLogger("keyhouse.api")
+
+
+def error_response(exc: KeyhouseError) -> Response:
+    return Response(
+        orjson.dumps(exc.body()),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers or None,
+    )
+
+
+async def on_keyhouse_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KeyhouseError)
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        error: KeyhouseError = NotFound(f"Invalid URL ({where})")
+    elif exc.status_code == 405:
+        error = KeyhouseError(
+            f"Invalid method for URL ({where})",
+            status=405,
+            type="invalid_request_error",
+            code="method_not_allowed",
+            headers=dict(exc.headers or {}),
+        )
+    else:
+        error = KeyhouseError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+    return error_response(error)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    return error_response(InvalidRequest("The request is not valid: " + str(exc).splitlines()[0]))
+
+
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody is listening; closes the exchange
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(ServerError())
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(KeyhouseError, on_keyhouse_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientGone, on_client_gone)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,204 @@
+"""The HTTP edge: request ids, bodies with a size cap, the caller's key and IP, disconnects.
+
+A client that goes away must stop its work — a generation waiting in the queue, one being
+produced, one being streamed. ``unless_disconnected`` and ``EventStream`` watch the socket
+while the work runs and cancel it the moment the client hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyhouse.config import IPNetwork
+from keyhouse.errors import RequestTooLarge
+from keyhouse.ids import random_base62
+
+T = TypeVar("T")
+
+
+def new_request_id() -> str:
+    return "req_" + random_base62(24)
+
+
+class RequestIds:
+    """Gives every request an id (``scope["state"]["request_id"]``) and every response its
+    ``x-request-id`` header — errors and 404s included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or new_request_id()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with a 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"Request too large: the body may be at most {limit} bytes. Send a smaller request."
+    )
+
+
+def presented_key(request: Request) -> str | None:
+    """``Authorization: Bearer KEY``, or Basic auth with the key as password (as OpenAI allows)."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip() or None
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def client_ip(scope: Scope, trusted_proxies: tuple[IPNetwork, ...]) -> str | None:
+    """The socket's peer, or — only when that peer is a trusted proxy — the nearest address in
+    ``X-Forwarded-For`` that is not itself a trusted proxy."""
+    client = scope.get("client")
+    peer = client[0] if client else None
+    if peer is None or not trusted_proxies or not _trusted(peer, trusted_proxies):
+        return peer
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", []):
+        if name == b"x-forwarded-for":
+            forwarded.extend(part.strip() for part in value.decode("latin-1").split(","))
+    for hop in reversed([h for h in forwarded if h]):
+        if not _trusted(hop, trusted_proxies):
+            return hop if _valid(hop) else peer
+    return forwarded[0] if forwarded and _valid(forwarded[0]) else peer
+
+
+def _valid(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client hangs up first, cancel it and raise ``ClientGone``."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientGone
+
+
+class EventStream:
+    """A ``text/event-stream`` response that stops producing when the client hangs up."""
+
+    media_type = "text/event-stream; charset=utf-8"
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        self.chunks = chunks
+        self.headers = {
+            "content-type": self.media_type,
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            **(headers or {}),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+            }
+        )
+
+        async def pump() -> None:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        producer = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (producer, watcher):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
+            with contextlib.suppress(Exception):
+                await self.chunks.aclose()  # type: ignore[attr-defined]
+
+    def header(self, name: str, value: Any) -> None:
+        self.headers[name] = str(value)

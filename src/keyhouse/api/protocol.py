@@ -1,0 +1,311 @@
+"""The OpenAI wire format: requests, responses and stream chunks, as pydantic models.
+
+Requests keep fields OpenAI does not define (``extra="allow"``): the backend decides what to
+do with them (the local model refuses them by name; upstreams pass them on). Validation is
+strict, like OpenAI's: ``"temperature": "0.5"`` is a type error, not a number.
+Serving logic lives elsewhere; this module only describes the shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Number = Annotated[float, Field(strict=True)]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class StreamOptions(WireModel):
+    include_usage: StrictBool | None = None
+    include_obfuscation: StrictBool | None = None
+
+
+class ContentPart(WireModel):
+    """A part of a message's content; only ``text`` parts carry ``text``."""
+
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: StrictStr | None = None
+    refusal: StrictStr | None = None
+
+    def text(self) -> str:
+        """The content as plain text (text parts joined); non-text parts are the caller's to refuse."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None
+
+
+class ChatCompletionRequest(WireModel):
+    model: StrictStr
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    seed: StrictInt | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    logit_bias: dict[str, Annotated[StrictInt, Field(ge=-100, le=100)]] | None = None
+    response_format: ResponseFormat | None = None
+    user: StrictStr | None = None
+    # Defined by OpenAI, passed through as given; backends decide whether they can honour them.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: StrictStr | dict[str, Any] | None = None
+    modalities: list[StrictStr] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: StrictStr | None = None
+    verbosity: StrictStr | None = None
+    web_search_options: dict[str, Any] | None = None
+    store: StrictBool | None = None
+    metadata: dict[str, StrictStr] | None = None
+    service_tier: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        """The client's cap on generated tokens (``max_completion_tokens`` wins)."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+Prompt = (
+    StrictStr
+    | list[StrictStr]
+    | Annotated[list[StrictInt], Field(min_length=1)]
+    | list[Annotated[list[StrictInt], Field(min_length=1)]]
+)
+
+
+class CompletionRequest(WireModel):
+    model: StrictStr
+    prompt: Prompt
+    suffix: StrictStr | None = None
+    # OpenAI's documented default for the legacy endpoint.
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    echo: StrictBool | None = None
+    stop: Stop = None
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    best_of: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    logit_bias: dict[str, Annotated[StrictInt, Field(ge=-100, le=100)]] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+
+
+EmbeddingInput = (
+    StrictStr
+    | Annotated[list[StrictStr], Field(min_length=1, max_length=2048)]
+    | Annotated[list[StrictInt], Field(min_length=1)]
+    | Annotated[list[Annotated[list[StrictInt], Field(min_length=1)]], Field(min_length=1)]
+)
+
+
+class EmbeddingRequest(WireModel):
+    model: StrictStr
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
+    user: StrictStr | None = None
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class Out(BaseModel):
+    """A response shape. Every field appears on the wire (``null`` included) except those in
+    ``omit_unless_set``, which appear only when given — as OpenAI omits them."""
+
+    model_config = ConfigDict(extra="forbid")
+    omit_unless_set: ClassVar[frozenset[str]] = frozenset()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.__pydantic_fields_set__.update(set(type(self).model_fields) - self.omit_unless_set)
+
+    def wire(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self, exclude_unset=True)
+
+
+class TopLogprob(Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(Out):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Out):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class PromptTokensDetails(Out):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(Out):
+    reasoning_tokens: int = 0
+
+
+class Usage(Out):
+    omit_unless_set = frozenset({"prompt_tokens_details", "completion_tokens_details"})
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class AssistantMessage(Out):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(Out):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class ChatCompletion(Out):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChunkDelta(Out):
+    omit_unless_set = frozenset({"role", "content", "refusal"})
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(Out):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"] | None = None
+
+
+class ChatCompletionChunk(Out):
+    omit_unless_set = frozenset({"usage"})
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionLogprobs(Out):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(Out):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+
+
+class Completion(Out):
+    omit_unless_set = frozenset({"usage"})
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Embedding(Out):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(Out):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Out):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelCard(Out):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(Out):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

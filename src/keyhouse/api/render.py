@@ -1,0 +1,318 @@
+"""Backend events → OpenAI JSON bodies and server-sent-event chunks.
+
+Streams follow OpenAI's shape exactly: per choice, a first chunk carrying the role, content
+chunks, one chunk with ``finish_reason``; with ``stream_options.include_usage`` every chunk
+carries ``"usage": null`` and a last chunk with empty ``choices`` carries the usage; then
+``data: [DONE]``. A failure after the first byte sends ``data: {"error": …}`` and closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from keyhouse.api import protocol as p
+from keyhouse.backends.base import Embeddings, Event, TextDelta, TokenLogprob, Usage
+from keyhouse.errors import KeyhouseError, ServerError
+from keyhouse.ids import random_base62
+
+log = logging.getLogger("keyhouse.api")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return prefix + random_base62(29)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What every chunk of one response repeats."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str | None
+
+
+def usage_out(usage: Usage) -> p.Usage:
+    return p.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        prompt_tokens_details=p.PromptTokensDetails(cached_tokens=usage.cached_tokens),
+        completion_tokens_details=p.CompletionTokensDetails(reasoning_tokens=0),
+    )
+
+
+def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs:
+    return p.ChoiceLogprobs(
+        content=[
+            p.TokenLogprob(
+                token=lp.token,
+                logprob=lp.logprob if lp.logprob is not None else 0.0,
+                bytes=lp.bytes,
+                top_logprobs=[p.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
+            )
+            for lp in items
+        ],
+        refusal=None,
+    )
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+    def add(self, delta: TextDelta) -> None:
+        self.text.append(delta.text)
+        if delta.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + delta.logprobs
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+
+
+async def _gather(events: AsyncIterator[Event]) -> tuple[dict[int, _Choice], Usage]:
+    choices: dict[int, _Choice] = {}
+    usage = Usage(0, 0)
+    async for event in events:
+        if isinstance(event, Usage):
+            usage = event
+        else:
+            choices.setdefault(event.index, _Choice()).add(event)
+    return choices, usage
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+async def chat_completion(events: AsyncIterator[Event], head: Head) -> p.ChatCompletion:
+    choices, usage = await _gather(events)
+    return p.ChatCompletion(
+        id=head.id,
+        created=head.created,
+        model=head.model,
+        system_fingerprint=head.system_fingerprint,
+        choices=[
+            p.ChatChoice(
+                index=index,
+                message=p.AssistantMessage(content="".join(c.text), refusal=None),
+                logprobs=chat_logprobs(c.logprobs) if c.logprobs is not None else None,
+                finish_reason=c.finish_reason or "stop",  # type: ignore[arg-type]
+            )
+            for index, c in sorted(choices.items())
+        ],
+        usage=usage_out(usage),
+    )
+
+
+def _chat_chunk(head: Head, choices: list[p.ChunkChoice], include_usage: bool) -> bytes:
+    chunk = p.ChatCompletionChunk(
+        id=head.id,
+        created=head.created,
+        model=head.model,
+        system_fingerprint=head.system_fingerprint,
+        choices=choices,
+    )
+    if include_usage:
+        chunk.usage = None
+    return sse(chunk.wire())
+
+
+async def chat_stream(
+    events: AsyncIterator[Event], head: Head, include_usage: bool
+) -> AsyncIterator[bytes]:
+    started: set[int] = set()
+    usage: Usage | None = None
+    async for event in events:
+        if isinstance(event, Usage):
+            usage = event
+            continue
+        index = event.index
+        if index not in started:
+            started.add(index)
+            role = p.ChunkDelta(role="assistant", content="", refusal=None)
+            yield _chat_chunk(head, [p.ChunkChoice(index=index, delta=role)], include_usage)
+        if event.text or event.logprobs:
+            yield _chat_chunk(
+                head,
+                [
+                    p.ChunkChoice(
+                        index=index,
+                        delta=p.ChunkDelta(content=event.text),
+                        logprobs=chat_logprobs(event.logprobs) if event.logprobs else None,
+                    )
+                ],
+                include_usage,
+            )
+        if event.finish_reason:
+            yield _chat_chunk(
+                head,
+                [p.ChunkChoice(index=index, delta=p.ChunkDelta(), finish_reason=event.finish_reason)],  # type: ignore[arg-type]
+                include_usage,
+            )
+    if include_usage and usage is not None:
+        last = p.ChatCompletionChunk(
+            id=head.id,
+            created=head.created,
+            model=head.model,
+            system_fingerprint=head.system_fingerprint,
+            choices=[],
+            usage=usage_out(usage),
+        )
+        yield sse(last.wire())
+    yield DONE
+
+
+# ----------------------------------------------------------------------------- completions
+
+
+class _Offsets:
+    """Legacy logprobs: character offsets of each token in its choice's text."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, int] = {}
+
+    def legacy(self, index: int, items: list[TokenLogprob]) -> p.CompletionLogprobs:
+        offset = self.at.get(index, 0)
+        offsets = []
+        for lp in items:
+            offsets.append(offset)
+            offset += len(lp.token)
+        self.at[index] = offset
+        return p.CompletionLogprobs(
+            tokens=[lp.token for lp in items],
+            token_logprobs=[lp.logprob for lp in items],
+            top_logprobs=[
+                None if lp.logprob is None else {t.token: t.logprob for t in lp.top} for lp in items
+            ],
+            text_offset=offsets,
+        )
+
+
+async def completion(events: AsyncIterator[Event], head: Head) -> p.Completion:
+    choices, usage = await _gather(events)
+    offsets = _Offsets()
+    return p.Completion(
+        id=head.id,
+        created=head.created,
+        model=head.model,
+        system_fingerprint=head.system_fingerprint,
+        choices=[
+            p.CompletionChoice(
+                index=index,
+                text="".join(c.text),
+                logprobs=offsets.legacy(index, c.logprobs) if c.logprobs is not None else None,
+                finish_reason=c.finish_reason or "stop",  # type: ignore[arg-type]
+            )
+            for index, c in sorted(choices.items())
+        ],
+        usage=usage_out(usage),
+    )
+
+
+async def completion_stream(
+    events: AsyncIterator[Event], head: Head, include_usage: bool
+) -> AsyncIterator[bytes]:
+    offsets = _Offsets()
+    usage: Usage | None = None
+
+    def chunk(choices: list[p.CompletionChoice]) -> bytes:
+        out = p.Completion(
+            id=head.id,
+            created=head.created,
+            model=head.model,
+            system_fingerprint=head.system_fingerprint,
+            choices=choices,
+        )
+        if include_usage:
+            out.usage = None
+        return sse(out.wire())
+
+    async for event in events:
+        if isinstance(event, Usage):
+            usage = event
+            continue
+        if event.text or event.logprobs:
+            yield chunk(
+                [
+                    p.CompletionChoice(
+                        index=event.index,
+                        text=event.text,
+                        logprobs=offsets.legacy(event.index, event.logprobs) if event.logprobs else None,
+                        finish_reason=None,
+                    )
+                ]
+            )
+        if event.finish_reason:
+            yield chunk(
+                [
+                    p.CompletionChoice(
+                        index=event.index, text="", logprobs=None, finish_reason=event.finish_reason  # type: ignore[arg-type]
+                    )
+                ]
+            )
+    if include_usage and usage is not None:
+        last = p.Completion(
+            id=head.id,
+            created=head.created,
+            model=head.model,
+            system_fingerprint=head.system_fingerprint,
+            choices=[],
+            usage=usage_out(usage),
+        )
+        yield sse(last.wire())
+    yield DONE
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def embedding_list(result: Embeddings, model: str, encoding: str | None) -> p.EmbeddingList:
+    rows: list[p.Embedding] = []
+    for i in range(len(result)):
+        raw = result.row(i)
+        vector: list[float] | str
+        if encoding == "base64":
+            vector = base64.b64encode(raw).decode("ascii")
+        else:
+            vector = np.frombuffer(raw, dtype="<f4").tolist()
+        rows.append(p.Embedding(index=i, embedding=vector))
+    return p.EmbeddingList(
+        data=rows,
+        model=model,
+        usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+    )
+
+
+# ----------------------------------------------------------------------------- errors in a stream
+
+
+async def guarded(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pass chunks through; a failure becomes one ``data: {"error": …}`` event, then the end."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except KeyhouseError as exc:
+        yield sse(error_json(exc))
+    except Exception:
+        log.exception("stream failed")
+        yield sse(error_json(ServerError()))
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def error_json(exc: KeyhouseError) -> bytes:
+    import orjson
+
+    return orjson.dumps(exc.body())

@@ -1,0 +1,238 @@
+"""The ``/v1`` surface. Each handler is the pipeline, in order, for one endpoint:
+
+    key → Principal (cached) → body → wire model → model route → backend → render
+
+Later stages (limits, reservations, settlement) slot in between; each is one call here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keyhouse.api import protocol as p
+from keyhouse.api import render
+from keyhouse.api.http import (
+    EventStream,
+    client_ip,
+    presented_key,
+    read_body,
+    request_id,
+    unless_disconnected,
+)
+from keyhouse.api.validation import parse
+from keyhouse.backends.base import Call, Event
+from keyhouse.backends.catalog import Route
+from keyhouse.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+)
+from keyhouse.keys.principal import MODELS_READ, Principal
+
+if TYPE_CHECKING:
+    from keyhouse.app import Services
+
+router = APIRouter()
+
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
+    "blank username) if you're accessing the API from your browser and are prompted for a "
+    "username. You can obtain an API key from {url}/account/api-keys."
+)
+
+WRONG_ENDPOINT = {
+    "chat.completions": "This is not a chat model and thus not supported in the v1/chat/completions endpoint.",
+    "completions": "This is not a completions model and thus not supported in the v1/completions endpoint.",
+    "embeddings": "This is not an embedding model and thus not supported in the v1/embeddings endpoint.",
+}
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def json_response(model: p.Out, status: int = 200) -> Response:
+    return Response(model.wire(), status_code=status, media_type="application/json")
+
+
+async def gate(request: Request, endpoint: str) -> Principal:
+    """Authenticate the key, then check the caller's IP and the key's endpoint scope."""
+    svc = services(request)
+    key = presented_key(request)
+    if key is None:
+        raise AuthenticationFailed(NO_KEY.format(url=svc.settings.public_url))
+    principal = await svc.auth.authenticate(key)
+    if not principal.ip_allowed(client_ip(request.scope, svc.settings.trusted_proxies)):
+        raise PermissionDenied(
+            f"The API key {principal.redacted} may not be used from this IP address.",
+            code="ip_not_allowed",
+        )
+    if not principal.may_call(endpoint):
+        raise PermissionDenied(
+            "You have insufficient permissions for this operation: the API key "
+            f"{principal.redacted} is {principal.permissions} and may not call {endpoint}. "
+            "Ask for a key with that permission.",
+        )
+    return principal
+
+
+def route_for(svc: Services, principal: Principal, name: str, endpoint: str) -> Route:
+    route = svc.catalog.route(name)
+    if route is None:
+        raise ModelNotFound(name)
+    if not svc.catalog.allowed(principal, route.spec):
+        raise PermissionDenied(
+            f"The API key {principal.redacted} is not allowed to use the model `{name}`.",
+            param="model",
+            code="model_not_allowed",
+        )
+    if endpoint not in route.spec.endpoints:
+        raise NotFound(WRONG_ENDPOINT[endpoint], param="model", code="model_not_supported")
+    return route
+
+
+def head(svc: Services, route: Route, prefix: str) -> render.Head:
+    return render.Head(
+        id=render.new_id(prefix),
+        created=int(svc.clock.now().timestamp()),
+        model=route.spec.name,
+        system_fingerprint=getattr(route.backend, "system_fingerprint", None),
+    )
+
+
+async def stream(
+    request: Request,
+    events: AsyncIterator[Event],
+    renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
+) -> EventStream:
+    """Wait for the first event — errors before it are ordinary HTTP errors — then stream."""
+    try:
+        first = await unless_disconnected(request, anext(events))
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()  # type: ignore[attr-defined]
+        raise
+
+    async def replay() -> AsyncIterator[Event]:
+        try:
+            if first is not None:
+                yield first
+                async for event in events:
+                    yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    return EventStream(render.guarded(renderer(replay())))
+
+
+def check_stream_options(stream_flag: bool | None, options: p.StreamOptions | None) -> None:
+    if options is not None and not stream_flag:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    principal = await gate(request, MODELS_READ)
+    cards = [
+        p.ModelCard(id=name, created=spec.created, owned_by=spec.owned_by)
+        for name, spec in svc.catalog.names()
+        if svc.catalog.allowed(principal, spec)
+    ]
+    return json_response(p.ModelList(data=cards))
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> Response:
+    svc = services(request)
+    principal = await gate(request, MODELS_READ)
+    route = svc.catalog.route(model)
+    if route is None or not svc.catalog.allowed(principal, route.spec):
+        raise ModelNotFound(model)
+    return json_response(p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by))
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response | EventStream:
+    svc = services(request)
+    principal = await gate(request, "chat.completions")
+    body = parse(p.ChatCompletionRequest, await read_body(request, svc.settings.max_body_bytes))
+    check_stream_options(body.stream, body.stream_options)
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequest(
+            "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_object" and not any(
+        "json" in message.text().lower() for message in body.messages
+    ):
+        raise InvalidRequest(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+            "type 'json_object'.",
+            param="messages",
+            code="invalid_value",
+        )
+    route = route_for(svc, principal, body.model, "chat.completions")
+    call = Call(request_id(request), principal.member_id, route.spec)
+    events = route.backend.chat(body, call)
+    info = head(svc, route, "chatcmpl-")
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await stream(request, events, lambda ev: render.chat_stream(ev, info, include_usage))
+    return json_response(await unless_disconnected(request, render.chat_completion(events, info)))
+
+
+# ----------------------------------------------------------------------------- completions
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response | EventStream:
+    svc = services(request)
+    principal = await gate(request, "completions")
+    body = parse(p.CompletionRequest, await read_body(request, svc.settings.max_body_bytes))
+    check_stream_options(body.stream, body.stream_options)
+    route = route_for(svc, principal, body.model, "completions")
+    call = Call(request_id(request), principal.member_id, route.spec)
+    events = route.backend.complete(body, call)
+    info = head(svc, route, "cmpl-")
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await stream(
+            request, events, lambda ev: render.completion_stream(ev, info, include_usage)
+        )
+    return json_response(await unless_disconnected(request, render.completion(events, info)))
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    svc = services(request)
+    principal = await gate(request, "embeddings")
+    body = parse(p.EmbeddingRequest, await read_body(request, svc.settings.max_body_bytes))
+    route = route_for(svc, principal, body.model, "embeddings")
+    call = Call(request_id(request), principal.member_id, route.spec)
+    result = await unless_disconnected(request, route.backend.embed(body, call))
+    return json_response(render.embedding_list(result, route.spec.name, body.encoding_format))

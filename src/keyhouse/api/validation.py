@@ -1,0 +1,172 @@
+"""Parse a request body into a wire model; turn pydantic's errors into OpenAI's 400s.
+
+OpenAI names the offending parameter (``param``: ``messages[0].role``) and says what it
+expected in plain words; so do we — never FastAPI's 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from keyhouse.api import protocol
+from keyhouse.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON.)"
+)
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a decimal",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+# Pydantic tags union members in an error's location ('str', 'list[str]', 'ChatMessage'…);
+# they are not parameter names and are left out of ``param``.
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"} | {
+    cls.__name__
+    for cls in vars(protocol).values()
+    if isinstance(cls, type) and issubclass(cls, BaseModel)
+}
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in _UNION_TAGS or any(c in part for c in "[](),-"))
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if _is_tag(part):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _depth(loc: tuple[Any, ...]) -> int:
+    return sum(1 for part in loc if not _is_tag(part))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
+
+
+def translate(error: ValidationError) -> InvalidRequest:
+    """The most specific of pydantic's errors, worded like OpenAI's."""
+    errors = error.errors(include_url=False)
+    deepest = max(_depth(e["loc"]) for e in errors)
+    candidates = [e for e in errors if _depth(e["loc"]) == deepest]
+    first = candidates[0]
+    param = _param(first["loc"])
+    kind = first["type"]
+    value = first.get("input")
+    ctx = first.get("ctx") or {}
+
+    if kind == "json_invalid":
+        return InvalidRequest(BAD_JSON)
+    if not param and kind in _EXPECTED:
+        return InvalidRequest(
+            f"Invalid body: expected a JSON object, but got {_kind(value)} instead.",
+            code="invalid_type",
+        )
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    if kind == "extra_forbidden":
+        return InvalidRequest(
+            f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+        )
+    type_errors = [e["type"] for e in candidates if e["type"] in _EXPECTED]
+    if type_errors:
+        expected = list(dict.fromkeys(_EXPECTED[t] for t in type_errors))
+        wanted = expected[0] if len(expected) == 1 else "one of " + " or ".join(expected)
+        return InvalidRequest(
+            f"Invalid type for '{param}': expected {wanted}, but got {_kind(value)} instead.",
+            param=param,
+            code="invalid_type",
+        )
+    if kind == "literal_error":
+        options = ctx.get("expected", "")
+        return InvalidRequest(
+            f"Invalid value: {_show(value)}. Supported values are: {options}.",
+            param=param,
+            code="invalid_value",
+        )
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        number = "integer" if isinstance(value, int) else "decimal"
+        below = kind.startswith("greater")
+        bound = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+              "less_than": "<"}[kind]
+        side = "below minimum" if below else "above maximum"
+        return InvalidRequest(
+            f"Invalid '{param}': {number} {side} value. Expected a value {op} {bound}, "
+            f"but got {value} instead.",
+            param=param,
+            code=f"{number}_{'below_min' if below else 'above_max'}_value",
+        )
+    if kind == "too_short":
+        minimum = ctx.get("min_length", 1)
+        if not value:
+            return InvalidRequest(
+                f"Invalid '{param}': empty array. Expected an array with minimum length "
+                f"{minimum}, but got an empty array instead.",
+                param=param,
+                code="empty_array",
+            )
+        return InvalidRequest(
+            f"Invalid '{param}': array too short. Expected an array with minimum length "
+            f"{minimum}, but got an array with length {len(value)} instead.",
+            param=param,
+            code="array_below_min_length",
+        )
+    if kind == "too_long":
+        return InvalidRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ctx.get('max_length')}, but got an array with length {ctx.get('actual_length')} "
+            "instead.",
+            param=param,
+            code="array_above_max_length",
+        )
+    return InvalidRequest(f"Invalid '{param}': {first['msg']}.", param=param or None)
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """Validate a JSON body as ``model``, raising an OpenAI-shaped 400."""
+    if not body.strip():
+        raise InvalidRequest(BAD_JSON)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise translate(exc) from None

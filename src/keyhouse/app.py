@@ -1,0 +1,138 @@
+"""Build the ASGI app from a ``Settings`` — as many apps as you like (tests build several)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from keyhouse import __version__
+from keyhouse.api import errors
+from keyhouse.api.http import RequestIds
+from keyhouse.api.v1 import router as v1_router
+from keyhouse.backends.base import Backend
+from keyhouse.backends.catalog import Catalog
+from keyhouse.backends.local.backend import Engine, LocalChatBackend, LocalEmbeddingBackend
+from keyhouse.backends.local.host import RemoteEngine, build_engine, has_local_models
+from keyhouse.clock import Clock, SystemClock
+from keyhouse.config import Settings, load_settings
+from keyhouse.db.engine import Database
+from keyhouse.db.migrate import current_revision, head_revision
+from keyhouse.errors import ConfigError
+from keyhouse.keys.auth import Authenticator
+from keyhouse.keys.secrets import load_ring
+
+log = logging.getLogger("keyhouse")
+
+
+@dataclass
+class Services:
+    """What the request handlers use; built once per app in its lifespan."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    auth: Authenticator
+    catalog: Catalog
+    engine: Engine | None
+
+
+def build_backends(settings: Settings, engine: Engine | None) -> dict[str, Backend]:
+    backends: dict[str, Backend] = {}
+    for spec in settings.models:
+        if spec.backend == "local":
+            assert engine is not None
+            backends[spec.name] = LocalChatBackend(engine, spec)
+        elif spec.backend == "local-embedding":
+            assert engine is not None
+            backends[spec.name] = LocalEmbeddingBackend(engine, spec)
+        else:  # pragma: no cover - config parsing refuses unknown kinds
+            raise ConfigError(f"model {spec.name}: unknown backend {spec.backend!r}")
+    return backends
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
+    db = Database(settings)
+    try:
+        revision = await current_revision(db)
+        if revision != head_revision():
+            raise ConfigError(
+                f"the database is at revision {revision or 'none'}, not {head_revision()}: "
+                "run `keyhouse migrate` (serve does it for you)"
+            )
+        ring = load_ring(settings)
+        engine: Engine | None = None
+        if settings.engine_socket:
+            engine = RemoteEngine(settings.engine_socket)
+        elif has_local_models(settings.models):
+            engine = build_engine(settings)
+        backends = build_backends(settings, engine)  # validates the models before loading them
+        auth = Authenticator(
+            db,
+            ring,
+            clock,
+            public_url=settings.public_url,
+            poll_interval=settings.change_poll_interval,
+            flush_interval=settings.last_used_flush_interval,
+        )
+        await auth.start()
+        try:
+            if engine is not None:
+                await engine.start()
+            for backend in backends.values():
+                await backend.start()
+            yield Services(settings, clock, db, auth, Catalog(settings.models, backends), engine)
+        finally:
+            for backend in backends.values():
+                await backend.stop()
+            if engine is not None:
+                await engine.stop()
+            await auth.stop()
+    finally:
+        await db.dispose()
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings, clock) as svc:
+            app.state.services = svc
+            yield
+
+    app = FastAPI(
+        title="Keyhouse",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible API: secret keys, a bundled local model, "
+        "upstream providers.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.include_router(v1_router)
+
+    @app.get("/health", include_in_schema=False)
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    app.add_middleware(RequestIds)
+    return app
+
+
+def app_from_env() -> Any:
+    """Factory for ``uvicorn --factory`` (each worker builds its app from the environment)."""
+    from keyhouse.logs import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    return create_app(settings)

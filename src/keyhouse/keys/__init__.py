@@ -1,0 +1,1 @@
+"""Secret keys: minting (shown once), HMAC at rest, the cached authenticator, scopes."""

@@ -1,0 +1,57 @@
+"""Who is calling, and what their key may do. Built from the database, served from memory."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+from keyhouse.config import IPNetwork
+
+#: Endpoint scopes a key may be restricted to.
+MODELS_READ = "models.read"
+ENDPOINTS = ("models.read", "chat.completions", "completions", "embeddings")
+
+ALL = "all"
+RESTRICTED = "restricted"
+READ_ONLY = "read-only"
+PERMISSIONS = (ALL, RESTRICTED, READ_ONLY)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    member_id: str
+    is_admin: bool
+    member_status: str
+    permissions: str
+    #: For restricted keys: the endpoints allowed. None: not restricted by endpoint.
+    endpoints: frozenset[str] | None
+    #: Public model names allowed; None: every model.
+    models: frozenset[str] | None
+    ip_allow: tuple[IPNetwork, ...] | None
+    expires_at: datetime | None
+    redacted: str
+
+    def may_call(self, endpoint: str) -> bool:
+        if self.permissions == ALL:
+            return True
+        if self.permissions == READ_ONLY:
+            return endpoint == MODELS_READ
+        return self.endpoints is not None and endpoint in self.endpoints
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def ip_allowed(self, ip: str | None) -> bool:
+        if self.ip_allow is None:
+            return True
+        if ip is None:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.ip_allow)
