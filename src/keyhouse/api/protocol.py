@@ -47,7 +47,7 @@ class ChatMessage(WireModel):
     refusal: StrictStr | None = None
 
     def text(self) -> str:
-        """The content as plain text (text parts joined); non-text parts are the caller's to refuse."""
+        """The content as plain text: text parts joined (the backend refuses other parts)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):

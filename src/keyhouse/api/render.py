@@ -60,7 +60,9 @@ def chat_logprobs(items: list[TokenLogprob]) -> p.ChoiceLogprobs:
                 token=lp.token,
                 logprob=lp.logprob if lp.logprob is not None else 0.0,
                 bytes=lp.bytes,
-                top_logprobs=[p.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
+                top_logprobs=[
+                    p.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top
+                ],
             )
             for lp in items
         ],
@@ -158,7 +160,11 @@ async def chat_stream(
         if event.finish_reason:
             yield _chat_chunk(
                 head,
-                [p.ChunkChoice(index=index, delta=p.ChunkDelta(), finish_reason=event.finish_reason)],  # type: ignore[arg-type]
+                [
+                    p.ChunkChoice(
+                        index=index, delta=p.ChunkDelta(), finish_reason=event.finish_reason
+                    )
+                ],  # type: ignore[arg-type]
                 include_usage,
             )
     if include_usage and usage is not None:
@@ -249,7 +255,9 @@ async def completion_stream(
                     p.CompletionChoice(
                         index=event.index,
                         text=event.text,
-                        logprobs=offsets.legacy(event.index, event.logprobs) if event.logprobs else None,
+                        logprobs=offsets.legacy(event.index, event.logprobs)
+                        if event.logprobs
+                        else None,
                         finish_reason=None,
                     )
                 ]
@@ -258,7 +266,10 @@ async def completion_stream(
             yield chunk(
                 [
                     p.CompletionChoice(
-                        index=event.index, text="", logprobs=None, finish_reason=event.finish_reason  # type: ignore[arg-type]
+                        index=event.index,
+                        text="",
+                        logprobs=None,
+                        finish_reason=event.finish_reason,  # type: ignore[arg-type]
                     )
                 ]
             )
@@ -291,7 +302,9 @@ def embedding_list(result: Embeddings, model: str, encoding: str | None) -> p.Em
     return p.EmbeddingList(
         data=rows,
         model=model,
-        usage=p.EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        usage=p.EmbeddingUsage(
+            prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
+        ),
     )
 
 

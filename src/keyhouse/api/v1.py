@@ -49,9 +49,12 @@ NO_KEY = (
 )
 
 WRONG_ENDPOINT = {
-    "chat.completions": "This is not a chat model and thus not supported in the v1/chat/completions endpoint.",
-    "completions": "This is not a completions model and thus not supported in the v1/completions endpoint.",
-    "embeddings": "This is not an embedding model and thus not supported in the v1/embeddings endpoint.",
+    "chat.completions": "This is not a chat model and thus not supported in the "
+    "v1/chat/completions endpoint.",
+    "completions": "This is not a completions model and thus not supported in the "
+    "v1/completions endpoint.",
+    "embeddings": "This is not an embedding model and thus not supported in the "
+    "v1/embeddings endpoint.",
 }
 
 
@@ -165,13 +168,15 @@ async def retrieve_model(request: Request, model: str) -> Response:
     route = svc.catalog.route(model)
     if route is None or not svc.catalog.allowed(principal, route.spec):
         raise ModelNotFound(model)
-    return json_response(p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by))
+    return json_response(
+        p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by)
+    )
 
 
 # ----------------------------------------------------------------------------- chat
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(request: Request) -> Response | EventStream:
     svc = services(request)
     principal = await gate(request, "chat.completions")
@@ -184,8 +189,10 @@ async def chat_completions(request: Request) -> Response | EventStream:
             code="invalid_value",
         )
     fmt = body.response_format
-    if fmt is not None and fmt.type == "json_object" and not any(
-        "json" in message.text().lower() for message in body.messages
+    if (
+        fmt is not None
+        and fmt.type == "json_object"
+        and not any("json" in message.text().lower() for message in body.messages)
     ):
         raise InvalidRequest(
             "'messages' must contain the word 'json' in some form, to use 'response_format' of "
@@ -206,7 +213,7 @@ async def chat_completions(request: Request) -> Response | EventStream:
 # ----------------------------------------------------------------------------- completions
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=None)
 async def completions(request: Request) -> Response | EventStream:
     svc = services(request)
     principal = await gate(request, "completions")

@@ -84,10 +84,15 @@ def _show(value: Any) -> str:
 def translate(error: ValidationError) -> InvalidRequest:
     """The most specific of pydantic's errors, worded like OpenAI's."""
     errors = error.errors(include_url=False)
-    deepest = max(_depth(e["loc"]) for e in errors)
-    candidates = [e for e in errors if _depth(e["loc"]) == deepest]
+    # The first parameter pydantic complains about; of its errors (one per union member,
+    # perhaps), the most specific.
+    field = _param(errors[0]["loc"][:1])
+    mine = [e for e in errors if _param(e["loc"][:1]) == field]
+    deepest = max(_depth(e["loc"]) for e in mine)
+    candidates = [e for e in mine if _depth(e["loc"]) == deepest]
     first = candidates[0]
     param = _param(first["loc"])
+    candidates = [e for e in candidates if _param(e["loc"]) == param]
     kind = first["type"]
     value = first.get("input")
     ctx = first.get("ctx") or {}
@@ -101,11 +106,15 @@ def translate(error: ValidationError) -> InvalidRequest:
         )
     if kind == "missing":
         return InvalidRequest(
-            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
         )
     if kind == "extra_forbidden":
         return InvalidRequest(
-            f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+            f"Unrecognized request argument supplied: {param}",
+            param=param,
+            code="unknown_parameter",
         )
     type_errors = [e["type"] for e in candidates if e["type"] in _EXPECTED]
     if type_errors:
@@ -124,11 +133,17 @@ def translate(error: ValidationError) -> InvalidRequest:
             code="invalid_value",
         )
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        number = "integer" if isinstance(value, int) else "decimal"
         below = kind.startswith("greater")
         bound = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-              "less_than": "<"}[kind]
+        number = "decimal" if isinstance(bound, float) else "integer"
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[kind]
         side = "below minimum" if below else "above maximum"
         return InvalidRequest(
             f"Invalid '{param}': {number} {side} value. Expected a value {op} {bound}, "

@@ -80,7 +80,7 @@ class Embeddings:
 
     def row(self, i: int) -> bytes:
         size = 4 * self.dim
-        return self.data[i * size: (i + 1) * size]
+        return self.data[i * size : (i + 1) * size]
 
 
 class Backend(Protocol):

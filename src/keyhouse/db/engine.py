@@ -7,7 +7,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from keyhouse.config import Settings
 from keyhouse.errors import ConfigError
@@ -16,16 +21,20 @@ from keyhouse.errors import ConfigError
 def async_url(url: str) -> str:
     """Map the URLs operators write (``sqlite:///…``, ``postgresql://…``) to async drivers."""
     if url.startswith("sqlite:") and not url.startswith("sqlite+"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+asyncpg://" + url[len(plain):]
+            return "postgresql+asyncpg://" + url[len(plain) :]
     return url
 
 
 def sqlite_path(url: str) -> Path | None:
     parsed = make_url(async_url(url))
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
         return None
     return Path(parsed.database)
 

@@ -57,7 +57,9 @@ async def migrate(db: Database) -> None:
     with _file_lock(sqlite_path(db.url)):
         async with db.engine.begin() as conn:
             if db.backend == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID}
+                )
                 if db.schema:
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
             await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))

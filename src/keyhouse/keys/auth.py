@@ -264,9 +264,7 @@ class Authenticator:
         )
         async with self.db.session() as session:
             await session.connection()
-            await session.execute(
-                statement, [{"kid": kid, "at": at} for kid, at in batch.items()]
-            )
+            await session.execute(statement, [{"kid": kid, "at": at} for kid, at in batch.items()])
             await session.commit()
 
 

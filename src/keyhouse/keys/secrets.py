@@ -8,6 +8,7 @@ made under the old one keep working (and are re-hashed under the new one on firs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets as _random
@@ -87,10 +88,8 @@ def load_ring(settings: Settings, *, create: bool = True) -> SecretRing:
     if not path.exists():
         if not create:
             raise ConfigError(f"no server secret yet ({path}); start the server once")
-        try:
+        with contextlib.suppress(FileExistsError):  # another process made it first
             _write_file_exclusive(path, new_secret())
-        except FileExistsError:
-            pass  # another process made it first; read theirs
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")

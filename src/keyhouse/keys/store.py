@@ -136,7 +136,7 @@ async def update_key(
     *,
     name: str | None = None,
     rules: KeyRules | None = None,
-    expires_at: datetime | None | object = _UNSET,
+    expires_at: datetime | object | None = _UNSET,
 ) -> None:
     if name is not None:
         key.name = name

@@ -41,7 +41,7 @@ def well_formed(key: str) -> bool:
     """Prefix, length, alphabet and checksum all right: worth looking up."""
     if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
         return False
-    tail = key[len(PREFIX):]
+    tail = key[len(PREFIX) :]
     if not _BASE62_SET.issuperset(tail):
         return False
     body, check = key[:-CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
@@ -50,7 +50,7 @@ def well_formed(key: str) -> bool:
 
 def redacted(key: str) -> str:
     """What lists show: the prefix plus the first and last four random characters."""
-    random_part = key[len(PREFIX): len(PREFIX) + RANDOM_LENGTH]
+    random_part = key[len(PREFIX) : len(PREFIX) + RANDOM_LENGTH]
     return f"{PREFIX}{random_part[:4]}…{random_part[-4:]}"
 
 

@@ -156,14 +156,22 @@ class LocalChatBackend:
         refuse_unknown(request)
         name = self.spec.name
         if request.tools or request.functions:
-            raise unsupported("tools" if request.tools else "functions", name, "it cannot call tools")
+            raise unsupported(
+                "tools" if request.tools else "functions", name, "it cannot call tools"
+            )
         if request.tool_choice not in (None, "none", "auto"):
             raise unsupported("tool_choice", name, "it cannot call tools")
         if request.function_call not in (None, "none", "auto"):
             raise unsupported("function_call", name, "it cannot call functions")
         if request.modalities not in (None, ["text"]):
             raise unsupported("modalities", name, "it produces text only")
-        for field_name in ("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity"):
+        for field_name in (
+            "audio",
+            "prediction",
+            "web_search_options",
+            "reasoning_effort",
+            "verbosity",
+        ):
             if getattr(request, field_name) is not None:
                 raise unsupported(field_name, name)
         messages: list[dict[str, str]] = []
@@ -200,7 +208,9 @@ class LocalChatBackend:
             json_schema = schema
         json_mode = fmt is not None and fmt.type == "json_object"
         if (json_mode or json_schema) and request.stop:
-            raise unsupported("stop", name, "with a JSON response_format the grammar decides the end")
+            raise unsupported(
+                "stop", name, "with a JSON response_format the grammar decides the end"
+            )
         return GenerateJob(
             messages=messages,
             n=request.n or 1,
@@ -309,7 +319,8 @@ class LocalEmbeddingBackend:
             if not text:
                 raise InvalidRequest(
                     f"Invalid 'input[{i}]': string must not be empty."
-                    if len(texts) > 1 else "Invalid 'input': string must not be empty.",
+                    if len(texts) > 1
+                    else "Invalid 'input': string must not be empty.",
                     param="input",
                     code="invalid_value",
                 )

@@ -1,4 +1,4 @@
-"""The local engine: each model on its own thread, fed by a bounded queue that is fair across members.
+"""The local engine: each model on its own thread, fed by a bounded queue, fair across members.
 
 A request waits in its member's line; the thread serves the lines round-robin, so one member
 with fifty requests queued cannot starve another's one. A full queue, or a wait longer than
@@ -107,7 +107,9 @@ class FairQueue:
 class ModelThread:
     """One loaded model (a runner), one thread, one fair queue."""
 
-    def __init__(self, name: str, load: Callable[[], Any], *, capacity: int, timeout: float) -> None:
+    def __init__(
+        self, name: str, load: Callable[[], Any], *, capacity: int, timeout: float
+    ) -> None:
         self.name = name
         self._load = load
         self.runner: Any = None
@@ -186,7 +188,9 @@ class LocalEngine:
 
     async def generate(self, model: str, member: str, job: Any) -> AsyncIterator[Event]:
         thread = self._thread(model)
-        stream = thread.submit(member, lambda emit, cancelled: thread.runner.run(job, emit, cancelled))
+        stream = thread.submit(
+            member, lambda emit, cancelled: thread.runner.run(job, emit, cancelled)
+        )
         try:
             async for event in stream:
                 yield event

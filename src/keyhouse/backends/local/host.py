@@ -59,6 +59,7 @@ def has_local_models(models: tuple[ModelSpec, ...]) -> bool:
 
 # ----------------------------------------------------------------------------- wire format
 
+
 def _encode_event(event: Any) -> bytes:
     if isinstance(event, TextDelta):
         payload: dict[str, Any] = {"t": "delta", **asdict(event)}
@@ -109,6 +110,7 @@ def _decode_event(line: bytes) -> Any:
 
 
 # ----------------------------------------------------------------------------- host side
+
 
 class ModelHost:
     def __init__(self, engine: LocalEngine, socket_path: Path) -> None:
@@ -190,6 +192,7 @@ def run_host(settings: Settings, socket_path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- worker side
+
 
 class RemoteEngine:
     """A worker's handle on the model host: same interface as ``LocalEngine``."""

@@ -88,7 +88,7 @@ class StopMatcher:
                 if buffer.endswith(stop[:size]):
                     keep = size
                     break
-        self.held = buffer[len(buffer) - keep:] if keep else ""
+        self.held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep], False
 
     def flush(self) -> str:
@@ -148,7 +148,9 @@ class LlamaRunner:
 
     # ------------------------------------------------------------------ prompts
 
-    def tokenize(self, text: str, *, special: bool = False, add_bos: bool | None = None) -> list[int]:
+    def tokenize(
+        self, text: str, *, special: bool = False, add_bos: bool | None = None
+    ) -> list[int]:
         bos = self.add_bos if add_bos is None else add_bos
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
 
@@ -197,7 +199,9 @@ class LlamaRunner:
 
     # ------------------------------------------------------------------ generation
 
-    def run(self, job: GenerateJob, emit: Callable[[Event], None], cancelled: Callable[[], bool]) -> None:
+    def run(
+        self, job: GenerateJob, emit: Callable[[Event], None], cancelled: Callable[[], bool]
+    ) -> None:
         """Generate every choice of ``job``, emitting deltas and then one ``Usage``."""
         prompts = self.prompt_tokens(job)
         budget = self.output_budget(job, prompts)
@@ -294,7 +298,7 @@ class LlamaRunner:
             prompt_logprobs = self._prompt_logprobs(tokens, job.logprobs or 0)
         else:
             cached = self._reuse_prefix(tokens)
-            llm.eval(tokens[llm.n_tokens:])
+            llm.eval(tokens[llm.n_tokens :])
             prompt_logprobs = None
         if job.echo:
             echoed = b"".join(self.pieces[t] for t in tokens).decode("utf-8", "replace")
@@ -314,7 +318,9 @@ class LlamaRunner:
                     finish = "stop"
                     break
                 generated += 1
-                logprobs = [self._logprob(token, job.logprobs)] if job.logprobs is not None else None
+                logprobs = (
+                    [self._logprob(token, job.logprobs)] if job.logprobs is not None else None
+                )
                 text, stopped = stopper.feed(decoder.decode(self.pieces[token]))
                 if text or logprobs:
                     emit(TextDelta(index, text, logprobs))
@@ -349,7 +355,11 @@ class LlamaRunner:
         best = np.argpartition(-row, count)[:count]
         best = best[np.argsort(-row[best])]
         return [
-            TopToken(self.pieces[i].decode("utf-8", "replace"), float(row[i] - norm), list(self.pieces[i]))
+            TopToken(
+                self.pieces[i].decode("utf-8", "replace"),
+                float(row[i] - norm),
+                list(self.pieces[i]),
+            )
             for i in best.tolist()
         ]
 
@@ -358,7 +368,10 @@ class LlamaRunner:
         row, norm = self._logsoftmax_row(row)
         piece = self.pieces[token]
         return TokenLogprob(
-            piece.decode("utf-8", "replace"), float(row[token] - norm), list(piece), self._top(row, norm, top)
+            piece.decode("utf-8", "replace"),
+            float(row[token] - norm),
+            list(piece),
+            self._top(row, norm, top),
         )
 
     def _prompt_logprobs(self, tokens: list[int], top: int) -> list[TokenLogprob]:
@@ -370,7 +383,7 @@ class LlamaRunner:
         out.append(TokenLogprob(first.decode("utf-8", "replace"), None, list(first)))
         step = llm.n_batch
         for start in range(0, len(tokens), step):
-            chunk = tokens[start: start + step]
+            chunk = tokens[start : start + step]
             n_past = llm.n_tokens
             llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
             llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=True)
@@ -385,10 +398,12 @@ class LlamaRunner:
                 piece = self.pieces[token]
                 out.append(
                     TokenLogprob(
-                        piece.decode("utf-8", "replace"), float(row[token] - norm), list(piece),
+                        piece.decode("utf-8", "replace"),
+                        float(row[token] - norm),
+                        list(piece),
                         self._top(row, norm, top),
                     )
                 )
-            llm.input_ids[n_past: n_past + len(chunk)] = chunk
+            llm.input_ids[n_past : n_past + len(chunk)] = chunk
             llm.n_tokens += len(chunk)
         return out

@@ -1,0 +1,268 @@
+"""Shared fixtures: settings on SQLite and PostgreSQL, a real server process, the OpenAI spec.
+
+PostgreSQL (127.0.0.1:5432, database ``test``) and Redis (127.0.0.1:6379) are real services.
+Outside CI a missing service skips its tests with a clear message; in CI (``CI=true``) it
+fails them, loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from keyhouse.config import Settings, load_settings
+from keyhouse.db.engine import Database
+from keyhouse.db.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("KEYHOUSE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_SECRET = "test-secret-" + "x" * 40
+LEGACY_OPENAI = ROOT / ".venv" / "legacy-openai"
+
+
+def missing(what: str) -> None:
+    """A service the suite needs is not there: fail in CI, skip (saying why) elsewhere."""
+    message = f"{what} is not available"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: .ci/run should have started it)", pytrace=False)
+    pytest.skip(message + "; start it to run these tests (see .ci/run)")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------- settings & databases
+
+
+def make_settings(home: Path, **env: str) -> Settings:
+    """Settings as a fresh process would read them, from an environment we control."""
+    base = {"KEYHOUSE_HOME": str(home), "KEYHOUSE_CONFIG": "", "KEYHOUSE_LOG_LEVEL": "warning"}
+    base.update(env)
+    return load_settings(base)
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def pg_env() -> tuple[dict[str, str], str]:
+    """Environment for a fresh PostgreSQL schema (dropped by the caller)."""
+    if not port_open("127.0.0.1", 5432):
+        missing("PostgreSQL on 127.0.0.1:5432")
+    schema = "kh_test_" + uuid.uuid4().hex[:12]
+    return {
+        "KEYHOUSE_DATABASE_URL": PG_URL,
+        "KEYHOUSE_DATABASE_SCHEMA": schema,
+        "KEYHOUSE_SECRET": TEST_SECRET,
+    }, schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a new, empty database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield make_settings(tmp_path, KEYHOUSE_SECRET=TEST_SECRET)
+        return
+    env, schema = pg_env()
+    yield make_settings(tmp_path, **env)
+    asyncio.run(_drop_schema(schema))
+
+
+@pytest.fixture
+async def db(db_settings: Settings) -> AsyncIterator[Database]:
+    """A migrated database (both kinds, through ``db_settings``)."""
+    database = Database(db_settings)
+    await migrate(database)
+    yield database
+    await database.dispose()
+
+
+# ----------------------------------------------------------------------------- a real server
+
+
+class Server:
+    """``keyhouse serve`` in its own process, with its own home and database."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "KEYHOUSE_HOME": str(home),
+            "KEYHOUSE_CONFIG": "",
+            "KEYHOUSE_LOG_LEVEL": "info",
+            **(env or {}),
+        }
+        self.log_path = home / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "keyhouse", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"keyhouse {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def create_member(self, email: str, *extra: str) -> str:
+        return self.cli("users", "create", "--email", email, *extra).stdout.strip()
+
+    def create_key(self, email: str, *extra: str, name: str = "test") -> str:
+        return self.cli("keys", "create", "--user", email, "--name", name, *extra).stdout.strip()
+
+    def key_id(self, secret: str) -> str:
+        """The id of a key, found by its redacted form in ``keys list``."""
+        from keyhouse.keys.tokens import redacted
+
+        for line in self.cli("keys", "list").stdout.splitlines():
+            if redacted(secret) in line:
+                return line.split()[0]
+        raise AssertionError("key not listed")
+
+    def start(self, *args: str, timeout: float = 120.0) -> Server:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "keyhouse", "serve", "--port", str(self.port), *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+MEMBER = "member@example.org"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session (SQLite), with one member; tests make their own keys."""
+    srv = Server(tmp_path_factory.mktemp("server"))
+    srv.create_member(MEMBER, "--name", "Member One")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def key(server: Server) -> str:
+    """A key with every permission, for the session's member."""
+    return server.create_key(MEMBER, name="session")
+
+
+@pytest.fixture
+def client(server: Server, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+    ) as http:
+        yield http
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+class OpenAISpec:
+    """Validates bodies against OpenAI's own schemas (``tests/data/openai-schemas.json``)."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self.registry: Registry = Registry().with_resource("urn:openai", resource)
+        self._validators: dict[str, Draft202012Validator] = {}
+
+    def validate(self, schema: str, instance: Any) -> None:
+        validator = self._validators.get(schema)
+        if validator is None:
+            validator = Draft202012Validator(
+                {"$ref": f"urn:openai#/components/schemas/{schema}"}, registry=self.registry
+            )
+            self._validators[schema] = validator
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+        if errors:
+            details = "\n".join(f"  at {list(e.path)}: {e.message[:300]}" for e in errors[:5])
+            raise AssertionError(f"not a valid {schema}:\n{details}\n{json.dumps(instance)[:1500]}")
+
+    def validate_error(self, response: httpx.Response, status: int) -> dict[str, Any]:
+        """An OpenAI-shaped error with this status; returns its ``error`` object."""
+        assert response.status_code == status, (response.status_code, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+        body = response.json()
+        self.validate("ErrorResponse", body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        return body["error"]
+
+
+@pytest.fixture(scope="session")
+def openapi() -> OpenAISpec:
+    document = json.loads((ROOT / "tests" / "data" / "openai-schemas.json").read_text())
+    return OpenAISpec(document)
+
+
+def sse_events(text: str) -> list[Any]:
+    """Parse a server-sent-event body into JSON payloads, with ``"[DONE]"`` kept as a string."""
+    events: list[Any] = []
+    for block in text.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
