@@ -123,6 +123,8 @@ class Server:
             "KEYHOUSE_HOME": str(home),
             "KEYHOUSE_CONFIG": "",
             "KEYHOUSE_LOG_LEVEL": "info",
+            # Short enough that a test sees "last used" without waiting long.
+            "KEYHOUSE_LAST_USED_FLUSH_INTERVAL": "1",
             **(env or {}),
         }
         self.log_path = home / "server.log"

@@ -162,6 +162,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=settings.port,
             workers=settings.workers if settings.workers > 1 else None,
             log_config=None,
+            # Keyhouse reads X-Forwarded-For itself, and only from trusted proxies
+            # (KEYHOUSE_TRUSTED_PROXIES); uvicorn's own handling would trust 127.0.0.1.
+            proxy_headers=False,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=30,
         )

@@ -255,17 +255,15 @@ class Authenticator:
         if not self._last_used:
             return
         batch, self._last_used = self._last_used, {}
+        table = ApiKey.__table__
         statement = (
-            update(ApiKey)
-            .where(ApiKey.id == bindparam("kid"))
-            .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < bindparam("at")))
+            update(table)
+            .where(table.c.id == bindparam("kid"))
+            .where(or_(table.c.last_used_at.is_(None), table.c.last_used_at < bindparam("at")))
             .values(last_used_at=bindparam("at"))
-            .execution_options(synchronize_session=False)
         )
-        async with self.db.session() as session:
-            await session.connection()
-            await session.execute(statement, [{"kid": kid, "at": at} for kid, at in batch.items()])
-            await session.commit()
+        async with self.db.engine.begin() as conn:
+            await conn.execute(statement, [{"kid": kid, "at": at} for kid, at in batch.items()])
 
 
 def check_member(principal: Principal, public_url: str) -> None:
