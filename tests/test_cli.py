@@ -1,0 +1,87 @@
+"""The ``keyhouse`` command: the key tester, the first-run hint, listings, expiry parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+import pytest
+
+from keyhouse.cli import parse_expiry
+from keyhouse.keys import tokens
+from tests.conftest import Server, free_port
+
+
+def test_check_passes_every_step(server: Server, key: str) -> None:
+    result = server.cli("check", "--base-url", server.url + "/v1", "--key", key)
+    out = result.stdout
+    for step in ("key", "models", "chat", "stream"):
+        assert f"[PASS] {step}" in out, out
+    assert "first token after" in out
+    assert "Verdict: all good." in out
+    assert key not in out  # the tester never prints the key it tests
+
+
+def test_check_reports_a_bad_key(server: Server) -> None:
+    wrong = tokens.mint()
+    result = server.cli("check", "--base-url", server.url + "/v1", "--key", wrong, check=False)
+    assert result.returncode == 1
+    assert "[FAIL] key" in result.stdout and "invalid_api_key" in result.stdout
+    assert wrong not in result.stdout
+
+
+def test_check_reports_an_unreachable_server(server: Server, key: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = server.cli("check", "--base-url", url, "--key", key, check=False)
+    assert result.returncode == 1
+    assert "[FAIL] key" in result.stdout and "cannot reach" in result.stdout
+
+
+def test_check_with_an_unknown_model(server: Server, key: str) -> None:
+    result = server.cli(
+        "check", "--base-url", server.url + "/v1", "--key", key, "--model", "gpt-9", check=False
+    )
+    assert result.returncode == 1
+    assert "[FAIL] chat" in result.stdout and "model_not_found" in result.stdout
+
+
+def test_models_list(server: Server) -> None:
+    out = server.cli("models", "list").stdout
+    assert "smollm2-135m-instruct" in out and "gpt-3.5-turbo" in out
+    assert "multilingual-e5-small" in out and "text-embedding-3-small" in out
+
+
+def test_first_start_explains_what_to_do(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "empty")
+    try:
+        srv.start()
+        log = srv.log()
+        assert "no members yet" in log and "users create" in log and "keys create" in log
+        assert (srv.home / "secret").stat().st_mode & 0o777 == 0o600
+    finally:
+        srv.stop()
+
+
+def test_unknown_member(server: Server) -> None:
+    result = server.cli(
+        "keys", "create", "--user", "nobody@example.org", "--name", "x", check=False
+    )
+    assert result.returncode != 0 and "nobody@example.org" in result.stderr
+
+
+def test_duplicate_member(server: Server) -> None:
+    server.create_member("twice@example.org")
+    result = server.cli("users", "create", "--email", "twice@example.org", check=False)
+    assert result.returncode != 0 and "exists" in result.stderr
+
+
+def test_parse_expiry() -> None:
+    now = datetime.now(UTC)
+    in_30d = parse_expiry("30d")
+    assert in_30d is not None and abs(in_30d - (now + timedelta(days=30))) < timedelta(seconds=5)
+    assert parse_expiry("never") is None
+    assert parse_expiry("2027-01-31") == datetime(2027, 1, 31, tzinfo=UTC)
+    assert parse_expiry("2027-01-31T12:00:00Z") == datetime(2027, 1, 31, 12, tzinfo=UTC)
+    with pytest.raises(click.BadParameter):
+        parse_expiry("soon")
