@@ -64,7 +64,8 @@ class Settings:
     database_schema: str | None = None
     #: Explicit server secrets, newest first (``KEYHOUSE_SECRET`` then
     #: ``KEYHOUSE_PREVIOUS_SECRETS``). Empty means: use the secret file in ``home``.
-    secrets: tuple[str, ...] = ()
+    #: Kept out of ``repr`` so settings can be logged or shown in a traceback.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -215,6 +216,8 @@ _MODEL_KEYS = {
 
 
 def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> ModelSpec:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: each [[models]] entry must be a table, got {raw!r}")
     unknown = set(raw) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -231,10 +234,13 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
     if not isinstance(settings, Mapping):
         raise ConfigError(f"{where} ({name}): 'settings' must be a table")
     cached = raw.get("cached_input_price")
+    aliases = raw.get("aliases", [])
+    if isinstance(aliases, list | tuple) and not all(isinstance(a, str) and a for a in aliases):
+        raise ConfigError(f"{where} ({name}): 'aliases' must be non-empty strings")
     spec = ModelSpec(
         name=name,
         backend=backend,
-        aliases=tuple(_as_list(raw.get("aliases", []))),
+        aliases=tuple(_as_list(aliases)),
         settings=dict(settings),
         input_price=_decimal(f"{name}.input_price", raw.get("input_price", 0)),
         cached_input_price=None
@@ -325,4 +331,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(home=home, config_path=config_path, models=models, **values)
     if settings.workers < 1:
         raise ConfigError("workers must be ≥ 1")
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
+    for name in ("change_poll_interval", "last_used_flush_interval", "queue_timeout"):
+        # 0, a negative number or NaN would turn a background loop into a busy loop.
+        if not 0 < getattr(settings, name) < float("inf"):
+            raise ConfigError(f"{name} must be a positive number of seconds")
     return settings

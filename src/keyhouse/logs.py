@@ -15,9 +15,13 @@ def redact(text: str) -> str:
 
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+            malformed = False
+        except Exception:  # e.g. too few arguments: logging must not raise, nor leak them
+            message, malformed = f"{record.msg} {record.args!r}", True
         cleaned = redact(message)
-        if cleaned != message:
+        if malformed or cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

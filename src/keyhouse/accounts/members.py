@@ -38,9 +38,19 @@ async def create_member(
     if status not in STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
     now = clock.now()
+    email = normalise_email(email)
+    # find_member matches emails case-insensitively, so they must be unique that way too
+    # (the unique constraint alone would let Bob@x.org and bob@x.org both in).
+    taken = await session.execute(
+        select(Member.id).where(func.lower(Member.email) == email.lower()).limit(1)
+    )
+    if taken.first() is not None:
+        raise InvalidRequest(
+            f"a member with email {email} exists already", param="email", code="email_taken"
+        )
     member = Member(
         id=new_id("mem_"),
-        email=normalise_email(email),
+        email=email,
         name=name,
         is_admin=is_admin,
         status=status,

@@ -6,10 +6,11 @@ turns and the later ones find nothing to do. SQLite: under a file lock beside th
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +38,38 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-@contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
+@asynccontextmanager
+async def _file_lock(path: Path | None) -> AsyncIterator[None]:
+    """An exclusive lock on ``<db>.migrate-lock``, waited for without blocking the event loop.
+
+    A blocking ``flock`` here would freeze the loop while another coroutine of the same
+    process holds the lock, and that holder could then never finish: a deadlock.
+    """
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(f"{path}.migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # closing the descriptor releases the lock (if it was taken)
 
 
 async def migrate(db: Database) -> None:
     """Upgrade the database to the newest revision (a no-op when it is there already)."""
-    with _file_lock(sqlite_path(db.url)):
-        async with db.engine.begin() as conn:
-            if db.backend == "postgresql":
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID}
-                )
-                if db.schema:
-                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
-            await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+    async with _file_lock(sqlite_path(db.url)), db.engine.begin() as conn:
+        if db.backend == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
+            if db.schema:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
 
 
 async def current_revision(db: Database) -> str | None:

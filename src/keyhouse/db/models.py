@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +34,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> datetime | None:
+        # SQLite stores the wall time and drops the offset: convert to UTC first, or an
+        # expiry given as 12:00+02:00 would be read back as 12:00 UTC, two hours late.
+        if isinstance(value, datetime):
+            return value.astimezone(UTC) if value.tzinfo is not None else as_utc(value)
+        return value
 
     def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
         return as_utc(value)

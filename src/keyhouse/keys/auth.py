@@ -146,14 +146,23 @@ class Authenticator:
         return principal
 
     async def _load(self, digest: str, presented: str) -> Principal | None:
-        pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while (pending := self._pending.get(digest)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # we are the one being cancelled
+                # The request doing the lookup went away (a client hung up): not our
+                # cancellation, so look it up again rather than fail this request too.
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._pending[digest] = future
         epoch = self._epoch
         try:
             principal = await self._fetch(digest, presented)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here; waiters get it through their await

@@ -97,11 +97,21 @@ def load_ring(settings: Settings, *, create: bool = True) -> SecretRing:
 
 
 def _write_file_exclusive(path: Path, secret: str) -> None:
+    """Create ``path`` holding ``secret``, complete or not at all; FileExistsError if it exists.
+
+    Written to a private temporary file first and then hard-linked into place, so a process
+    starting at the same moment never reads a created-but-still-empty file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("# Keyhouse server secrets, newest first. Keep this file private.\n")
-        handle.write(secret + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{_random.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("# Keyhouse server secrets, newest first. Keep this file private.\n")
+            handle.write(secret + "\n")
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def rotate_file(settings: Settings) -> SecretRing:
