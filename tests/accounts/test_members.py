@@ -182,3 +182,26 @@ async def test_count_members(db: Database) -> None:
             await create_member(session, clock, email=f"c{n}@example.org")
         await session.commit()
         assert await count_members(session) == 3
+
+
+async def test_email_case_is_unique_in_the_database_itself(db: Database) -> None:
+    """Two racing sign-ups that differ only in case cannot both land (index on lower(email))."""
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from keyhouse.db.models import Member
+
+    now = datetime.now(UTC)
+    row = {
+        "name": None,
+        "is_admin": False,
+        "status": "active",
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with db.session() as session:
+        await session.execute(insert(Member).values(id="mem_a", email="Case@x.org", **row))
+        await session.commit()
+    async with db.session() as session:
+        with pytest.raises(IntegrityError):
+            await session.execute(insert(Member).values(id="mem_b", email="case@x.org", **row))
