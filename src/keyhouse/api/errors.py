@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keyhouse.api.http import ClientGone
+from keyhouse.api.http import ClientGone, request_id
 from keyhouse.errors import InvalidRequest, KeyhouseError, NotFound, ServerError
 
 log = logging.getLogger("keyhouse.api")
@@ -62,7 +62,9 @@ async def on_client_gone(request: Request, exc: Exception) -> Response:
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(ServerError())
+    # Starlette answers these from its outermost middleware, outside ``RequestIds``: the
+    # response carries the request's id itself.
+    return error_response(ServerError(headers={"x-request-id": request_id(request)}))
 
 
 def install(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ expected in plain words; so do we — never FastAPI's 422.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -46,17 +47,30 @@ def _is_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in _UNION_TAGS or any(c in part for c in "[](),-"))
 
 
-def _param(loc: tuple[Any, ...]) -> str:
-    out = ""
+def _path(loc: tuple[Any, ...], document: Any = None) -> list[Any]:
+    """The parts of ``loc`` that name a place in the request, union tags left out. With the
+    request's JSON at hand, a part that is a key of the object at that place is never a tag
+    (``logit_bias`` keys like ``"-1"``, ``metadata`` keys like ``"my-key"``)."""
+    out: list[Any] = []
+    here = document
     for part in loc:
-        if _is_tag(part):
+        key_of_object = isinstance(here, dict) and isinstance(part, str) and part in here
+        item_of_array = isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here)
+        if key_of_object or item_of_array:
+            here = here[part]  # type: ignore[index]
+        elif _is_tag(part):
             continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        else:
+            here = None
+        out.append(part)
     return out
 
 
-def _depth(loc: tuple[Any, ...]) -> int:
-    return sum(1 for part in loc if not _is_tag(part))
+def _param(loc: tuple[Any, ...], document: Any = None) -> str:
+    out = ""
+    for part in _path(loc, document):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def _kind(value: Any) -> str:
@@ -81,18 +95,26 @@ def _show(value: Any) -> str:
     return f"'{value}'" if isinstance(value, str) else str(value)
 
 
-def translate(error: ValidationError) -> InvalidRequest:
-    """The most specific of pydantic's errors, worded like OpenAI's."""
+def translate(error: ValidationError, document: Any = None) -> InvalidRequest:
+    """The most specific of pydantic's errors, worded like OpenAI's. ``document`` is the
+    request's JSON, when known: it tells dict keys from pydantic's union tags."""
     errors = error.errors(include_url=False)
+
+    def specificity(e: Any) -> tuple[bool, int]:
+        # A union member that got the right type but a wrong value (``stop`` with five
+        # strings) is the one the client meant, more than those that got the wrong type;
+        # then the deeper the error, the more precise.
+        return e["type"] not in _EXPECTED, len(_path(e["loc"], document))
+
     # The first parameter pydantic complains about; of its errors (one per union member,
     # perhaps), the most specific.
-    field = _param(errors[0]["loc"][:1])
-    mine = [e for e in errors if _param(e["loc"][:1]) == field]
-    deepest = max(_depth(e["loc"]) for e in mine)
-    candidates = [e for e in mine if _depth(e["loc"]) == deepest]
+    field = _param(errors[0]["loc"][:1], document)
+    mine = [e for e in errors if _param(e["loc"][:1], document) == field]
+    best = max(specificity(e) for e in mine)
+    candidates = [e for e in mine if specificity(e) == best]
     first = candidates[0]
-    param = _param(first["loc"])
-    candidates = [e for e in candidates if _param(e["loc"]) == param]
+    param = _param(first["loc"], document)
+    candidates = [e for e in candidates if _param(e["loc"], document) == param]
     kind = first["type"]
     value = first.get("input")
     ctx = first.get("ctx") or {}
@@ -127,6 +149,13 @@ def translate(error: ValidationError) -> InvalidRequest:
         )
     if kind == "literal_error":
         options = ctx.get("expected", "")
+        if not isinstance(value, str) and options.startswith("'"):
+            # Every option is a string: a number, an object or null is of the wrong type.
+            return InvalidRequest(
+                f"Invalid type for '{param}': expected a string, but got {_kind(value)} instead.",
+                param=param,
+                code="invalid_type",
+            )
         return InvalidRequest(
             f"Invalid value: {_show(value)}. Supported values are: {options}.",
             param=param,
@@ -184,4 +213,8 @@ def parse(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise translate(exc) from None
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            document = None
+        raise translate(exc, document) from None
