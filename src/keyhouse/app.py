@@ -117,6 +117,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # /v1/chat/completions/ is "Invalid URL", as at OpenAI, not a redirect.
+        redirect_slashes=False,
     )
     errors.install(app)
     app.include_router(v1_router)

@@ -523,3 +523,22 @@ def test_an_unexpected_error_is_a_500_with_a_request_id(openapi: OpenAISpec) -> 
     error = error_of(openapi, response, 500, "hunter2")
     assert error["type"] == "server_error"
     assert len(response.headers.get_list("x-request-id")) == 1
+
+
+def test_trailing_slash_is_an_invalid_url(client: httpx.Client, openapi: OpenAISpec) -> None:
+    response = client.post(
+        "/v1/chat/completions/", json={"model": CHAT, "messages": HELLO, "max_tokens": 1}
+    )
+    assert openapi.validate_error(response, 404)["message"].startswith("Invalid URL")
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(
+    client: httpx.Client, openapi: OpenAISpec, value: str
+) -> None:
+    body = json.dumps({"model": CHAT, "messages": HELLO})[:-1] + f', "temperature": {value}}}'
+    response = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+    error = openapi.validate_error(response, 400)
+    assert error["param"] == "temperature"

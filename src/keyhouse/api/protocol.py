@@ -16,7 +16,8 @@ Number = Annotated[float, Field(strict=True)]
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    # JSON has no NaN or Infinity; pydantic would accept them for floats.
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     @property
     def unknown_fields(self) -> list[str]:
