@@ -357,6 +357,7 @@ def test_bad_role() -> None:
     assert error.message.startswith("Invalid value: 'bot'. Supported values are: 'system', ")
     for role in ("developer", "user", "assistant", "tool", "function"):
         assert f"'{role}'" in error.message
+    assert error.message.endswith(", 'tool', and 'function'.")  # OpenAI's wording
 
 
 def test_bad_enumerations_elsewhere() -> None:
@@ -365,6 +366,7 @@ def test_bad_enumerations_elsewhere() -> None:
     assert error.message.startswith("Invalid value: 'xml'. Supported values are: 'text'")
     error = refused(EmbeddingRequest, {"model": "e", "input": "x", "encoding_format": "hex"})
     assert (error.param, error.code) == ("encoding_format", "invalid_value")
+    assert error.message.endswith("Supported values are: 'float' and 'base64'.")
 
 
 # ----------------------------------------------------------------------------- unions

@@ -149,6 +149,9 @@ def translate(error: ValidationError, document: Any = None) -> InvalidRequest:
         )
     if kind == "literal_error":
         options = ctx.get("expected", "")
+        head, sep, last = options.rpartition(" or ")
+        if sep:  # pydantic says "'a', 'b' or 'c'"; OpenAI says "'a', 'b', and 'c'"
+            options = f"{head}, and {last}" if "," in head else f"{head} and {last}"
         if not isinstance(value, str) and options.startswith("'"):
             # Every option is a string: a number, an object or null is of the wrong type.
             return InvalidRequest(
