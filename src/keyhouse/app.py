@@ -27,6 +27,8 @@ from keyhouse.db.migrate import current_revision, head_revision
 from keyhouse.errors import ConfigError
 from keyhouse.keys.auth import Authenticator
 from keyhouse.keys.secrets import load_ring
+from keyhouse.limits.limiter import Limiter, Store
+from keyhouse.limits.memory import MemoryStore
 
 log = logging.getLogger("keyhouse")
 
@@ -41,6 +43,23 @@ class Services:
     auth: Authenticator
     catalog: Catalog
     engine: Engine | None
+    limiter: Limiter
+
+
+def build_limiter(settings: Settings, clock: Clock) -> Limiter:
+    store: Store
+    if settings.redis_url:
+        from keyhouse.limits.redis import RedisStore
+
+        store = RedisStore(settings.redis_url)
+    else:
+        store = MemoryStore()
+    return Limiter(
+        store,
+        clock,
+        failure="closed" if settings.limits_failure == "closed" else "open",
+        public_url=settings.public_url,
+    )
 
 
 def build_backends(settings: Settings, engine: Engine | None) -> dict[str, Backend]:
@@ -82,18 +101,22 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             poll_interval=settings.change_poll_interval,
             flush_interval=settings.last_used_flush_interval,
         )
+        limiter = build_limiter(settings, clock)
         await auth.start()
+        await limiter.start()
         try:
             if engine is not None:
                 await engine.start()
             for backend in backends.values():
                 await backend.start()
-            yield Services(settings, clock, db, auth, Catalog(settings.models, backends), engine)
+            catalog = Catalog(settings.models, backends)
+            yield Services(settings, clock, db, auth, catalog, engine, limiter)
         finally:
             for backend in backends.values():
                 await backend.stop()
             if engine is not None:
                 await engine.stop()
+            await limiter.stop()
             await auth.stop()
     finally:
         await db.dispose()

@@ -127,6 +127,12 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     settings = settings.with_(**overrides)
     if settings.workers < 1:
         raise click.BadParameter("--workers must be at least 1")
+    if settings.workers > 1 and not settings.redis_url:
+        raise click.ClickException(
+            f"--workers {settings.workers} needs Redis: without it each worker would count rate "
+            "limits on its own, letting through several times the limit. Set KEYHOUSE_REDIS_URL "
+            "(e.g. redis://127.0.0.1:6379/0), or run one worker."
+        )
     setup_logging(settings.log_level)
     try:
         load_ring(settings)  # creates the secret file on first start
@@ -252,12 +258,32 @@ def users_list() -> None:
         return list((await session.execute(select(Member).order_by(Member.created_at))).scalars())
 
     rows = _run(work)
-    click.echo(f"{'ID':<26} {'EMAIL':<32} {'NAME':<20} {'ADMIN':<5} {'STATUS':<10} CREATED")
+    click.echo(
+        f"{'ID':<26} {'EMAIL':<32} {'NAME':<20} {'ADMIN':<5} {'STATUS':<10} {'TIER':<10} CREATED"
+    )
     for m in rows:
         click.echo(
             f"{m.id:<26} {m.email:<32} {(m.name or '-'):<20} {'yes' if m.is_admin else 'no':<5} "
-            f"{m.status:<10} {_when(m.created_at)}"
+            f"{m.status:<10} {(m.tier or 'default'):<10} {_when(m.created_at)}"
         )
+
+
+@users.command("set-tier")
+@click.argument("member")
+@click.argument("tier")
+def users_set_tier(member: str, tier: str) -> None:
+    """Move a member to a tier of limits ('default' for the default tier)."""
+    from keyhouse.accounts.members import find_member, set_tier
+
+    settings = _settings()
+
+    async def work(session: Any) -> None:
+        found = await find_member(session, member)
+        chosen = None if tier == settings.default_tier else tier
+        await set_tier(session, SystemClock(), found, chosen, settings.tiers)
+
+    _run(work, settings)
+    click.echo(f"{member} is now in tier {tier}", err=True)
 
 
 @users.command("set-status")
@@ -295,6 +321,57 @@ def _rules(
     )
 
 
+class LimitValue(click.ParamType):
+    """A positive whole number, or ``none`` to lift the limit (given as 0)."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).lower() in ("none", "off", "unlimited"):
+            return 0
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or 'none'", param, ctx)
+        if number < 1:
+            self.fail("must be at least 1 (or 'none')", param, ctx)
+        return number
+
+
+LIMIT = LimitValue()
+LIMIT_FLAGS = ("rpm", "tpm", "rpd", "max_parallel")
+
+
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--rpm, --tpm, --rpd and --max-parallel: the key's own limits, over its member's tier."""
+    for flag, help_text in reversed(
+        [
+            ("--rpm", "Requests per minute for this key."),
+            ("--tpm", "Tokens per minute for this key."),
+            ("--rpd", "Requests per day for this key."),
+            ("--max-parallel", "Requests in flight at once for this key."),
+        ]
+    ):
+        command = click.option(flag, type=LIMIT, default=None, help=help_text)(command)
+    return command
+
+
+def _limits(values: dict[str, int | None], current: Any = None) -> Any:
+    """Given flags over the current limits (0 lifts one); None when no flag was given."""
+    from keyhouse.config import LimitSet
+
+    if all(values.get(name) is None for name in LIMIT_FLAGS) and current is not None:
+        return None
+    merged = {}
+    for name in LIMIT_FLAGS:
+        given = values.get(name)
+        old = getattr(current, name, None) if current is not None else None
+        merged[name] = old if given is None else (given or None)
+    return LimitSet(**merged)
+
+
 PERMISSION_CHOICE = click.Choice(["all", "restricted", "read-only"])
 ENDPOINT_HELP = "For restricted keys: models.read, chat.completions, completions, embeddings."
 
@@ -307,6 +384,7 @@ ENDPOINT_HELP = "For restricted keys: models.read, chat.completions, completions
 @click.option("--endpoints", multiple=True, help=ENDPOINT_HELP)
 @click.option("--models", multiple=True, help="Models this key may use (default: all).")
 @click.option("--ip-allow", multiple=True, help="CIDRs this key may be used from (default: any).")
+@limit_options
 def keys_create(
     user: str,
     name: str,
@@ -315,6 +393,7 @@ def keys_create(
     endpoints: tuple[str, ...],
     models: tuple[str, ...],
     ip_allow: tuple[str, ...],
+    **limit_flags: int | None,
 ) -> None:
     """Create a key. Prints only the secret, once: KEY=$(keyhouse keys create …)."""
     from keyhouse.accounts.members import find_member
@@ -332,7 +411,14 @@ def keys_create(
     async def work(session: Any) -> tuple[str, str, str]:
         member = await find_member(session, user)
         key, secret = await create_key(
-            session, SystemClock(), ring, member, name=name, rules=rules, expires_at=expires_at
+            session,
+            SystemClock(),
+            ring,
+            member,
+            name=name,
+            rules=rules,
+            expires_at=expires_at,
+            limits=_limits(limit_flags),
         )
         return key.id, key.redacted, secret
 
@@ -376,6 +462,13 @@ def keys_list(user: str | None) -> None:
             extra.append("models: " + ", ".join(k.models))
         if k.ip_allow:
             extra.append("ip: " + ", ".join(k.ip_allow))
+        limits = [
+            f"{name.replace('_', '-')} {getattr(k, name)}"
+            for name in LIMIT_FLAGS
+            if getattr(k, name) is not None
+        ]
+        if limits:
+            extra.append("limits: " + ", ".join(limits))
         if extra:
             click.echo(" " * 27 + "; ".join(extra))
 
@@ -403,6 +496,7 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--endpoints", multiple=True, help=ENDPOINT_HELP)
 @click.option("--models", multiple=True, help="Models this key may use; 'all' to lift the list.")
 @click.option("--ip-allow", multiple=True, help="CIDRs; 'any' to lift the list.")
+@limit_options
 def keys_update(
     key_id: str,
     name: str | None,
@@ -411,8 +505,9 @@ def keys_update(
     endpoints: tuple[str, ...],
     models: tuple[str, ...],
     ip_allow: tuple[str, ...],
+    **limit_flags: int | None,
 ) -> None:
-    """Change a key's name, expiry or permissions."""
+    """Change a key's name, expiry, permissions or limits (--rpm none lifts a limit)."""
     from keyhouse.keys.store import KeyRules, get_key, update_key
 
     async def work(session: Any) -> None:
@@ -433,7 +528,7 @@ def keys_update(
             )
             if rules.permissions != "restricted":
                 rules = KeyRules(rules.permissions, None, rules.models, rules.ip_allow)
-        kwargs: dict[str, Any] = {"name": name, "rules": rules}
+        kwargs: dict[str, Any] = {"name": name, "rules": rules, "limits": _limits(limit_flags, key)}
         if expires is not None:
             kwargs["expires_at"] = parse_expiry(expires)
         await update_key(session, SystemClock(), key, **kwargs)

@@ -27,7 +27,51 @@ BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
 }
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_TIER = "default"
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+@dataclass(frozen=True)
+class LimitSet:
+    """Requests and tokens per minute, requests per day, requests in flight; None: no limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    max_parallel: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.rpd, self.max_parallel))
+
+    def over(self, other: LimitSet) -> LimitSet:
+        """These limits where set, ``other``'s elsewhere."""
+        return LimitSet(
+            *(
+                mine if mine is not None else theirs
+                for mine, theirs in zip(
+                    (self.rpm, self.tpm, self.rpd, self.max_parallel),
+                    (other.rpm, other.tpm, other.rpd, other.max_parallel),
+                    strict=True,
+                )
+            )
+        )
+
+
+NO_LIMITS = LimitSet()
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A named set of limits for members; ``models`` adds limits per member per model."""
+
+    name: str
+    limits: LimitSet = NO_LIMITS
+    models: Mapping[str, LimitSet] = field(default_factory=dict)
+
+
+#: Members with no tier of their own get the default tier; unless the TOML file says otherwise,
+#: it is generous enough never to trouble a person, and stops a runaway script.
+BUILTIN_DEFAULT_TIER = Tier(DEFAULT_TIER, LimitSet(rpm=600, tpm=2_000_000, max_parallel=16))
 
 
 @dataclass(frozen=True)
@@ -46,6 +90,8 @@ class ModelSpec:
     context_length: int = 8192
     owned_by: str = "keyhouse"
     created: int = 0
+    #: A ceiling across all members (protects a small local model).
+    limits: LimitSet = NO_LIMITS
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -82,6 +128,17 @@ class Settings:
     log_level: str = "info"
     #: Set by ``serve --workers N``: the model host's socket, shared by the workers.
     engine_socket: str | None = None
+    #: The organisation's timezone: requests per day count calendar days here.
+    timezone: str = "UTC"
+    #: Redis, for limits shared by workers and replicas. None: in-process limits (one worker).
+    redis_url: str | None = None
+    #: When the limit store is unavailable: "open" (let requests through, log a warning) or
+    #: "closed" (refuse them with a 503).
+    limits_failure: str = "open"
+    #: A concurrency slot expires on its own after this long, even if never released.
+    slot_ttl: float = 600.0
+    default_tier: str = DEFAULT_TIER
+    tiers: Mapping[str, Tier] = field(default_factory=lambda: {DEFAULT_TIER: BUILTIN_DEFAULT_TIER})
     models: tuple[ModelSpec, ...] = ()
 
     @property
@@ -112,6 +169,11 @@ _SCALARS: dict[str, type] = {
     "queue_timeout": float,
     "log_level": str,
     "engine_socket": str,
+    "timezone": str,
+    "redis_url": str,
+    "limits_failure": str,
+    "slot_ttl": float,
+    "default_tier": str,
 }
 
 
@@ -212,7 +274,55 @@ _MODEL_KEYS = {
     "context_length",
     "owned_by",
     "created",
+    "limits",
 }
+
+_LIMIT_KEYS = ("rpm", "tpm", "rpd", "max_parallel")
+
+
+def parse_limits(raw: Any, where: str) -> LimitSet:
+    if raw is None:
+        return LimitSet()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: limits must be a table of {', '.join(_LIMIT_KEYS)}")
+    unknown = set(raw) - set(_LIMIT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown limits {sorted(unknown)} (use {', '.join(_LIMIT_KEYS)})"
+        )
+    values = {}
+    for key in _LIMIT_KEYS:
+        value = raw.get(key)
+        if value is not None:
+            value = _coerce(f"{where}.{key}", value, int)
+            if value < 1:
+                raise ConfigError(f"{where}.{key} must be ≥ 1 (leave it out for no limit)")
+        values[key] = value
+    return LimitSet(**values)
+
+
+def parse_tiers(raw: Any) -> dict[str, Tier]:
+    tiers = {DEFAULT_TIER: BUILTIN_DEFAULT_TIER}
+    if raw is None:
+        return tiers
+    if not isinstance(raw, Mapping):
+        raise ConfigError("[tiers] must be a table of tiers: [tiers.default], [tiers.staff] …")
+    for name, body in raw.items():
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"[tiers.{name}] must be a table")
+        models = body.get("models", {})
+        if not isinstance(models, Mapping):
+            raise ConfigError(f"[tiers.{name}.models] must be a table of models")
+        limits = {k: v for k, v in body.items() if k != "models"}
+        tiers[name] = Tier(
+            name,
+            parse_limits(limits, f"tiers.{name}"),
+            {
+                model: parse_limits(value, f"tiers.{name}.models.{model}")
+                for model, value in models.items()
+            },
+        )
+    return tiers
 
 
 def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> ModelSpec:
@@ -253,6 +363,7 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         context_length=_coerce(f"{name}.context_length", raw.get("context_length", 8192), int),
         owned_by=str(raw.get("owned_by", "keyhouse")),
         created=_coerce(f"{name}.created", raw.get("created", default_created), int),
+        limits=parse_limits(raw.get("limits"), f"{name}.limits"),
     )
     if spec.context_length < 16:
         raise ConfigError(f"{where} ({name}): context_length must be ≥ 16")
@@ -322,18 +433,34 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     check_unique_names(models)
 
+    tiers = parse_tiers(data.get("tiers"))
+
     unknown = (
-        set(data) - set(_SCALARS) - {"trusted_proxies", "secret", "previous_secrets", "models"}
+        set(data)
+        - set(_SCALARS)
+        - {"trusted_proxies", "secret", "previous_secrets", "models", "tiers"}
     )
     if unknown:
         raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")
 
-    settings = Settings(home=home, config_path=config_path, models=models, **values)
+    settings = Settings(home=home, config_path=config_path, models=models, tiers=tiers, **values)
     if settings.workers < 1:
         raise ConfigError("workers must be ≥ 1")
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
-    for name in ("change_poll_interval", "last_used_flush_interval", "queue_timeout"):
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(settings.timezone)
+    except Exception:
+        raise ConfigError(f"timezone: unknown timezone {settings.timezone!r}") from None
+    if settings.limits_failure not in ("open", "closed"):
+        raise ConfigError("limits_failure must be 'open' or 'closed'")
+    if settings.default_tier not in settings.tiers:
+        raise ConfigError(
+            f"default_tier {settings.default_tier!r} is not a tier ({sorted(settings.tiers)})"
+        )
+    for name in ("change_poll_interval", "last_used_flush_interval", "queue_timeout", "slot_ttl"):
         # 0, a negative number or NaN would turn a background loop into a busy loop.
         if not 0 < getattr(settings, name) < float("inf"):
             raise ConfigError(f"{name} must be a positive number of seconds")

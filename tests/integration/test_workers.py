@@ -11,16 +11,21 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import OpenAISpec, Server, sse_events
+from tests.conftest import OpenAISpec, Server, missing, port_open, sse_events
 
 EMAIL = "workers@example.org"
 
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not port_open("127.0.0.1", 6379):
+        missing("Redis on 127.0.0.1:6379 (several workers share their limits there)")
     srv = Server(
         tmp_path_factory.mktemp("workers"),
-        env={"KEYHOUSE_TRUSTED_PROXIES": "127.0.0.1/32"},
+        env={
+            "KEYHOUSE_TRUSTED_PROXIES": "127.0.0.1/32",
+            "KEYHOUSE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        },
     )
     srv.create_member(EMAIL)
     srv.start("--workers", "2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -91,3 +92,16 @@ async def set_status(session: AsyncSession, clock: Clock, member: Member, status
 
 async def count_members(session: AsyncSession) -> int:
     return (await session.execute(select(func.count()).select_from(Member))).scalar_one()
+
+
+async def set_tier(
+    session: AsyncSession, clock: Clock, member: Member, tier: str | None, known: Iterable[str]
+) -> None:
+    """Move a member to a tier (None: back to the default); servers see it within a second."""
+    if tier is not None and tier not in set(known):
+        raise InvalidRequest(
+            f"no tier {tier!r} (the tiers are: {', '.join(sorted(known))})", param="tier"
+        )
+    member.tier = tier
+    member.updated_at = clock.now()
+    await record_change(session, MEMBER, member.id, clock.now())

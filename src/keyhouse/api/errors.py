@@ -20,18 +20,31 @@ from keyhouse.errors import InvalidRequest, KeyhouseError, NotFound, ServerError
 log = logging.getLogger("keyhouse.api")
 
 
-def error_response(exc: KeyhouseError) -> Response:
+def error_response(exc: KeyhouseError, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(exc.body()),
         status_code=exc.status,
         media_type="application/json",
-        headers=exc.headers or None,
+        headers={**(headers or {}), **exc.headers} or None,
     )
+
+
+async def limit_headers(request: Request) -> dict[str, str]:
+    """The rate-limit headers for a /v1 error: those of the request's admission, or — when it
+    failed before one — the caller's limits as they stand."""
+    state = request.state
+    headers = getattr(state, "limit_headers", None)
+    if headers is not None:
+        return headers  # type: ignore[no-any-return]
+    rules = getattr(state, "peek_rules", None)
+    if not rules:
+        return {}
+    return await request.app.state.services.limiter.peek(rules)  # type: ignore[no-any-return]
 
 
 async def on_keyhouse_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeyhouseError)
-    return error_response(exc)
+    return error_response(exc, await limit_headers(request))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

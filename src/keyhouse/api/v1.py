@@ -1,21 +1,22 @@
 """The ``/v1`` surface. Each handler is the pipeline, in order, for one endpoint:
 
-    key → Principal (cached) → body → wire model → model route → backend → render
+    key → Principal (cached) → body → wire model → model route → admission (limits)
+        → backend → render → limits corrected to the true usage (in the background)
 
-Later stages (limits, reservations, settlement) slot in between; each is one call here.
+Later stages (reservations, settlement) slot in the same way; each is one call here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from keyhouse.api import estimate, render
 from keyhouse.api import protocol as p
-from keyhouse.api import render
 from keyhouse.api.http import (
     EventStream,
     client_ip,
@@ -25,8 +26,9 @@ from keyhouse.api.http import (
     unless_disconnected,
 )
 from keyhouse.api.validation import parse
-from keyhouse.backends.base import Call, Event
+from keyhouse.backends.base import Call, Event, Usage
 from keyhouse.backends.catalog import Route
+from keyhouse.config import ModelSpec
 from keyhouse.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -35,6 +37,8 @@ from keyhouse.errors import (
     PermissionDenied,
 )
 from keyhouse.keys.principal import MODELS_READ, Principal
+from keyhouse.limits.limiter import Admission
+from keyhouse.limits.policy import costs_for, rules_for
 
 if TYPE_CHECKING:
     from keyhouse.app import Services
@@ -62,8 +66,8 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def json_response(model: p.Out, status: int = 200) -> Response:
-    return Response(model.wire(), status_code=status, media_type="application/json")
+def json_response(model: p.Out, headers: dict[str, str] | None = None) -> Response:
+    return Response(model.wire(), media_type="application/json", headers=headers)
 
 
 async def gate(request: Request, endpoint: str) -> Principal:
@@ -84,6 +88,8 @@ async def gate(request: Request, endpoint: str) -> Principal:
             f"{principal.redacted} is {principal.permissions} and may not call {endpoint}. "
             "Ask for a key with that permission.",
         )
+    # Errors from here on carry the rate-limit headers as they stand (see api/errors).
+    request.state.peek_rules = rules_for(svc.settings, principal, None, svc.clock.now())
     return principal
 
 
@@ -111,10 +117,66 @@ def head(svc: Services, route: Route, prefix: str) -> render.Head:
     )
 
 
+async def admit(
+    request: Request, svc: Services, principal: Principal, name: str, spec: ModelSpec, tokens: int
+) -> Admission:
+    """Count the request against every limit that applies, or refuse it with OpenAI's 429.
+    ``name`` is the model as the client named it (an alias, perhaps), for the message."""
+    rules = rules_for(svc.settings, principal, spec, svc.clock.now())
+    admission = await svc.limiter.admit(rules, costs_for(rules, tokens), subject=name)
+    request.state.limit_headers = admission.headers
+    return admission
+
+
+async def observed(events: AsyncIterator[Event], seen: list[Usage]) -> AsyncIterator[Event]:
+    """Pass events through, keeping the usage for what comes after the response."""
+    try:
+        async for event in events:
+            if isinstance(event, Usage):
+                seen.append(event)
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def run(
+    request: Request,
+    svc: Services,
+    admission: Admission,
+    start: Callable[[], AsyncIterator[Event]],
+    collect: Callable[[AsyncIterator[Event]], Awaitable[p.Out]],
+    renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]] | None,
+) -> Response:
+    """Run the backend and render its events — one JSON body, or a stream when a ``renderer``
+    is given — then settle the limits with the true usage, exactly once."""
+    seen: list[Usage] = []
+
+    def done(fallback: int | None) -> None:
+        svc.limiter.finish(admission, seen[-1].total_tokens if seen else fallback)
+
+    try:
+        events = observed(start(), seen)
+    except BaseException:
+        done(0)  # refused before generating anything: the reservation goes back
+        raise
+    if renderer is not None:
+        return await stream(request, events, renderer, admission.headers, done)
+    try:
+        body = await unless_disconnected(request, collect(events))
+    except BaseException:
+        await events.aclose()
+        done(None if seen else 0)
+        raise
+    done(None)
+    return json_response(body, admission.headers)
+
+
 async def stream(
     request: Request,
     events: AsyncIterator[Event],
     renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
+    headers: dict[str, str],
+    done: Callable[[int | None], None],
 ) -> EventStream:
     """Wait for the first event — errors before it are ordinary HTTP errors — then stream."""
     try:
@@ -123,6 +185,7 @@ async def stream(
         first = None
     except BaseException:
         await events.aclose()  # type: ignore[attr-defined]
+        done(0)
         raise
 
     async def replay() -> AsyncIterator[Event]:
@@ -133,8 +196,9 @@ async def stream(
                     yield event
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+            done(None)
 
-    return EventStream(render.guarded(renderer(replay())))
+    return EventStream(render.guarded(renderer(replay())), headers)
 
 
 def check_stream_options(stream_flag: bool | None, options: p.StreamOptions | None) -> None:
@@ -158,7 +222,8 @@ async def list_models(request: Request) -> Response:
         for name, spec in svc.catalog.names()
         if svc.catalog.allowed(principal, spec)
     ]
-    return json_response(p.ModelList(data=cards))
+    headers = await svc.limiter.peek(request.state.peek_rules)
+    return json_response(p.ModelList(data=cards), headers)
 
 
 @router.get("/v1/models/{model:path}")
@@ -168,19 +233,15 @@ async def retrieve_model(request: Request, model: str) -> Response:
     route = svc.catalog.route(model)
     if route is None or not svc.catalog.allowed(principal, route.spec):
         raise ModelNotFound(model)
-    return json_response(
-        p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by)
-    )
+    card = p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by)
+    return json_response(card, await svc.limiter.peek(request.state.peek_rules))
 
 
 # ----------------------------------------------------------------------------- chat
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(request: Request) -> Response | EventStream:
-    svc = services(request)
-    principal = await gate(request, "chat.completions")
-    body = parse(p.ChatCompletionRequest, await read_body(request, svc.settings.max_body_bytes))
+def check_chat(body: p.ChatCompletionRequest) -> None:
+    """What OpenAI refuses whatever the model."""
     check_stream_options(body.stream, body.stream_options)
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest(
@@ -200,35 +261,57 @@ async def chat_completions(request: Request) -> Response | EventStream:
             param="messages",
             code="invalid_value",
         )
+
+
+def include_usage(options: p.StreamOptions | None) -> bool:
+    return bool(options and options.include_usage)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    svc = services(request)
+    principal = await gate(request, "chat.completions")
+    body = parse(p.ChatCompletionRequest, await read_body(request, svc.settings.max_body_bytes))
+    check_chat(body)
     route = route_for(svc, principal, body.model, "chat.completions")
+    tokens = estimate.chat_tokens(body, route.spec)
+    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
     call = Call(request_id(request), principal.member_id, route.spec)
-    events = route.backend.chat(body, call)
     info = head(svc, route, "chatcmpl-")
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await stream(request, events, lambda ev: render.chat_stream(ev, info, include_usage))
-    return json_response(await unless_disconnected(request, render.chat_completion(events, info)))
+    usage = include_usage(body.stream_options)
+    return await run(
+        request,
+        svc,
+        admission,
+        lambda: route.backend.chat(body, call),
+        lambda events: render.chat_completion(events, info),
+        (lambda events: render.chat_stream(events, info, usage)) if body.stream else None,
+    )
 
 
 # ----------------------------------------------------------------------------- completions
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(request: Request) -> Response | EventStream:
+async def completions(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, "completions")
     body = parse(p.CompletionRequest, await read_body(request, svc.settings.max_body_bytes))
     check_stream_options(body.stream, body.stream_options)
     route = route_for(svc, principal, body.model, "completions")
+    tokens = estimate.completion_tokens(body, route.spec)
+    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
     call = Call(request_id(request), principal.member_id, route.spec)
-    events = route.backend.complete(body, call)
     info = head(svc, route, "cmpl-")
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await stream(
-            request, events, lambda ev: render.completion_stream(ev, info, include_usage)
-        )
-    return json_response(await unless_disconnected(request, render.completion(events, info)))
+    usage = include_usage(body.stream_options)
+    return await run(
+        request,
+        svc,
+        admission,
+        lambda: route.backend.complete(body, call),
+        lambda events: render.completion(events, info),
+        (lambda events: render.completion_stream(events, info, usage)) if body.stream else None,
+    )
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -240,6 +323,14 @@ async def embeddings(request: Request) -> Response:
     principal = await gate(request, "embeddings")
     body = parse(p.EmbeddingRequest, await read_body(request, svc.settings.max_body_bytes))
     route = route_for(svc, principal, body.model, "embeddings")
+    tokens = estimate.embedding_tokens(body)
+    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
     call = Call(request_id(request), principal.member_id, route.spec)
-    result = await unless_disconnected(request, route.backend.embed(body, call))
-    return json_response(render.embedding_list(result, route.spec.name, body.encoding_format))
+    try:
+        result = await unless_disconnected(request, route.backend.embed(body, call))
+    except BaseException:
+        svc.limiter.finish(admission, 0)
+        raise
+    svc.limiter.finish(admission, result.prompt_tokens)
+    rendered = render.embedding_list(result, route.spec.name, body.encoding_format)
+    return json_response(rendered, admission.headers)

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.clock import Clock
-from keyhouse.config import parse_networks
+from keyhouse.config import LimitSet, parse_networks
 from keyhouse.db import changes
 from keyhouse.db.engine import Database
 from keyhouse.db.models import ApiKey, Member
@@ -55,6 +55,8 @@ def principal_from(key: ApiKey, member: Member) -> Principal:
         ip_allow=parse_networks(key.ip_allow) if key.ip_allow is not None else None,
         expires_at=key.expires_at,
         redacted=key.redacted,
+        tier=member.tier,
+        limits=LimitSet(key.rpm, key.tpm, key.rpd, key.max_parallel),
     )
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyhouse.config import IPNetwork
+from keyhouse.config import NO_LIMITS, IPNetwork, LimitSet
 
 #: Endpoint scopes a key may be restricted to.
 MODELS_READ = "models.read"
@@ -32,6 +32,9 @@ class Principal:
     ip_allow: tuple[IPNetwork, ...] | None
     expires_at: datetime | None
     redacted: str
+    #: The member's tier (None: the default tier) and the key's own limit overrides.
+    tier: str | None = None
+    limits: LimitSet = NO_LIMITS
 
     def may_call(self, endpoint: str) -> bool:
         if self.permissions == ALL:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.clock import Clock
-from keyhouse.config import parse_networks
+from keyhouse.config import LimitSet, parse_networks
 from keyhouse.db.changes import KEY, record_change
 from keyhouse.db.models import ApiKey, Member
 from keyhouse.errors import ConfigError, InvalidRequest, NotFound
@@ -65,6 +65,14 @@ class KeyRules:
         return KeyRules(self.permissions, endpoints, models, ip_allow)
 
 
+def checked_limits(limits: LimitSet) -> LimitSet:
+    for name in ("rpm", "tpm", "rpd", "max_parallel"):
+        value = getattr(limits, name)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"{name} must be at least 1 (or no limit at all)", param=name)
+    return limits
+
+
 def _list(values: Iterable[str] | None) -> list[str] | None:
     return list(values) if values is not None else None
 
@@ -78,9 +86,11 @@ async def create_key(
     name: str,
     rules: KeyRules | None = None,
     expires_at: datetime | None = None,
+    limits: LimitSet | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns the row and the secret, which is never available again."""
     rules = (rules or KeyRules()).validated()
+    limits = checked_limits(limits or LimitSet())
     now = clock.now()
     if expires_at is not None and expires_at <= now:
         raise InvalidRequest("the expiry must be in the future", param="expires_at")
@@ -98,6 +108,10 @@ async def create_key(
         ip_allow=_list(rules.ip_allow),
         created_at=now,
         expires_at=expires_at,
+        rpm=limits.rpm,
+        tpm=limits.tpm,
+        rpd=limits.rpd,
+        max_parallel=limits.max_parallel,
     )
     session.add(key)
     await session.flush()
@@ -137,9 +151,16 @@ async def update_key(
     name: str | None = None,
     rules: KeyRules | None = None,
     expires_at: datetime | object | None = _UNSET,
+    limits: LimitSet | None = None,
 ) -> None:
+    """Change what is given; ``limits`` replaces the key's overrides (None fields: no limit)."""
     if name is not None:
         key.name = name
+    if limits is not None:
+        limits = checked_limits(limits)
+        key.rpm, key.tpm, key.rpd, key.max_parallel = (
+            limits.rpm, limits.tpm, limits.rpd, limits.max_parallel
+        )
     if rules is not None:
         rules = rules.validated()
         key.permissions = rules.permissions

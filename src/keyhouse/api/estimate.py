@@ -1,0 +1,55 @@
+"""Token counts known before the model runs, for limits that must decide up front.
+
+The prompt is estimated without a tokenizer (about four characters a token, as OpenAI's own
+rate limiter does); the output is the request's allowance. Limits correct the estimate to the
+true count once the response is done.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.config import ModelSpec
+
+PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
+
+
+def _text_tokens(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+def chat_tokens(body: ChatCompletionRequest, spec: ModelSpec) -> int:
+    prompt = sum(_text_tokens(len(m.text())) + PER_MESSAGE for m in body.messages)
+    output = body.output_limit or spec.default_max_tokens
+    return prompt + output * (body.n or 1)
+
+
+def completion_tokens(body: CompletionRequest, spec: ModelSpec) -> int:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts: list[int] = [_text_tokens(len(prompt))]
+    elif prompt and isinstance(prompt[0], int):
+        prompts = [len(prompt)]
+    else:
+        prompts = [
+            _text_tokens(len(p)) if isinstance(p, str) else len(p)  # type: ignore[arg-type]
+            for p in prompt
+        ]
+    output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
+    return sum(prompts) + output * (body.n or 1) * max(1, len(prompts))
+
+
+def embedding_tokens(body: EmbeddingRequest) -> int:
+    raw = body.input
+    if isinstance(raw, str):
+        return _text_tokens(len(raw))
+    total = 0
+    for item in raw:
+        if isinstance(item, str):
+            total += _text_tokens(len(item))
+        elif isinstance(item, int):
+            total += 1
+        else:
+            total += len(item)
+    return total

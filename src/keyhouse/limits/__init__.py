@@ -1,0 +1,1 @@
+"""Rate limits: the rules, the limiter, and its stores (in-process, Redis)."""

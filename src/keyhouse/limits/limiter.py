@@ -1,0 +1,233 @@
+"""The limiter: decide a request against its rules, shape OpenAI's headers and 429s, and do the
+after-work (token corrections, slot releases) off the request path.
+
+It is a small piece that knows nothing of ``/v1``: the sign-up and verification throttles use
+it too (``hit``). When its store fails (Redis away), the configured policy applies — fail open
+with a logged warning, or fail closed with a 503 — and for a second after a failure the store is
+not asked again, so a dead Redis never adds its timeout to every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from keyhouse.clock import Clock
+from keyhouse.errors import KeyhouseError
+from keyhouse.limits.rules import US, Decision, Rule, RuleState, duration
+
+log = logging.getLogger("keyhouse.limits")
+
+Failure = Literal["open", "closed"]
+BACKOFF_S = 1.0
+
+
+class Store(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def acquire(
+        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+    ) -> Decision: ...
+
+    async def adjust(self, rule: Rule, delta: int, now_us: int) -> None: ...
+
+    async def release(self, rule: Rule, slot_id: str) -> None: ...
+
+    def sweep(self, now_us: int) -> None: ...
+
+
+class RateLimited(KeyhouseError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class LimiterUnavailable(KeyhouseError):
+    status = 503
+    type = "server_error"
+    code = "rate_limiter_unavailable"
+
+
+@dataclass
+class Admission:
+    """A request let in: the headers to send, and what to undo or correct when it ends."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    slots: dict[str, str] = field(default_factory=dict)
+    #: Token rules charged up front, and with how many tokens.
+    reserved_tokens: int = 0
+    finished: bool = False
+
+
+def headers_for(states: Iterable[RuleState]) -> dict[str, str]:
+    """OpenAI's six headers; per dimension, the rule closest to refusing speaks."""
+    headers: dict[str, str] = {}
+    for dimension in ("requests", "tokens"):
+        candidates = [
+            s for s in states if s.rule.dimension == dimension and s.rule.kind in ("rate", "day")
+        ]
+        if not candidates:
+            continue
+        closest = min(candidates, key=lambda s: (s.remaining, -s.reset_us))
+        headers[f"x-ratelimit-limit-{dimension}"] = str(closest.rule.limit)
+        headers[f"x-ratelimit-remaining-{dimension}"] = str(closest.remaining)
+        headers[f"x-ratelimit-reset-{dimension}"] = duration(closest.reset_us)
+    return headers
+
+
+class Limiter:
+    def __init__(
+        self, store: Store, clock: Clock, *, failure: Failure = "open", public_url: str = ""
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.failure = failure
+        self.public_url = public_url.rstrip("/")
+        self._down_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_warning = 0.0
+
+    async def start(self) -> None:
+        try:
+            await self.store.start()
+        except Exception as exc:  # start anyway; the policy decides per request
+            self._failed(exc)
+
+    async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.stop()
+
+    def now_us(self) -> int:
+        return int(self.clock.now().timestamp() * US)
+
+    # ------------------------------------------------------------------ failure policy
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + BACKOFF_S
+        if time.monotonic() - self._last_warning > 10:
+            self._last_warning = time.monotonic()
+            log.warning(
+                "rate-limit store (%s) unavailable: %s; failing %s",
+                self.store.name,
+                exc or type(exc).__name__,
+                self.failure,
+            )
+
+    def _unavailable(self) -> Admission:
+        if self.failure == "closed":
+            raise LimiterUnavailable(
+                "The rate limiter is unavailable, so requests are refused for now. Please retry "
+                "shortly.",
+                headers={"retry-after": "1"},
+            )
+        return Admission()
+
+    async def _decide(self, rules: list[Rule], costs: list[int], commit: bool) -> Decision | None:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            return await self.store.acquire(
+                rules, costs, self.now_us(), secrets.token_hex(8), commit=commit
+            )
+        except Exception as exc:
+            self._failed(exc)
+            return None
+
+    # ------------------------------------------------------------------ the request path
+
+    async def admit(self, rules: list[Rule], costs: list[int], *, subject: str = "") -> Admission:
+        """Take ``costs`` from every rule, or none of them and raise a 429."""
+        if not rules:
+            return Admission()
+        decision = await self._decide(rules, costs, commit=True)
+        if decision is None:
+            return self._unavailable()
+        if not decision.allowed:
+            raise self.refusal(decision, rules, costs, subject)
+        reserved = max(
+            (c for r, c in zip(rules, costs, strict=True) if r.dimension == "tokens"), default=0
+        )
+        return Admission(headers_for(decision.states), rules, decision.slots, reserved)
+
+    async def peek(self, rules: list[Rule]) -> dict[str, str]:
+        """The headers as they stand, taking nothing (for responses that consume nothing)."""
+        if not rules:
+            return {}
+        decision = await self._decide(rules, [0] * len(rules), commit=False)
+        return headers_for(decision.states) if decision else {}
+
+    def finish(self, admission: Admission, tokens_used: int | None) -> None:
+        """Correct token rules to what was used and release slots — in the background."""
+        if admission.finished or not admission.rules:
+            return
+        admission.finished = True
+        task = asyncio.create_task(self._finish(admission, tokens_used))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, admission: Admission, tokens_used: int | None) -> None:
+        now = self.now_us()
+        try:
+            for rule in admission.rules:
+                if rule.kind == "concurrency" and rule.key in admission.slots:
+                    await self.store.release(rule, admission.slots[rule.key])
+                elif rule.dimension == "tokens" and tokens_used is not None:
+                    delta = tokens_used - admission.reserved_tokens
+                    if delta:
+                        await self.store.adjust(rule, delta, now)
+        except Exception as exc:  # slots and levels expire on their own
+            self._failed(exc)
+
+    async def hit(self, rule: Rule, *, subject: str = "", cost: int = 1) -> RuleState | None:
+        """One throttle (e.g. sign-ups per IP): take ``cost`` or raise a 429."""
+        admission = await self.admit([rule], [cost], subject=subject)
+        return None if not admission.rules else RuleState(rule, True, 0, 0, 0)
+
+    # ------------------------------------------------------------------ refusals
+
+    def refusal(
+        self, decision: Decision, rules: list[Rule], costs: list[int], subject: str
+    ) -> RateLimited:
+        refused = decision.refused()
+        state = max(refused, key=lambda s: s.retry_us)
+        rule = state.rule
+        cost = costs[rules.index(rule)]
+        where = f"{subject} " if subject else ""
+        headers = headers_for(decision.states)
+        if rule.kind == "concurrency":
+            message = (
+                f"Too many requests in flight for {where}{rule.scope}: Limit {rule.limit}. "
+                "Please try again when one of them has finished."
+            )
+            retry_us = US
+        elif cost > rule.limit:
+            message = (
+                f"Request too large for {where}{rule.scope} on {rule.label}: Limit {rule.limit}, "
+                f"Requested {cost}. The input or output tokens must be reduced in order to run "
+                "successfully."
+            )
+            headers["x-should-retry"] = "false"
+            retry_us = 0
+        else:
+            retry_us = state.retry_us
+            message = (
+                f"Rate limit reached for {where}{rule.scope} on {rule.label}: Limit {rule.limit}, "
+                f"Used {state.used}, Requested {cost}. Please try again in {duration(retry_us)}. "
+                f"Visit {self.public_url}/account/limits to learn more."
+            )
+        if retry_us:
+            headers["retry-after"] = str(max(1, math.ceil(retry_us / US)))
+            headers["retry-after-ms"] = str(math.ceil(retry_us / 1000))
+        return RateLimited(message, type=rule.dimension, headers=headers)

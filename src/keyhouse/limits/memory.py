@@ -1,0 +1,115 @@
+"""The in-process store: one worker, no Redis. Same arithmetic as the Redis script.
+
+Everything happens between two awaits, so a decision over several rules is atomic within the
+process. Old state is swept as it is touched and by ``sweep()``.
+"""
+
+from __future__ import annotations
+
+from keyhouse.limits.rules import Decision, Rule, RuleState, state_of
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._rates: dict[str, tuple[int, int, int]] = {}  # key → (level, at_us, empty_at_us)
+        self._days: dict[str, tuple[int, int, int]] = {}  # key → (day_start_us, count, end_us)
+        self._slots: dict[str, dict[str, int]] = {}  # key → slot id → expiry_us
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------ raw values
+
+    def _rate(self, rule: Rule, now_us: int) -> int:
+        level, at, _ = self._rates.get(rule.key, (0, now_us, now_us))
+        elapsed = max(0, now_us - at)
+        if elapsed >= rule.period_us:
+            return 0
+        return max(0, level - elapsed * rule.limit)
+
+    def _day(self, rule: Rule) -> int:
+        start, count, _ = self._days.get(rule.key, (rule.day_start_us, 0, rule.day_end_us))
+        return count if start == rule.day_start_us else 0
+
+    def _live_slots(self, rule: Rule, now_us: int) -> dict[str, int]:
+        slots = self._slots.get(rule.key, {})
+        expired = [slot for slot, expiry in slots.items() if expiry <= now_us]
+        for slot in expired:
+            del slots[slot]
+        return slots
+
+    def _value(self, rule: Rule, now_us: int) -> int:
+        if rule.kind == "rate":
+            return self._rate(rule, now_us)
+        if rule.kind == "day":
+            return self._day(rule)
+        return len(self._live_slots(rule, now_us))
+
+    # ------------------------------------------------------------------ the store interface
+
+    async def acquire(
+        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+    ) -> Decision:
+        states: list[RuleState] = []
+        values = [self._value(rule, now_us) for rule in rules]
+        oks: list[bool] = []
+        for rule, cost, value in zip(rules, costs, values, strict=True):
+            if rule.kind == "rate":
+                oks.append(value + cost * rule.period_us <= rule.limit * rule.period_us)
+            elif rule.kind == "day":
+                oks.append(value + cost <= rule.limit)
+            else:
+                oks.append(value + cost <= rule.limit)
+        allowed = all(oks)
+        slots: dict[str, str] = {}
+        for rule, cost, value, ok in zip(rules, costs, values, oks, strict=True):
+            after = value
+            if allowed and commit and cost:
+                if rule.kind == "rate":
+                    after = value + cost * rule.period_us
+                    self._set_rate(rule, after, now_us)
+                elif rule.kind == "day":
+                    after = value + cost
+                    self._days[rule.key] = (rule.day_start_us, after, rule.day_end_us)
+                else:
+                    self._slots.setdefault(rule.key, {})[slot_id] = now_us + rule.period_us
+                    slots[rule.key] = slot_id
+                    after = value + 1
+            elif allowed and cost:  # a peek: report as if admitted
+                after = value + (cost * rule.period_us if rule.kind == "rate" else cost)
+            states.append(state_of(rule, after if allowed else value, cost, ok, now_us))
+        return Decision(allowed, states, slots)
+
+    async def adjust(self, rule: Rule, delta: int, now_us: int) -> None:
+        """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
+        if rule.kind == "rate":
+            self._set_rate(rule, max(0, self._rate(rule, now_us) + delta * rule.period_us), now_us)
+        elif rule.kind == "day":
+            count = max(0, self._day(rule) + delta)
+            self._days[rule.key] = (rule.day_start_us, count, rule.day_end_us)
+
+    def _set_rate(self, rule: Rule, level: int, now_us: int) -> None:
+        self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
+
+    async def release(self, rule: Rule, slot_id: str) -> None:
+        self._slots.get(rule.key, {}).pop(slot_id, None)
+
+    def sweep(self, now_us: int) -> None:
+        """Forget state that no longer limits anything."""
+        for key, (_, _, empty_at) in list(self._rates.items()):
+            if empty_at <= now_us:
+                del self._rates[key]
+        for key, (_, _, end) in list(self._days.items()):
+            if end <= now_us:
+                del self._days[key]
+        for key, slots in list(self._slots.items()):
+            for slot, expiry in list(slots.items()):
+                if expiry <= now_us:
+                    del slots[slot]
+            if not slots:
+                del self._slots[key]

@@ -1,0 +1,109 @@
+"""Which limits apply to a request: the key's own overrides, the member's tier, the tier's limits
+for this model, and the model's ceiling across all members."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from keyhouse.config import LimitSet, ModelSpec, Settings, Tier
+from keyhouse.keys.principal import Principal
+from keyhouse.limits.rules import US, Rule
+
+
+@lru_cache(maxsize=32)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def day_bounds(now: datetime, timezone: str) -> tuple[int, int]:
+    """The calendar day around ``now`` in ``timezone``, as absolute microseconds."""
+    zone = _zone(timezone)
+    today = now.astimezone(zone).date()
+    start = datetime.combine(today, time(0), tzinfo=zone)
+    end = datetime.combine(today + timedelta(days=1), time(0), tzinfo=zone)
+    return int(start.timestamp() * US), int(end.timestamp() * US)
+
+
+def rules_of(
+    prefix: str, limits: LimitSet, scope: str, day: tuple[int, int], slot_ttl_us: int
+) -> list[Rule]:
+    rules: list[Rule] = []
+    if limits.rpm is not None:
+        rules.append(
+            Rule(
+                f"{prefix}:rpm",
+                "rate",
+                limits.rpm,
+                "requests",
+                60 * US,
+                label="requests per min (RPM)",
+                scope=scope,
+            )
+        )
+    if limits.tpm is not None:
+        rules.append(
+            Rule(
+                f"{prefix}:tpm",
+                "rate",
+                limits.tpm,
+                "tokens",
+                60 * US,
+                label="tokens per min (TPM)",
+                scope=scope,
+            )
+        )
+    if limits.rpd is not None:
+        rules.append(
+            Rule(
+                f"{prefix}:rpd",
+                "day",
+                limits.rpd,
+                "requests",
+                0,
+                day[0],
+                day[1],
+                label="requests per day (RPD)",
+                scope=scope,
+            )
+        )
+    if limits.max_parallel is not None:
+        rules.append(
+            Rule(
+                f"{prefix}:par",
+                "concurrency",
+                limits.max_parallel,
+                "requests",
+                slot_ttl_us,
+                label="requests in flight",
+                scope=scope,
+            )
+        )
+    return rules
+
+
+def tier_of(settings: Settings, principal: Principal) -> Tier:
+    return settings.tiers.get(principal.tier or "") or settings.tiers[settings.default_tier]
+
+
+def rules_for(
+    settings: Settings, principal: Principal, model: ModelSpec | None, now: datetime
+) -> list[Rule]:
+    """Every rule this request counts against (``model`` None: the key and member only)."""
+    day = day_bounds(now, settings.timezone)
+    ttl = int(settings.slot_ttl * US)
+    tier = tier_of(settings, principal)
+    rules = rules_of(f"k:{principal.key_id}", principal.limits, "with this API key", day, ttl)
+    rules += rules_of(f"m:{principal.member_id}", tier.limits, "in your account", day, ttl)
+    if model is not None:
+        per_model = next((tier.models[n] for n in model.names if n in tier.models), LimitSet())
+        rules += rules_of(
+            f"mm:{principal.member_id}:{model.name}", per_model, "in your account", day, ttl
+        )
+        rules += rules_of(f"g:{model.name}", model.limits, "across all members", day, ttl)
+    return rules
+
+
+def costs_for(rules: list[Rule], tokens: int) -> list[int]:
+    return [tokens if rule.dimension == "tokens" else 1 for rule in rules]

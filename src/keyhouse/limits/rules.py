@@ -1,0 +1,105 @@
+"""Rules and outcomes of the limiter, in plain data; nothing here knows HTTP or a store.
+
+Three kinds of rule:
+
+- ``rate``: so many units (requests or tokens) per period, as a token bucket that refills
+  continuously. Kept in integers — the bucket's level in "unit·microseconds" — so that the
+  boundaries are exact: a limit of N per minute admits N, refuses the next, and admits again as
+  the minute passes, on every store alike (Redis's Lua numbers are doubles, exact to 2⁵³).
+- ``day``: so many units per calendar day in the organisation's timezone.
+- ``concurrency``: so many requests in flight; each holds a slot that expires on its own, so a
+  crashed worker never leaks capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["rate", "day", "concurrency"]
+Dimension = Literal["requests", "tokens"]
+
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    #: Where its state lives (``kh:…`` is added by the store), e.g. ``key:key_abc:rpm``.
+    key: str
+    kind: Kind
+    limit: int
+    dimension: Dimension = "requests"
+    #: For ``rate``: the period in microseconds. For ``day``: the UTC offset of the day's
+    #: start is in ``day_start_us`` instead. For ``concurrency``: the slot's lifetime.
+    period_us: int = 60 * US
+    #: ``day`` only: the start of the current day and of the next (absolute microseconds).
+    day_start_us: int = 0
+    day_end_us: int = 0
+    #: What the rule is, in words, for messages: "requests per min (RPM)".
+    label: str = ""
+    #: Whom it limits, in words: "your key", "your account", "smollm2-135m-instruct".
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """One rule after a decision: what the headers and messages need."""
+
+    rule: Rule
+    allowed: bool
+    used: int
+    remaining: int
+    #: Microseconds until the rule is back to its full allowance (rate/day), 0 for slots.
+    reset_us: int
+    #: Microseconds until this request would be admitted (refused rules only).
+    retry_us: int = 0
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    states: list[RuleState]
+    #: Concurrency slots taken (rule key → slot id), to release when the request ends.
+    slots: dict[str, str] = field(default_factory=dict)
+
+    def refused(self) -> list[RuleState]:
+        return [s for s in self.states if not s.allowed]
+
+
+def state_of(rule: Rule, value: int, cost: int, allowed: bool, now_us: int) -> RuleState:
+    """What a store's raw ``value`` means for ``rule`` — after the request if it was admitted,
+    before it if not. Rate: the bucket's level in unit·µs (it drains ``limit`` per µs).
+    Day: the units counted today. Concurrency: the slots in use."""
+    if rule.kind == "rate":
+        unit = rule.period_us
+        capacity = rule.limit * unit
+        remaining = max(0, (capacity - value) // unit)
+        reset_us = math.ceil(value / rule.limit) if value > 0 else 0
+        retry_us = 0 if allowed else math.ceil((value + cost * unit - capacity) / rule.limit)
+        return RuleState(rule, allowed, rule.limit - remaining, remaining, reset_us, retry_us)
+    if rule.kind == "day":
+        remaining = max(0, rule.limit - value)
+        reset_us = max(0, rule.day_end_us - now_us)
+        return RuleState(rule, allowed, value, remaining, reset_us, 0 if allowed else reset_us)
+    remaining = max(0, rule.limit - value)
+    return RuleState(rule, allowed, value, remaining, 0, 0 if allowed else US)
+
+
+def duration(us: int) -> str:
+    """OpenAI's reset format: ``6m0s``, ``1s``, ``17ms``, ``1h2m3s``, ``1.5s``."""
+    if us <= 0:
+        return "0s"
+    ms = math.ceil(us / 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = ""
+    if hours:
+        out += f"{int(hours)}h"
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".")
+    return out + f"{secs_text}s"
