@@ -97,17 +97,26 @@ class Limiter:
         self._down_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
             await self.store.start()
         except Exception as exc:  # start anyway; the policy decides per request
             self._failed(exc)
+        self._sweeper = asyncio.create_task(self._sweep(), name="limits-sweep")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.stop()
+
+    async def _sweep(self, every: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.store.sweep(self.now_us())
 
     def now_us(self) -> int:
         return int(self.clock.now().timestamp() * US)
