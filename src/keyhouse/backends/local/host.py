@@ -109,6 +109,12 @@ def _decode_event(line: bytes) -> Any:
     return None
 
 
+def _generate_job(data: dict[str, Any]) -> GenerateJob:
+    """JSON object keys are strings: give ``logit_bias`` back its integer token ids."""
+    data["logit_bias"] = {int(token): bias for token, bias in data["logit_bias"].items()}
+    return GenerateJob(**data)
+
+
 # ----------------------------------------------------------------------------- host side
 
 
@@ -140,7 +146,7 @@ class ModelHost:
         try:
             if request["op"] == "generate":
                 stream = self.engine.generate(
-                    request["model"], request["member"], GenerateJob(**request["job"])
+                    request["model"], request["member"], _generate_job(request["job"])
                 )
                 try:
                     async for event in stream:
@@ -213,7 +219,7 @@ class RemoteEngine:
             log.error("the model host at %s does not answer", self.socket_path)
             raise Overloaded(model) from None
         request = {"op": op, "model": model, "member": member, "job": asdict(job)}
-        writer.write(orjson.dumps(request) + b"\n")
+        writer.write(orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS) + b"\n")
         await writer.drain()
         return reader, writer
 
@@ -234,9 +240,10 @@ class RemoteEngine:
     async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings:
         reader, writer = await self._open("embed", model, member, job)
         try:
-            event = _decode_event(await reader.readline())
+            line = await reader.readline()
         finally:
             writer.close()
+        event = _decode_event(line) if line else None  # b"": the host closed the connection
         if isinstance(event, KeyhouseError):
             raise event
         if not isinstance(event, Embeddings):

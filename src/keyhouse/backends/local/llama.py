@@ -115,18 +115,25 @@ class LlamaRunner:
             logits_all=False,
             verbose=False,
         )
-        self.n_ctx = self.llm.n_ctx()
+        # llama.cpp rounds the context up (to 256s); llama-cpp-python's buffers keep the size
+        # asked for, and so does the operator's limit.
+        self.n_ctx = min(self.llm.n_ctx(), settings.context_length)
         self.n_vocab = self.llm.n_vocab()
         self._vocab = self.llm._model.vocab
         self.pieces = [self._piece(token) for token in range(self.n_vocab)]
         self.add_bos = bool(self.llm._model.add_bos_token())
+        bos = self.llm.token_bos()
+        self.start_token = bos if bos >= 0 else self.llm.token_eos()
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{settings.path.name} carries no chat template")
 
         def token_text(token_id_key: str) -> str:
+            # Rendered as special tokens: ``self.pieces`` holds them as b"" (never shown).
             token_id = self.llm.metadata.get(token_id_key)
-            return self.pieces[int(token_id)].decode("utf-8", "replace") if token_id else ""
+            if not token_id:
+                return ""
+            return self._piece(int(token_id), special=True).decode("utf-8", "replace")
 
         self.formatter = Jinja2ChatFormatter(
             template=template,
@@ -138,9 +145,9 @@ class LlamaRunner:
         ).hexdigest()
         self.fingerprint = "fp_" + digest[:10]
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buffer = ctypes.create_string_buffer(64)
-        size = self._lib.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+        size = self._lib.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
         return buffer.raw[: max(size, 0)]
 
     def is_eog(self, token: int) -> bool:
@@ -177,7 +184,9 @@ class LlamaRunner:
                     param=f"prompt[{i}]" if job.prompts and len(job.prompts) > 1 else "prompt",
                 )
             prompts.append(list(prompt))
-        return prompts
+        # An empty prompt leaves llama.cpp no logits to sample from: it aborts the whole
+        # process. Start from the BOS token instead, as OpenAI starts from <|endoftext|>.
+        return [tokens or [self.start_token] for tokens in prompts]
 
     def output_budget(self, job: GenerateJob, prompts: list[list[int]]) -> int:
         """How many tokens each choice may generate; a 400 when the request can't fit."""
@@ -223,7 +232,7 @@ class LlamaRunner:
         emit(Usage(prompt_total, completion_total, cached_total))
 
     def _grammar(self, job: GenerateJob) -> Any:
-        if not (job.json_mode or job.json_schema):
+        if not job.json_mode and job.json_schema is None:  # ``{}`` is a schema: any JSON
             return None
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
@@ -232,12 +241,27 @@ class LlamaRunner:
         import json
 
         try:
-            return LlamaGrammar.from_json_schema(json.dumps(job.json_schema), verbose=False)
+            grammar = LlamaGrammar.from_json_schema(json.dumps(job.json_schema), verbose=False)
+            error = None if self._parses(grammar) else "llama.cpp cannot compile it"
         except Exception as exc:
+            error = str(exc)
+        if error is not None:
             raise InvalidRequest(
-                f"Invalid schema for response_format: {exc}",
+                f"Invalid schema for response_format: {error}",
                 param="response_format.json_schema.schema",
-            ) from None
+            )
+        return grammar
+
+    def _parses(self, grammar: Any) -> bool:
+        """Whether llama.cpp accepts the grammar: a refused one (``{"enum": []}`` converts to an
+        empty rule) would be added to the sampler chain as NULL and crash the process."""
+        probe = self._lib.llama_sampler_init_grammar(
+            self._vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not probe:
+            return False
+        self._lib.llama_sampler_free(probe)
+        return True
 
     def _sampler(self, job: GenerateJob, seed: int, grammar: Any) -> Any:
         from llama_cpp._internals import LlamaSampler
@@ -262,7 +286,8 @@ class LlamaRunner:
             if s.min_p > 0:
                 sampler.add_min_p(s.min_p, 1)
             sampler.add_temp(job.temperature)
-            sampler.add_dist(seed & 0xFFFFFFFF)
+            # 0xFFFFFFFF is llama.cpp's "pick a random seed": seed=-1 must stay reproducible.
+            sampler.add_dist(seed % 0xFFFFFFFF)
         return sampler
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
@@ -280,6 +305,15 @@ class LlamaRunner:
         llm.reset()
         return 0
 
+    def _evaluate(self, tokens: list[int], cancelled: Callable[[], bool]) -> None:
+        """Evaluate a prompt one batch at a time, so that a client who leaves during a long
+        prompt (8k tokens: over a minute on 2 cores) frees the model within one batch."""
+        step = self.llm.n_batch
+        for start in range(0, len(tokens), step):
+            if cancelled():
+                return
+            self.llm.eval(tokens[start : start + step])
+
     def _choice(
         self,
         job: GenerateJob,
@@ -295,11 +329,13 @@ class LlamaRunner:
         scoring = job.echo and job.logprobs is not None
         if scoring:
             cached = 0
-            prompt_logprobs = self._prompt_logprobs(tokens, job.logprobs or 0)
+            prompt_logprobs = self._prompt_logprobs(tokens, job.logprobs or 0, cancelled)
         else:
             cached = self._reuse_prefix(tokens)
-            llm.eval(tokens[llm.n_tokens :])
+            self._evaluate(tokens[llm.n_tokens :], cancelled)
             prompt_logprobs = None
+        if cancelled():  # during the prompt: a long one takes many seconds
+            return 0, cached
         if job.echo:
             echoed = b"".join(self.pieces[t] for t in tokens).decode("utf-8", "replace")
             emit(TextDelta(index, echoed, prompt_logprobs))
@@ -374,7 +410,9 @@ class LlamaRunner:
             self._top(row, norm, top),
         )
 
-    def _prompt_logprobs(self, tokens: list[int], top: int) -> list[TokenLogprob]:
+    def _prompt_logprobs(
+        self, tokens: list[int], top: int, cancelled: Callable[[], bool]
+    ) -> list[TokenLogprob]:
         """Evaluate the prompt with logits at every position (for echo + logprobs)."""
         llm = self.llm
         llm.reset()
@@ -383,6 +421,8 @@ class LlamaRunner:
         out.append(TokenLogprob(first.decode("utf-8", "replace"), None, list(first)))
         step = llm.n_batch
         for start in range(0, len(tokens), step):
+            if cancelled():
+                break
             chunk = tokens[start : start + step]
             n_past = llm.n_tokens
             llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
