@@ -12,8 +12,10 @@ import base64
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import orjson
 
 from keyhouse.api import protocol as p
 from keyhouse.backends.base import Embeddings, Event, TextDelta, TokenLogprob, Usage
@@ -118,22 +120,34 @@ async def chat_completion(events: AsyncIterator[Event], head: Head) -> p.ChatCom
     )
 
 
-def _chat_chunk(head: Head, choices: list[p.ChunkChoice], include_usage: bool) -> bytes:
-    chunk = p.ChatCompletionChunk(
-        id=head.id,
-        created=head.created,
-        model=head.model,
-        system_fingerprint=head.system_fingerprint,
-        choices=choices,
-    )
-    if include_usage:
-        chunk.usage = None
-    return sse(chunk.wire())
+class Frame:
+    """What every chunk of one stream repeats, rendered once: a chunk is then the frame around
+    its one choice — a dict dumped by orjson, the hot path of a stream."""
+
+    def __init__(self, head: Head, obj: str, include_usage: bool) -> None:
+        self.before = (
+            b'data: {"id":'
+            + orjson.dumps(head.id)
+            + b',"object":'
+            + orjson.dumps(obj)
+            + b',"created":'
+            + str(head.created).encode()
+            + b',"model":'
+            + orjson.dumps(head.model)
+            + b',"system_fingerprint":'
+            + orjson.dumps(head.system_fingerprint)
+            + b',"choices":['
+        )
+        self.after = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+
+    def __call__(self, choice: dict[str, Any]) -> bytes:
+        return self.before + orjson.dumps(choice) + self.after
 
 
 async def chat_stream(
     events: AsyncIterator[Event], head: Head, include_usage: bool
 ) -> AsyncIterator[bytes]:
+    frame = Frame(head, "chat.completion.chunk", include_usage)
     started: set[int] = set()
     usage: Usage | None = None
     async for event in events:
@@ -143,29 +157,26 @@ async def chat_stream(
         index = event.index
         if index not in started:
             started.add(index)
-            role = p.ChunkDelta(role="assistant", content="", refusal=None)
-            yield _chat_chunk(head, [p.ChunkChoice(index=index, delta=role)], include_usage)
+            role = {"role": "assistant", "content": "", "refusal": None}
+            yield frame({"index": index, "delta": role, "logprobs": None, "finish_reason": None})
         if event.text or event.logprobs:
-            yield _chat_chunk(
-                head,
-                [
-                    p.ChunkChoice(
-                        index=index,
-                        delta=p.ChunkDelta(content=event.text),
-                        logprobs=chat_logprobs(event.logprobs) if event.logprobs else None,
-                    )
-                ],
-                include_usage,
+            logprobs = chat_logprobs(event.logprobs).model_dump() if event.logprobs else None
+            yield frame(
+                {
+                    "index": index,
+                    "delta": {"content": event.text},
+                    "logprobs": logprobs,
+                    "finish_reason": None,
+                }
             )
         if event.finish_reason:
-            yield _chat_chunk(
-                head,
-                [
-                    p.ChunkChoice(
-                        index=index, delta=p.ChunkDelta(), finish_reason=event.finish_reason
-                    )
-                ],  # type: ignore[arg-type]
-                include_usage,
+            yield frame(
+                {
+                    "index": index,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": event.finish_reason,
+                }
             )
     if include_usage and usage is not None:
         last = p.ChatCompletionChunk(
@@ -230,48 +241,33 @@ async def completion(events: AsyncIterator[Event], head: Head) -> p.Completion:
 async def completion_stream(
     events: AsyncIterator[Event], head: Head, include_usage: bool
 ) -> AsyncIterator[bytes]:
+    frame = Frame(head, "text_completion", include_usage)
     offsets = _Offsets()
     usage: Usage | None = None
-
-    def chunk(choices: list[p.CompletionChoice]) -> bytes:
-        out = p.Completion(
-            id=head.id,
-            created=head.created,
-            model=head.model,
-            system_fingerprint=head.system_fingerprint,
-            choices=choices,
-        )
-        if include_usage:
-            out.usage = None
-        return sse(out.wire())
-
     async for event in events:
         if isinstance(event, Usage):
             usage = event
             continue
         if event.text or event.logprobs:
-            yield chunk(
-                [
-                    p.CompletionChoice(
-                        index=event.index,
-                        text=event.text,
-                        logprobs=offsets.legacy(event.index, event.logprobs)
-                        if event.logprobs
-                        else None,
-                        finish_reason=None,
-                    )
-                ]
+            logprobs = (
+                offsets.legacy(event.index, event.logprobs).model_dump() if event.logprobs else None
+            )
+            yield frame(
+                {
+                    "index": event.index,
+                    "text": event.text,
+                    "logprobs": logprobs,
+                    "finish_reason": None,
+                }
             )
         if event.finish_reason:
-            yield chunk(
-                [
-                    p.CompletionChoice(
-                        index=event.index,
-                        text="",
-                        logprobs=None,
-                        finish_reason=event.finish_reason,  # type: ignore[arg-type]
-                    )
-                ]
+            yield frame(
+                {
+                    "index": event.index,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": event.finish_reason,
+                }
             )
     if include_usage and usage is not None:
         last = p.Completion(
@@ -326,6 +322,4 @@ async def guarded(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def error_json(exc: KeyhouseError) -> bytes:
-    import orjson
-
     return orjson.dumps(exc.body())

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import OrderedDict
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyhouse.clock import Clock
 from keyhouse.config import LimitSet, parse_networks
 from keyhouse.db import changes
-from keyhouse.db.engine import Database
+from keyhouse.db.engine import Database, sqlite_path
 from keyhouse.db.models import ApiKey, Member
 from keyhouse.errors import AuthenticationFailed, PermissionDenied
 from keyhouse.keys import tokens
@@ -32,6 +34,7 @@ from keyhouse.keys.secrets import SecretRing
 log = logging.getLogger("keyhouse.keys")
 
 NEGATIVE_CACHE_SIZE = 10_000
+FORCE_QUERY = timedelta(seconds=5)
 PRUNE_EVERY = timedelta(minutes=10)
 KEEP_CHANGES = timedelta(hours=1)
 
@@ -88,6 +91,12 @@ class Authenticator:
         self._last_used: dict[str, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_prune: datetime | None = None
+        # SQLite: a poll first looks whether the database files changed at all (a stat),
+        # and asks the database only when they did — or every FORCE_QUERY seconds anyway.
+        path = sqlite_path(db.url)
+        self._files = (path, path.with_name(path.name + "-wal")) if path else None
+        self._files_seen: tuple[tuple[int, int] | None, ...] | None = None
+        self._queried_at: datetime | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,8 +238,25 @@ class Authenticator:
             if principal is not None:
                 self._hash_of_key.pop(principal.key_id, None)
 
+    def _unchanged_files(self) -> bool:
+        if self._files is None:
+            return False
+        seen = tuple(_stamp(path) for path in self._files)
+        now = self.clock.now()
+        if (
+            seen == self._files_seen
+            and self._queried_at is not None
+            and now - self._queried_at < FORCE_QUERY
+        ):
+            return True
+        self._files_seen = seen
+        self._queried_at = now
+        return False
+
     async def poll(self) -> None:
         """Apply the changes committed since the version this process has seen."""
+        if self._unchanged_files():
+            return
         async with self.db.session() as session:
             version = await changes.current_version(session)
             if version == self._version:
@@ -308,3 +334,11 @@ async def _find(session: AsyncSession, *conditions) -> tuple[ApiKey, Member] | N
         )
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
