@@ -1,8 +1,7 @@
 """The baselines for requests/s: a bare Starlette app (and, for reference, a bare FastAPI
 app) under uvicorn, run as Keyhouse runs.
 
-Same uvicorn settings and logging as ``keyhouse serve`` (one worker, access log through
-Keyhouse's handler), one route answering ``GET /v1/models`` with a small JSON body, so the
+Same uvicorn settings and logging as ``keyhouse serve`` (one worker, no access log), one route answering ``GET /v1/models`` with a small JSON body, so the
 ratio measures what Keyhouse adds: the framework, authentication, routing, rendering.
 """
 
@@ -55,6 +54,7 @@ def main() -> None:
         port=args.port,
         log_config=None,
         proxy_headers=False,
+        access_log=False,  # as keyhouse serve, by default
         timeout_keep_alive=30,
         timeout_graceful_shutdown=30,
     )

@@ -427,7 +427,7 @@ def report(
     print()
     print(
         f"GET /v1/models, one worker, {args.connections} keep-alive connections, "
-        f"{args.rounds} rounds of {args.seconds:.0f} s, access log on (as served)"
+        f"{args.rounds} rounds of {args.seconds:.0f} s, no access log (as served)"
     )
     labels = {
         "keyhouse": "Keyhouse (authenticated)",

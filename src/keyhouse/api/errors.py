@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 
 import orjson
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from keyhouse.api.http import ClientGone, request_id
-from keyhouse.errors import InvalidRequest, KeyhouseError, NotFound, ServerError
+from keyhouse.errors import KeyhouseError, NotFound, ServerError
 
 log = logging.getLogger("keyhouse.api")
 
@@ -65,10 +64,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-async def on_validation_error(request: Request, exc: Exception) -> Response:
-    return error_response(InvalidRequest("The request is not valid: " + str(exc).splitlines()[0]))
-
-
 async def on_client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody is listening; closes the exchange
 
@@ -80,9 +75,8 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ServerError(headers={"x-request-id": request_id(request)}))
 
 
-def install(app: FastAPI) -> None:
+def install(app: Starlette) -> None:
     app.add_exception_handler(KeyhouseError, on_keyhouse_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)

@@ -9,11 +9,12 @@ Later stages (reservations, settlement) slot in the same way; each is one call h
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route as HTTPRoute
 
 from keyhouse.api import estimate, render
 from keyhouse.api import protocol as p
@@ -27,7 +28,7 @@ from keyhouse.api.http import (
 )
 from keyhouse.api.validation import parse
 from keyhouse.backends.base import Call, Event, Usage
-from keyhouse.backends.catalog import Route
+from keyhouse.backends.catalog import Catalog, Route
 from keyhouse.config import ModelSpec
 from keyhouse.errors import (
     AuthenticationFailed,
@@ -38,12 +39,10 @@ from keyhouse.errors import (
 )
 from keyhouse.keys.principal import MODELS_READ, Principal
 from keyhouse.limits.limiter import Admission
-from keyhouse.limits.policy import costs_for, rules_for
+from keyhouse.limits.policy import costs_for
 
 if TYPE_CHECKING:
     from keyhouse.app import Services
-
-router = APIRouter()
 
 NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
@@ -89,7 +88,7 @@ async def gate(request: Request, endpoint: str) -> Principal:
             "Ask for a key with that permission.",
         )
     # Errors from here on carry the rate-limit headers as they stand (see api/errors).
-    request.state.peek_rules = rules_for(svc.settings, principal, None, svc.clock.now())
+    request.state.peek_rules = svc.rules.rules(principal, None, svc.clock.now())
     return principal
 
 
@@ -122,7 +121,7 @@ async def admit(
 ) -> Admission:
     """Count the request against every limit that applies, or refuse it with OpenAI's 429.
     ``name`` is the model as the client named it (an alias, perhaps), for the message."""
-    rules = rules_for(svc.settings, principal, spec, svc.clock.now())
+    rules = svc.rules.rules(principal, spec, svc.clock.now())
     admission = await svc.limiter.admit(rules, costs_for(rules, tokens), subject=name)
     request.state.limit_headers = admission.headers
     return admission
@@ -213,21 +212,27 @@ def check_stream_options(stream_flag: bool | None, options: p.StreamOptions | No
 # ----------------------------------------------------------------------------- models
 
 
-@router.get("/v1/models")
+@lru_cache(maxsize=256)
+def models_body(catalog: Catalog, allow: frozenset[str] | None) -> bytes:
+    """The model list a key with this allow-list sees; keys share allow-lists, so it is kept."""
+    cards = [
+        p.ModelCard(id=name, created=spec.created, owned_by=spec.owned_by)
+        for name, spec in catalog.names()
+        if allow is None or not allow.isdisjoint(spec.names)
+    ]
+    return p.ModelList(data=cards).wire()
+
+
 async def list_models(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, MODELS_READ)
-    cards = [
-        p.ModelCard(id=name, created=spec.created, owned_by=spec.owned_by)
-        for name, spec in svc.catalog.names()
-        if svc.catalog.allowed(principal, spec)
-    ]
     headers = await svc.limiter.peek(request.state.peek_rules)
-    return json_response(p.ModelList(data=cards), headers)
+    body = models_body(svc.catalog, principal.models)
+    return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/v1/models/{model:path}")
-async def retrieve_model(request: Request, model: str) -> Response:
+async def retrieve_model(request: Request) -> Response:
+    model: str = request.path_params["model"]
     svc = services(request)
     principal = await gate(request, MODELS_READ)
     route = svc.catalog.route(model)
@@ -267,7 +272,6 @@ def include_usage(options: p.StreamOptions | None) -> bool:
     return bool(options and options.include_usage)
 
 
-@router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, "chat.completions")
@@ -292,7 +296,6 @@ async def chat_completions(request: Request) -> Response:
 # ----------------------------------------------------------------------------- completions
 
 
-@router.post("/v1/completions", response_model=None)
 async def completions(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, "completions")
@@ -317,7 +320,6 @@ async def completions(request: Request) -> Response:
 # ----------------------------------------------------------------------------- embeddings
 
 
-@router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, "embeddings")
@@ -334,3 +336,14 @@ async def embeddings(request: Request) -> Response:
     svc.limiter.finish(admission, result.prompt_tokens)
     rendered = render.embedding_list(result, route.spec.name, body.encoding_format)
     return json_response(rendered, admission.headers)
+
+
+#: Plain Starlette routes: the /v1 surface needs none of FastAPI's per-request machinery
+#: (OpenAI's own description is its documentation).
+routes = [
+    HTTPRoute("/v1/models", list_models, methods=["GET"]),
+    HTTPRoute("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    HTTPRoute("/v1/completions", completions, methods=["POST"]),
+    HTTPRoute("/v1/embeddings", embeddings, methods=["POST"]),
+]

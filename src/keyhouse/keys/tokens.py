@@ -6,7 +6,6 @@ before any lookup. Keys are stored only as HMAC-SHA256 under the server secret.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import zlib
 
@@ -65,4 +64,4 @@ def redact_presented(key: str) -> str:
 
 
 def key_hash(secret: bytes, key: str) -> str:
-    return hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, key.encode("utf-8"), "sha256").hex()

@@ -10,6 +10,7 @@ not asked again, so a dead Redis never adds its timeout to every request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import secrets
@@ -98,6 +99,9 @@ class Limiter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
         self._sweeper: asyncio.Task[None] | None = None
+        # Slot ids: unique across replicas (a random prefix per process) and cheap (a counter).
+        self._slot_prefix = secrets.token_hex(6)
+        self._slots = itertools.count()
 
     async def start(self) -> None:
         try:
@@ -117,6 +121,9 @@ class Limiter:
         while True:
             await asyncio.sleep(every)
             self.store.sweep(self.now_us())
+
+    def _slot_id(self) -> str:
+        return f"{self._slot_prefix}-{next(self._slots)}"
 
     def now_us(self) -> int:
         return int(self.clock.now().timestamp() * US)
@@ -148,7 +155,7 @@ class Limiter:
             return None
         try:
             return await self.store.acquire(
-                rules, costs, self.now_us(), secrets.token_hex(8), commit=commit
+                rules, costs, self.now_us(), self._slot_id(), commit=commit
             )
         except Exception as exc:
             self._failed(exc)
