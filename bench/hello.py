@@ -1,7 +1,8 @@
 """The baselines for requests/s: a bare Starlette app (and, for reference, a bare FastAPI
 app) under uvicorn, run as Keyhouse runs.
 
-Same uvicorn settings and logging as ``keyhouse serve`` (one worker, no access log), one route answering ``GET /v1/models`` with a small JSON body, so the
+Same uvicorn settings and logging as ``keyhouse serve`` (one worker, no access log), one
+route answering ``GET /v1/models`` with a small JSON body, so the
 ratio measures what Keyhouse adds: the framework, authentication, routing, rendering.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr
 
 Number = Annotated[float, Field(strict=True)]
 
@@ -18,10 +18,16 @@ Number = Annotated[float, Field(strict=True)]
 class WireModel(BaseModel):
     # JSON has no NaN or Infinity; pydantic would accept them for floats.
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    #: The request's JSON as the client sent it, for backends that pass it on (upstreams).
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
 
 
 # ----------------------------------------------------------------------------- requests

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from keyhouse.api import protocol
@@ -210,14 +211,30 @@ def translate(error: ValidationError, document: Any = None) -> InvalidRequest:
 
 
 def parse(model: type[M], body: bytes) -> M:
-    """Validate a JSON body as ``model``, raising an OpenAI-shaped 400."""
-    if not body.strip():
-        raise InvalidRequest(BAD_JSON)
+    """Validate a JSON body as ``model``, raising an OpenAI-shaped 400. The parsed JSON stays
+    on the model (``.raw``) for backends that pass the request on as the client wrote it."""
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
+        document = orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError):
+        # orjson refuses what Python's json reads (integers past 64 bits, NaN): read it the
+        # slow way, so the client hears which parameter is wrong rather than "not JSON".
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):
-            document = None
-        raise translate(exc, document) from None
+            raise InvalidRequest(BAD_JSON) from None
+    if not isinstance(document, dict):
+        raise InvalidRequest(
+            f"Invalid body: expected a JSON object, but got {_kind(document)} instead.",
+            code="invalid_type",
+        )
+    try:
+        parsed = model.model_validate(document)
+    except ValidationError:
+        # The error path may be slow: pydantic's own JSON reading knows what the text said
+        # (orjson reads 10**30 as a float; the client wrote an integer).
+        try:
+            parsed = model.model_validate_json(body)
+        except ValidationError as exc:
+            raise translate(exc, document) from None
+    parsed._raw = document  # type: ignore[attr-defined]
+    return parsed

@@ -159,7 +159,10 @@ async def update_key(
     if limits is not None:
         limits = checked_limits(limits)
         key.rpm, key.tpm, key.rpd, key.max_parallel = (
-            limits.rpm, limits.tpm, limits.rpd, limits.max_parallel
+            limits.rpm,
+            limits.tpm,
+            limits.rpd,
+            limits.max_parallel,
         )
     if rules is not None:
         rules = rules.validated()
