@@ -190,7 +190,7 @@ def test_default_models(tmp_path: Path) -> None:
     assert set(models) == {DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL}
     chat = models["smollm2-135m-instruct"]
     assert chat.aliases == ("gpt-3.5-turbo", "gpt-4o-mini")
-    assert chat.backend == "local"
+    assert chat.kinds == {"local"}
     assert chat.endpoints == {"chat.completions", "completions"}
     assert chat.names == ("smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini")
     embed = models["multilingual-e5-small"]
@@ -227,7 +227,9 @@ aliases = "e1, e2"
     chat, embed = make_settings(tmp_path).models
     assert chat.name == "chat"
     assert chat.aliases == ("gpt-4o", "gpt-4")
-    assert chat.settings == {"gguf": "/models/x.gguf", "threads": 2}
+    (deployment,) = chat.deployments  # the short form: one deployment, named after the model
+    assert deployment.name == "chat:local" and deployment.backend == "local"
+    assert deployment.settings == {"gguf": "/models/x.gguf", "threads": 2}
     assert chat.default_max_tokens == 256
     assert chat.context_length == 4096
     assert chat.owned_by == "us"
@@ -281,8 +283,8 @@ def test_bad_prices_are_refused(tmp_path: Path, value: str) -> None:
     [
         ('[[models]]\nbackend = "local"\n', "'name' is required"),
         ('[[models]]\nname = ""\nbackend = "local"\n', "'name' is required"),
-        ('[[models]]\nname = "m"\n', "'backend' must be one of"),
-        ('[[models]]\nname = "m"\nbackend = "openai"\n', "'backend' must be one of"),
+        ('[[models]]\nname = "m"\n', "give a 'backend'"),
+        ('[[models]]\nname = "m"\nbackend = "cohere"\n', "'backend' must be one of"),
         (MODEL + "colour = 1\n", "unknown keys"),
         (MODEL + 'settings = "x"\n', "'settings' must be a table"),
         (MODEL + "context_length = 8\n", "context_length"),
@@ -387,3 +389,62 @@ def test_secrets_are_not_in_the_settings_repr(tmp_path: Path) -> None:
     for text in (repr(settings), str(settings), repr(settings.with_(port=1))):
         assert TEST_SECRET not in text
         assert previous not in text
+
+
+def test_deployments(tmp_path: Path) -> None:
+    write_toml(
+        tmp_path,
+        """
+[[models]]
+name = "gpt-4o-mini"
+[[models.deployments]]
+backend = "openai"
+base_url = "https://api.openai.com/v1"
+api_keys = ["env:A"]
+weight = 3
+[[models.deployments]]
+name = "deepseek"
+backend = "openai"
+base_url = "https://api.deepseek.com/v1"
+priority = 1
+endpoints = ["chat.completions"]
+[[models.deployments]]
+backend = "local"
+priority = 2
+""",
+    )
+    (model,) = make_settings(tmp_path).models
+    first, second, third = model.deployments
+    assert (first.name, first.weight, first.priority) == ("gpt-4o-mini:openai", 3, 0)
+    assert first.settings == {"base_url": "https://api.openai.com/v1", "api_keys": ["env:A"]}
+    assert (second.name, second.priority, second.endpoints) == ("deepseek", 1, {"chat.completions"})
+    assert third.name == "gpt-4o-mini:local#3"
+    assert model.kinds == {"openai", "local"}
+    assert model.endpoints == {"chat.completions", "completions", "embeddings"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[models]]\nname = "m"\nbackend = "local"\n'
+            '[[models.deployments]]\nbackend = "local"\n',
+            "not on the model",
+        ),
+        ('[[models]]\nname = "m"\ndeployments = []\n', "at least one"),
+        ('[[models]]\nname = "m"\n[[models.deployments]]\nbackend = "x"\n', "must be one of"),
+        (
+            '[[models]]\nname = "m"\n[[models.deployments]]\nbackend = "local"\nweight = 0\n',
+            "weight above 0",
+        ),
+        (
+            '[[models]]\nname = "m"\n[[models.deployments]]\nname = "a"\nbackend = "local"\n'
+            '[[models.deployments]]\nname = "a"\nbackend = "local"\n',
+            "must differ",
+        ),
+    ],
+)
+def test_bad_deployments(tmp_path: Path, text: str, message: str) -> None:
+    write_toml(tmp_path, text)
+    with pytest.raises(ConfigError, match=message):
+        make_settings(tmp_path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,9 +20,9 @@ from starlette.routing import Route
 from keyhouse import __version__
 from keyhouse.api import errors, v1
 from keyhouse.api.http import RequestIds
-from keyhouse.backends.base import Backend
+from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
-from keyhouse.backends.local.backend import Engine, LocalChatBackend, LocalEmbeddingBackend
+from keyhouse.backends.local.backend import Engine
 from keyhouse.backends.local.host import RemoteEngine, build_engine, has_local_models
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.config import Settings, load_settings
@@ -37,16 +40,52 @@ log = logging.getLogger("keyhouse")
 
 @dataclass
 class Services:
-    """What the request handlers use; built once per app in its lifespan."""
+    """What the request handlers use; built once per app in its lifespan.
+
+    ``reload()`` swaps in new models and limits from the TOML file; handlers read
+    ``svc.catalog`` and ``svc.settings`` afresh for each request, so requests in flight finish
+    on what they started with.
+    """
 
     settings: Settings
     clock: Clock
     db: Database
     auth: Authenticator
-    catalog: Catalog
+    backends: Backends
     engine: Engine | None
     limiter: Limiter
     rules: RuleBook
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.backends.catalog
+
+    async def reload(self) -> bool:
+        """Apply the TOML file's models and limits now; False (and a log line) if it is wrong."""
+        try:
+            fresh = settings_for_reload(self.settings, load_settings())
+            backends = Backends.build(fresh.models, self.engine, previous=self.backends)
+            await backends.start(backends.new_since(self.backends))
+        except Exception as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        previous, self.backends = self.backends, backends
+        self.settings, self.rules = fresh, RuleBook(fresh)
+        retired = backends.retired_since(previous)
+        if retired:
+            task = asyncio.create_task(retire(retired))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        log.info(
+            "configuration reloaded: %d models, %d deployments started, %d retired",
+            len(fresh.models),
+            len(backends.new_since(previous)),
+            len(retired),
+        )
+        return True
+
+    def __post_init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
 
 
 def build_limiter(settings: Settings, clock: Clock) -> Limiter:
@@ -65,20 +104,6 @@ def build_limiter(settings: Settings, clock: Clock) -> Limiter:
     )
 
 
-def build_backends(settings: Settings, engine: Engine | None) -> dict[str, Backend]:
-    backends: dict[str, Backend] = {}
-    for spec in settings.models:
-        if spec.backend == "local":
-            assert engine is not None
-            backends[spec.name] = LocalChatBackend(engine, spec)
-        elif spec.backend == "local-embedding":
-            assert engine is not None
-            backends[spec.name] = LocalEmbeddingBackend(engine, spec)
-        else:  # pragma: no cover - config parsing refuses unknown kinds
-            raise ConfigError(f"model {spec.name}: unknown backend {spec.backend!r}")
-    return backends
-
-
 @asynccontextmanager
 async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
     db = Database(settings)
@@ -95,7 +120,7 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             engine = RemoteEngine(settings.engine_socket)
         elif has_local_models(settings.models):
             engine = build_engine(settings)
-        backends = build_backends(settings, engine)  # validates the models before loading them
+        backends = Backends.build(settings.models, engine)  # validates before loading models
         auth = Authenticator(
             db,
             ring,
@@ -105,19 +130,19 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             flush_interval=settings.last_used_flush_interval,
         )
         limiter = build_limiter(settings, clock)
+        services = Services(
+            settings, clock, db, auth, backends, engine, limiter, RuleBook(settings)
+        )
+        auth.on_config_change = services.reload  # `keyhouse reload`, from any process
         await auth.start()
         await limiter.start()
         try:
             if engine is not None:
                 await engine.start()
-            for backend in backends.values():
-                await backend.start()
-            catalog = Catalog(settings.models, backends)
-            rules = RuleBook(settings)
-            yield Services(settings, clock, db, auth, catalog, engine, limiter, rules)
+            await backends.start()
+            yield services
         finally:
-            for backend in backends.values():
-                await backend.stop()
+            await services.backends.stop()  # the current ones: a reload may have swapped them
             if engine is not None:
                 await engine.stop()
             await limiter.stop()
@@ -134,7 +159,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, clock) as svc:
             app.state.services = svc
-            yield
+            loop = asyncio.get_running_loop()
+            # SIGHUP: re-read the TOML file's models and limits (only the main thread can).
+            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(svc.reload()))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signal.SIGHUP)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})

@@ -548,16 +548,57 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """List configured models, their aliases and prices."""
+    """List configured models, their aliases, prices and deployments."""
     settings = _settings()
     click.echo(
-        f"{'MODEL':<26} {'BACKEND':<16} {'ALIASES':<34} {'IN/1M':>8} {'OUT/1M':>8} {'CONTEXT':>8}"
+        f"{'MODEL':<26} {'ALIASES':<34} {'IN/1M':>8} {'OUT/1M':>8} {'CONTEXT':>8}  DEPLOYMENTS"
     )
     for spec in settings.models:
-        click.echo(
-            f"{spec.name:<26} {spec.backend:<16} {', '.join(spec.aliases) or '-':<34} "
-            f"{spec.input_price:>8} {spec.output_price:>8} {spec.context_length:>8}"
+        deployments = ", ".join(
+            f"{d.name} ({d.backend}"
+            + (f", weight {d.weight}" if len(spec.deployments) > 1 else "")
+            + (f", priority {d.priority}" if d.priority else "")
+            + ")"
+            for d in spec.deployments
         )
+        click.echo(
+            f"{spec.name:<26} {', '.join(spec.aliases) or '-':<34} "
+            f"{spec.input_price:>8} {spec.output_price:>8} {spec.context_length:>8}  {deployments}"
+        )
+
+
+@main.command()
+def reload() -> None:
+    """Make every running server re-read its TOML file's models and limits (within a second)."""
+    from keyhouse.db.changes import CONFIG, record_change
+
+    async def work(session: Any) -> None:
+        await record_change(session, CONFIG, "reload", SystemClock().now())
+
+    settings = _settings()
+    _run(work, settings)
+    click.echo(
+        "asked every server to reload its configuration; each logs what it applied "
+        "(or why it kept the running one)",
+        err=True,
+    )
+
+
+@main.group()
+def upstreams() -> None:
+    """Upstream deployments (OpenAI-compatible servers)."""
+
+
+@upstreams.command("check")
+@click.option("--model", "only", default=None, help="Only this public model's deployments.")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def upstreams_check(only: str | None, timeout: float) -> None:
+    """Call each deployment once (models, a short chat) and print a table of verdicts."""
+    from keyhouse.backends.upstream.check import check_all
+
+    settings = _settings()
+    ok = asyncio.run(check_all(settings, only=only, timeout=timeout, echo=click.echo))
+    sys.exit(0 if ok else 1)
 
 
 @main.group()

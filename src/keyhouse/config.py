@@ -20,11 +20,14 @@ from keyhouse.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Backend kinds and the endpoints a model of that kind serves.
+#: Backend kinds and the endpoints a deployment of that kind serves.
 BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
     "local": frozenset({"chat.completions", "completions"}),
     "local-embedding": frozenset({"embeddings"}),
+    # Any OpenAI-compatible server: OpenAI, DeepSeek, vLLM, SGLang, Ollama, llama.cpp's server…
+    "openai": frozenset({"chat.completions", "completions", "embeddings"}),
 }
+LOCAL_KINDS = frozenset({"local", "local-embedding"})
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 DEFAULT_TIER = "default"
@@ -75,13 +78,30 @@ BUILTIN_DEFAULT_TIER = Tier(DEFAULT_TIER, LimitSet(rpm=600, tpm=2_000_000, max_p
 
 
 @dataclass(frozen=True)
+class DeploymentSpec:
+    """Where a public model runs: a local model, or an upstream server. A model may have
+    several; requests spread over them by ``weight`` and fall back by ``priority``."""
+
+    name: str
+    backend: str
+    #: Backend-specific settings (for ``openai``: base_url, api_keys, model, timeouts …).
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    weight: int = 1
+    priority: int = 0
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        only = self.settings.get("endpoints") if self.backend == "openai" else None
+        return frozenset(only) if only else BACKEND_ENDPOINTS[self.backend]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One public model as declared in ``[[models]]``."""
 
     name: str
-    backend: str
+    deployments: tuple[DeploymentSpec, ...]
     aliases: tuple[str, ...] = ()
-    settings: Mapping[str, Any] = field(default_factory=dict)
     #: Prices per 1M tokens, in the organisation's currency, read as decimals.
     input_price: Decimal = Decimal(0)
     cached_input_price: Decimal | None = None
@@ -95,7 +115,11 @@ class ModelSpec:
 
     @property
     def endpoints(self) -> frozenset[str]:
-        return BACKEND_ENDPOINTS.get(self.backend, frozenset())
+        return frozenset().union(*(d.endpoints for d in self.deployments))
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(d.backend for d in self.deployments)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -256,8 +280,8 @@ def default_models() -> tuple[ModelSpec, ...]:
     return (
         ModelSpec(
             name=DEFAULT_CHAT_MODEL,
+            deployments=(DeploymentSpec(f"{DEFAULT_CHAT_MODEL}:local", "local"),),
             aliases=("gpt-3.5-turbo", "gpt-4o-mini"),
-            backend="local",
             input_price=Decimal("0.10"),
             output_price=Decimal("0.20"),
             default_max_tokens=512,
@@ -266,8 +290,8 @@ def default_models() -> tuple[ModelSpec, ...]:
         ),
         ModelSpec(
             name=DEFAULT_EMBEDDING_MODEL,
+            deployments=(DeploymentSpec(f"{DEFAULT_EMBEDDING_MODEL}:local", "local-embedding"),),
             aliases=("text-embedding-3-small",),
-            backend="local-embedding",
             input_price=Decimal("0.02"),
             default_max_tokens=0,
             context_length=512,
@@ -289,7 +313,34 @@ _MODEL_KEYS = {
     "owned_by",
     "created",
     "limits",
+    "deployments",
 }
+_DEPLOYMENT_KEYS = {"name", "backend", "weight", "priority"}
+
+
+def parse_deployment(raw: Any, model: str, where: str, index: int) -> DeploymentSpec:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: each [[models.deployments]] entry must be a table")
+    backend = raw.get("backend")
+    if backend not in BACKEND_ENDPOINTS:
+        raise ConfigError(
+            f"{where}: 'backend' must be one of {sorted(BACKEND_ENDPOINTS)}, got {backend!r}"
+        )
+    settings = {k: v for k, v in raw.items() if k not in _DEPLOYMENT_KEYS}
+    if isinstance(raw.get("settings"), Mapping):  # settings = {…} is accepted too
+        settings = {**settings.pop("settings"), **settings}
+    default = f"{model}:{backend}" if index == 0 else f"{model}:{backend}#{index + 1}"
+    weight = _coerce(f"{where}.weight", raw.get("weight", 1), int)
+    if weight < 0:
+        raise ConfigError(f"{where}: weight must be ≥ 0")
+    return DeploymentSpec(
+        name=str(raw.get("name") or default),
+        backend=backend,
+        settings=settings,
+        weight=weight,
+        priority=_coerce(f"{where}.priority", raw.get("priority", 0), int),
+    )
+
 
 _LIMIT_KEYS = ("rpm", "tpm", "rpd", "max_parallel")
 
@@ -348,24 +399,38 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: 'name' is required")
-    backend = raw.get("backend")
-    if backend not in BACKEND_ENDPOINTS:
+    raw_deployments = raw.get("deployments")
+    if raw_deployments is None:
+        # The short form: one deployment, described by the model's own backend and settings.
+        if raw.get("backend") is None:
+            raise ConfigError(f"{where} ({name}): give a 'backend', or [[models.deployments]]")
+        settings = raw.get("settings", {})
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{where} ({name}): 'settings' must be a table")
+        raw_deployments = [{"backend": raw["backend"], **settings}]
+    elif "backend" in raw or "settings" in raw:
         raise ConfigError(
-            f"{where} ({name}): 'backend' must be one of {sorted(BACKEND_ENDPOINTS)}, "
-            f"got {backend!r}"
+            f"{where} ({name}): with [[models.deployments]], give 'backend' and its settings "
+            "in each deployment, not on the model"
         )
-    settings = raw.get("settings", {})
-    if not isinstance(settings, Mapping):
-        raise ConfigError(f"{where} ({name}): 'settings' must be a table")
+    if not isinstance(raw_deployments, list) or not raw_deployments:
+        raise ConfigError(f"{where} ({name}): [[models.deployments]] must list at least one")
+    deployments = tuple(
+        parse_deployment(d, name, f"{where} ({name}) deployment #{i + 1}", i)
+        for i, d in enumerate(raw_deployments)
+    )
+    if len({d.name for d in deployments}) != len(deployments):
+        raise ConfigError(f"{where} ({name}): deployment names must differ")
+    if sum(d.weight for d in deployments) == 0:
+        raise ConfigError(f"{where} ({name}): at least one deployment needs a weight above 0")
     cached = raw.get("cached_input_price")
     aliases = raw.get("aliases", [])
     if isinstance(aliases, list | tuple) and not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{where} ({name}): 'aliases' must be non-empty strings")
     spec = ModelSpec(
         name=name,
-        backend=backend,
+        deployments=deployments,
         aliases=tuple(_as_list(aliases)),
-        settings=dict(settings),
         input_price=_decimal(f"{name}.input_price", raw.get("input_price", 0)),
         cached_input_price=None
         if cached is None
@@ -388,7 +453,12 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
 
 def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
     seen: dict[str, str] = {}
+    deployments: set[str] = set()
     for model in models:
+        for deployment in model.deployments:
+            if deployment.name in deployments:
+                raise ConfigError(f"deployment name {deployment.name!r} is used twice")
+            deployments.add(deployment.name)
         for name in model.names:
             if name in seen:
                 raise ConfigError(f"model name {name!r} is used twice ({seen[name]}, {model.name})")

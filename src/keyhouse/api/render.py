@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from keyhouse.api import protocol as p
-from keyhouse.backends.base import Embeddings, Event, TextDelta, TokenLogprob, Usage
+from keyhouse.backends.base import Embeddings, Event, Relayed, TextDelta, TokenLogprob, Usage
 from keyhouse.errors import KeyhouseError, ServerError
 from keyhouse.ids import random_base62
 
@@ -86,22 +86,30 @@ class _Choice:
             self.finish_reason = delta.finish_reason
 
 
-async def _gather(events: AsyncIterator[Event]) -> tuple[dict[int, _Choice], Usage]:
+async def _gather(
+    events: AsyncIterator[Event],
+) -> tuple[dict[int, _Choice], Usage, bytes | None]:
+    """Deltas per choice and the usage — or an upstream's whole body, relayed as it came."""
     choices: dict[int, _Choice] = {}
     usage = Usage(0, 0)
+    relayed: bytes | None = None
     async for event in events:
         if isinstance(event, Usage):
             usage = event
+        elif isinstance(event, Relayed):
+            relayed = event.data
         else:
             choices.setdefault(event.index, _Choice()).add(event)
-    return choices, usage
+    return choices, usage, relayed
 
 
 # ----------------------------------------------------------------------------- chat
 
 
-async def chat_completion(events: AsyncIterator[Event], head: Head) -> p.ChatCompletion:
-    choices, usage = await _gather(events)
+async def chat_completion(events: AsyncIterator[Event], head: Head) -> bytes:
+    choices, usage, relayed = await _gather(events)
+    if relayed is not None:
+        return relayed
     return p.ChatCompletion(
         id=head.id,
         created=head.created,
@@ -117,7 +125,7 @@ async def chat_completion(events: AsyncIterator[Event], head: Head) -> p.ChatCom
             for index, c in sorted(choices.items())
         ],
         usage=usage_out(usage),
-    )
+    ).wire()
 
 
 class Frame:
@@ -150,9 +158,14 @@ async def chat_stream(
     frame = Frame(head, "chat.completion.chunk", include_usage)
     started: set[int] = set()
     usage: Usage | None = None
+    relayed = False
     async for event in events:
         if isinstance(event, Usage):
             usage = event
+            continue
+        if isinstance(event, Relayed):  # an upstream's chunk, as it came (usage included)
+            relayed = True
+            yield sse(event.data)
             continue
         index = event.index
         if index not in started:
@@ -178,7 +191,7 @@ async def chat_stream(
                     "finish_reason": event.finish_reason,
                 }
             )
-    if include_usage and usage is not None:
+    if include_usage and usage is not None and not relayed:
         last = p.ChatCompletionChunk(
             id=head.id,
             created=head.created,
@@ -217,8 +230,10 @@ class _Offsets:
         )
 
 
-async def completion(events: AsyncIterator[Event], head: Head) -> p.Completion:
-    choices, usage = await _gather(events)
+async def completion(events: AsyncIterator[Event], head: Head) -> bytes:
+    choices, usage, relayed = await _gather(events)
+    if relayed is not None:
+        return relayed
     offsets = _Offsets()
     return p.Completion(
         id=head.id,
@@ -235,7 +250,7 @@ async def completion(events: AsyncIterator[Event], head: Head) -> p.Completion:
             for index, c in sorted(choices.items())
         ],
         usage=usage_out(usage),
-    )
+    ).wire()
 
 
 async def completion_stream(
@@ -244,9 +259,14 @@ async def completion_stream(
     frame = Frame(head, "text_completion", include_usage)
     offsets = _Offsets()
     usage: Usage | None = None
+    relayed = False
     async for event in events:
         if isinstance(event, Usage):
             usage = event
+            continue
+        if isinstance(event, Relayed):
+            relayed = True
+            yield sse(event.data)
             continue
         if event.text or event.logprobs:
             logprobs = (
@@ -269,7 +289,7 @@ async def completion_stream(
                     "finish_reason": event.finish_reason,
                 }
             )
-    if include_usage and usage is not None:
+    if include_usage and usage is not None and not relayed:
         last = p.Completion(
             id=head.id,
             created=head.created,

@@ -27,7 +27,7 @@ from keyhouse.api.http import (
     unless_disconnected,
 )
 from keyhouse.api.validation import parse
-from keyhouse.backends.base import Call, Event, Usage
+from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
 from keyhouse.backends.catalog import Catalog, Route
 from keyhouse.config import ModelSpec
 from keyhouse.errors import (
@@ -127,12 +127,24 @@ async def admit(
     return admission
 
 
-async def observed(events: AsyncIterator[Event], seen: list[Usage]) -> AsyncIterator[Event]:
-    """Pass events through, keeping the usage for what comes after the response."""
+NOTHING = Usage(0, 0)
+
+
+def metered(svc: Services, admission: Admission) -> Meter:
+    """The request's meter: its true usage corrects the limits (and, later, settles credit)."""
+
+    def settle(usage: Usage | None) -> None:
+        svc.limiter.finish(admission, usage.total_tokens if usage is not None else None)
+
+    return Meter(settle)
+
+
+async def observed(events: AsyncIterator[Event], meter: Meter) -> AsyncIterator[Event]:
+    """Pass events through; a Usage event settles the meter."""
     try:
         async for event in events:
             if isinstance(event, Usage):
-                seen.append(event)
+                meter.settle(event)
             yield event
     finally:
         await events.aclose()  # type: ignore[attr-defined]
@@ -140,34 +152,31 @@ async def observed(events: AsyncIterator[Event], seen: list[Usage]) -> AsyncIter
 
 async def run(
     request: Request,
-    svc: Services,
+    call: Call,
     admission: Admission,
     start: Callable[[], AsyncIterator[Event]],
-    collect: Callable[[AsyncIterator[Event]], Awaitable[p.Out]],
+    collect: Callable[[AsyncIterator[Event]], Awaitable[bytes]],
     renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]] | None,
 ) -> Response:
     """Run the backend and render its events — one JSON body, or a stream when a ``renderer``
-    is given — then settle the limits with the true usage, exactly once."""
-    seen: list[Usage] = []
-
-    def done(fallback: int | None) -> None:
-        svc.limiter.finish(admission, seen[-1].total_tokens if seen else fallback)
-
+    is given. The meter is settled exactly once: by the usage the backend reports, or else
+    with nothing used (refused before it ran) or unknown (it ran, and said nothing)."""
+    meter = call.meter
     try:
-        events = observed(start(), seen)
+        events = observed(start(), meter)
     except BaseException:
-        done(0)  # refused before generating anything: the reservation goes back
+        meter.close(NOTHING)
         raise
     if renderer is not None:
-        return await stream(request, events, renderer, admission.headers, done)
+        return await stream(request, events, renderer, admission.headers, meter)
     try:
         body = await unless_disconnected(request, collect(events))
     except BaseException:
         await events.aclose()
-        done(None if seen else 0)
+        meter.close(None)
         raise
-    done(None)
-    return json_response(body, admission.headers)
+    meter.close(None)
+    return Response(body, media_type="application/json", headers=admission.headers)
 
 
 async def stream(
@@ -175,7 +184,7 @@ async def stream(
     events: AsyncIterator[Event],
     renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
     headers: dict[str, str],
-    done: Callable[[int | None], None],
+    meter: Meter,
 ) -> EventStream:
     """Wait for the first event — errors before it are ordinary HTTP errors — then stream."""
     try:
@@ -184,7 +193,7 @@ async def stream(
         first = None
     except BaseException:
         await events.aclose()  # type: ignore[attr-defined]
-        done(0)
+        meter.close(NOTHING)
         raise
 
     async def replay() -> AsyncIterator[Event]:
@@ -195,7 +204,7 @@ async def stream(
                     yield event
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-            done(None)
+            meter.close(None)
 
     return EventStream(render.guarded(renderer(replay())), headers)
 
@@ -280,12 +289,12 @@ async def chat_completions(request: Request) -> Response:
     route = route_for(svc, principal, body.model, "chat.completions")
     tokens = estimate.chat_tokens(body, route.spec)
     admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    call = Call(request_id(request), principal.member_id, route.spec)
+    call = Call(request_id(request), principal.member_id, route.spec, metered(svc, admission))
     info = head(svc, route, "chatcmpl-")
     usage = include_usage(body.stream_options)
     return await run(
         request,
-        svc,
+        call,
         admission,
         lambda: route.backend.chat(body, call),
         lambda events: render.chat_completion(events, info),
@@ -304,12 +313,12 @@ async def completions(request: Request) -> Response:
     route = route_for(svc, principal, body.model, "completions")
     tokens = estimate.completion_tokens(body, route.spec)
     admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    call = Call(request_id(request), principal.member_id, route.spec)
+    call = Call(request_id(request), principal.member_id, route.spec, metered(svc, admission))
     info = head(svc, route, "cmpl-")
     usage = include_usage(body.stream_options)
     return await run(
         request,
-        svc,
+        call,
         admission,
         lambda: route.backend.complete(body, call),
         lambda events: render.completion(events, info),
@@ -327,13 +336,17 @@ async def embeddings(request: Request) -> Response:
     route = route_for(svc, principal, body.model, "embeddings")
     tokens = estimate.embedding_tokens(body)
     admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    call = Call(request_id(request), principal.member_id, route.spec)
+    meter = metered(svc, admission)
+    call = Call(request_id(request), principal.member_id, route.spec, meter)
     try:
         result = await unless_disconnected(request, route.backend.embed(body, call))
     except BaseException:
-        svc.limiter.finish(admission, 0)
+        meter.close(NOTHING)
         raise
-    svc.limiter.finish(admission, result.prompt_tokens)
+    if isinstance(result, Relayed):  # an upstream's own body; the backend settled the meter
+        meter.close(None)
+        return Response(result.data, media_type="application/json", headers=admission.headers)
+    meter.settle(Usage(result.prompt_tokens, 0))
     rendered = render.embedding_list(result, route.spec.name, body.encoding_format)
     return json_response(rendered, admission.headers)
 

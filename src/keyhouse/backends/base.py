@@ -7,12 +7,42 @@ the stream with an error event (see ``api/render``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.config import ModelSpec
+
+
+class Meter:
+    """Where a request's true usage goes, exactly once, whatever happens.
+
+    Usage events seen in the stream settle it (``api/v1``); a backend that must learn the usage
+    after the client has gone (an upstream still streaming) calls ``defer()`` and later
+    ``settle()`` itself. ``close()`` settles with a fallback only if nobody did, or will.
+    """
+
+    __slots__ = ("_on_settle", "deferred", "settled")
+
+    def __init__(self, on_settle: Callable[[Usage | None], None] | None = None) -> None:
+        self._on_settle = on_settle
+        self.settled = False
+        self.deferred = False
+
+    def settle(self, usage: Usage | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self._on_settle is not None:
+            self._on_settle(usage)
+
+    def defer(self) -> None:
+        self.deferred = True
+
+    def close(self, fallback: Usage | None) -> None:
+        if not self.deferred:
+            self.settle(fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +52,7 @@ class Call:
     request_id: str
     member_id: str
     model: ModelSpec
+    meter: Meter = field(default_factory=Meter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +95,16 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-Event = TextDelta | Usage
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """An upstream's own bytes, passed on as they came: one stream chunk's JSON, or (not
+    streaming) the whole response body. Keeps what Keyhouse does not model — a provider's
+    extra fields — intact."""
+
+    data: bytes
+
+
+Event = TextDelta | Usage | Relayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,4 +134,4 @@ class Backend(Protocol):
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]: ...
 
-    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings: ...
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed: ...

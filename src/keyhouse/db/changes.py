@@ -18,6 +18,8 @@ from keyhouse.db.models import Change, ChangeCounter
 KEY = "key"
 MEMBER = "member"
 ALL = "all"
+#: `keyhouse reload`: every server re-reads its TOML file's models and limits.
+CONFIG = "config"
 
 
 @dataclass(frozen=True)

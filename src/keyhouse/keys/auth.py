@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -97,6 +98,9 @@ class Authenticator:
         self._files = (path, path.with_name(path.name + "-wal")) if path else None
         self._files_seen: tuple[tuple[int, int] | None, ...] | None = None
         self._queried_at: datetime | None = None
+        #: Called (and awaited in the background) when a `keyhouse reload` is seen.
+        self.on_config_change: Callable[[], Awaitable[object]] | None = None
+        self._reloads: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -268,15 +272,25 @@ class Authenticator:
         covered = {row.version for row in rows}
         if self._version is None or not covered.issuperset(range(seen + 1, newest + 1)):
             self.forget_all()  # we missed pruned changes: start afresh
+            self._reload()  # (one of them may have been a `keyhouse reload`)
         else:
             for row in rows:
                 if row.kind == changes.KEY:
                     self.forget_key(row.ref)
                 elif row.kind == changes.MEMBER:
                     self.forget_member(row.ref)
+                elif row.kind == changes.CONFIG:
+                    self._reload()
                 else:
                     self.forget_all()
         self._version = newest
+
+    def _reload(self) -> None:
+        if self.on_config_change is None:
+            return
+        task: asyncio.Task[object] = asyncio.ensure_future(self.on_config_change())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _maybe_prune(self, session: AsyncSession) -> None:
         now = self.clock.now()

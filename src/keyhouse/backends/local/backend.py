@@ -22,7 +22,7 @@ from keyhouse.api.protocol import (
 from keyhouse.backends.base import Call, Embeddings, Event
 from keyhouse.backends.local.e5 import EmbedJob
 from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
-from keyhouse.config import ModelSpec, bundled_gguf_path
+from keyhouse.config import DeploymentSpec, ModelSpec, bundled_gguf_path
 from keyhouse.errors import ConfigError, InvalidRequest
 
 
@@ -46,11 +46,11 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def llama_settings(spec: ModelSpec) -> LlamaSettings:
-    unknown = set(spec.settings) - _LLAMA_SETTINGS
+def llama_settings(spec: ModelSpec, deployment: DeploymentSpec) -> LlamaSettings:
+    unknown = set(deployment.settings) - _LLAMA_SETTINGS
     if unknown:
-        raise ConfigError(f"model {spec.name}: unknown settings {sorted(unknown)}")
-    raw = spec.settings.get("gguf")
+        raise ConfigError(f"deployment {deployment.name}: unknown settings {sorted(unknown)}")
+    raw = deployment.settings.get("gguf")
     path = Path(str(raw)).expanduser() if raw else bundled_gguf_path()
     if path is None:
         raise ConfigError(
@@ -59,7 +59,7 @@ def llama_settings(spec: ModelSpec) -> LlamaSettings:
         )
     if not path.is_file():
         raise ConfigError(f"model {spec.name}: GGUF file {path} does not exist")
-    s = spec.settings
+    s = deployment.settings
     return LlamaSettings(
         path=path,
         context_length=spec.context_length,
@@ -71,13 +71,13 @@ def llama_settings(spec: ModelSpec) -> LlamaSettings:
     )
 
 
-def e5_settings(spec: ModelSpec) -> dict[str, Any]:
-    unknown = set(spec.settings) - _E5_SETTINGS
+def e5_settings(deployment: DeploymentSpec) -> dict[str, Any]:
+    unknown = set(deployment.settings) - _E5_SETTINGS
     if unknown:
-        raise ConfigError(f"model {spec.name}: unknown settings {sorted(unknown)}")
+        raise ConfigError(f"deployment {deployment.name}: unknown settings {sorted(unknown)}")
     return {
-        "variant": str(spec.settings.get("variant", "original")),
-        "threads": int(spec.settings.get("threads", default_threads())),
+        "variant": str(deployment.settings.get("variant", "original")),
+        "threads": int(deployment.settings.get("threads", default_threads())),
     }
 
 
@@ -129,10 +129,11 @@ def stops(stop: str | list[str] | None) -> list[str]:
 class LocalChatBackend:
     """Chat and legacy completions on a local GGUF model."""
 
-    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+    def __init__(self, engine: Engine, spec: ModelSpec, deployment: DeploymentSpec) -> None:
         self.engine = engine
         self.spec = spec
-        self.settings = llama_settings(spec)
+        self.deployment = deployment
+        self.settings = llama_settings(spec, deployment)
         self.system_fingerprint = fingerprint(self.settings.path)
 
     async def start(self) -> None:
@@ -142,10 +143,11 @@ class LocalChatBackend:
         return None
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self.engine.generate(self.spec.name, call.member_id, self.chat_job(request))
+        return self.engine.generate(self.deployment.name, call.member_id, self.chat_job(request))
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self.engine.generate(self.spec.name, call.member_id, self.completion_job(request))
+        job = self.completion_job(request)
+        return self.engine.generate(self.deployment.name, call.member_id, job)
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings:
         raise InvalidRequest(f"{self.spec.name} is not an embedding model.", param="model")
@@ -273,10 +275,11 @@ class LocalEmbeddingBackend:
     EXTRA_FIELDS = frozenset({"input_type"})
     DIMENSIONS = 384
 
-    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+    def __init__(self, engine: Engine, spec: ModelSpec, deployment: DeploymentSpec) -> None:
         self.engine = engine
         self.spec = spec
-        e5_settings(spec)
+        self.deployment = deployment
+        e5_settings(deployment)
         self.system_fingerprint = None
 
     async def start(self) -> None:
@@ -325,4 +328,4 @@ class LocalEmbeddingBackend:
                     code="invalid_value",
                 )
         job = EmbedJob(texts=list(texts), input_type=input_type)  # type: ignore[arg-type]
-        return await self.engine.embed(self.spec.name, call.member_id, job)
+        return await self.engine.embed(self.deployment.name, call.member_id, job)

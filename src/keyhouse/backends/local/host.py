@@ -25,12 +25,10 @@ from keyhouse.backends.base import Embeddings, Event, TextDelta, TokenLogprob, T
 from keyhouse.backends.local.e5 import E5Runner, EmbedJob
 from keyhouse.backends.local.engine import LocalEngine, ModelThread
 from keyhouse.backends.local.llama import GenerateJob, LlamaRunner
-from keyhouse.config import ModelSpec, Settings
+from keyhouse.config import LOCAL_KINDS, ModelSpec, Settings
 from keyhouse.errors import KeyhouseError, Overloaded, ServerError
 
 log = logging.getLogger("keyhouse.host")
-
-LOCAL_KINDS = ("local", "local-embedding")
 
 
 def build_engine(settings: Settings) -> LocalEngine:
@@ -39,22 +37,23 @@ def build_engine(settings: Settings) -> LocalEngine:
 
     threads: dict[str, ModelThread] = {}
     for spec in settings.models:
-        if spec.backend == "local":
-            llama = llama_settings(spec)
-            load: Any = lambda llama=llama: LlamaRunner(llama)  # noqa: E731
-        elif spec.backend == "local-embedding":
-            e5 = e5_settings(spec)
-            load = lambda e5=e5: E5Runner(**e5)  # noqa: E731
-        else:
-            continue
-        threads[spec.name] = ModelThread(
-            spec.name, load, capacity=settings.queue_size, timeout=settings.queue_timeout
-        )
+        for deployment in spec.deployments:
+            if deployment.backend == "local":
+                llama = llama_settings(spec, deployment)
+                load: Any = lambda llama=llama: LlamaRunner(llama)  # noqa: E731
+            elif deployment.backend == "local-embedding":
+                e5 = e5_settings(deployment)
+                load = lambda e5=e5: E5Runner(**e5)  # noqa: E731
+            else:
+                continue
+            threads[deployment.name] = ModelThread(
+                deployment.name, load, capacity=settings.queue_size, timeout=settings.queue_timeout
+            )
     return LocalEngine(threads)
 
 
 def has_local_models(models: tuple[ModelSpec, ...]) -> bool:
-    return any(spec.backend in LOCAL_KINDS for spec in models)
+    return any(spec.kinds & LOCAL_KINDS for spec in models)
 
 
 # ----------------------------------------------------------------------------- wire format

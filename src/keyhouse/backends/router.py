@@ -1,0 +1,155 @@
+"""One public model over several deployments: spread by weight, fall back by priority.
+
+A request goes to the healthy deployments of the lowest priority first, picked at random in
+proportion to their weights, then to the others of that priority, then to the next priority.
+It moves on only when a deployment could not answer (connection, timeout, 5xx, 429, overload)
+and only before the first byte reached the client: after that, a failure ends the stream with
+an error event. A client's own mistake (a 400) is answered at once, and trips no breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
+from keyhouse.backends.breaker import Breaker
+from keyhouse.config import DeploymentSpec, ModelSpec
+from keyhouse.errors import KeyhouseError, Overloaded
+
+log = logging.getLogger("keyhouse.router")
+
+
+def can_fall_back(error: BaseException) -> bool:
+    """Would another deployment do better? (Not for the client's own mistakes.)"""
+    from keyhouse.backends.upstream.client import UpstreamFailure
+
+    return isinstance(error, UpstreamFailure | Overloaded)
+
+
+@dataclass
+class Deployment:
+    spec: DeploymentSpec
+    backend: Backend
+    breaker: Breaker = field(default_factory=Breaker)
+    #: Requests using it right now (a reload waits for these before closing it).
+    in_flight: int = 0
+
+
+class NoDeployment(KeyhouseError):
+    status = 503
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
+class Router:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        deployments: list[Deployment],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.spec = spec
+        self.deployments = deployments
+        self.rng = rng
+
+    @property
+    def system_fingerprint(self) -> str | None:
+        return None
+
+    def order(self) -> list[Deployment]:
+        """Priority groups, lowest first; within one, a weighted random order
+        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last)."""
+
+        def key(d: Deployment) -> tuple[int, float]:
+            weight = d.spec.weight
+            return d.spec.priority, -(self.rng() ** (1 / weight)) if weight > 0 else 1.0
+
+        return sorted(self.deployments, key=key)
+
+    def _unavailable(self, errors: list[BaseException]) -> KeyhouseError:
+        last = errors[-1] if errors else None
+        detail = f" The last error: {last}" if last is not None else ""
+        if not errors:
+            detail = " Every deployment is resting after failures; try again shortly."
+        return NoDeployment(
+            f"No deployment of the model {self.spec.name} could answer.{detail}",
+            headers={"retry-after": "1"},
+        )
+
+    # ------------------------------------------------------------------ streams
+
+    def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
+        return self._stream(lambda backend: backend.chat(request, call))
+
+    def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
+        return self._stream(lambda backend: backend.complete(request, call))
+
+    async def _stream(
+        self, start: Callable[[Backend], AsyncIterator[Event]]
+    ) -> AsyncIterator[Event]:
+        errors: list[BaseException] = []
+        for deployment in self.order():
+            if not deployment.breaker.allow():
+                continue
+            deployment.in_flight += 1
+            try:
+                events: AsyncIterator[Event] | None = None
+                try:
+                    events = start(deployment.backend)
+                    first: Any = await anext(events)
+                except StopAsyncIteration:
+                    first = None
+                except BaseException as exc:
+                    if events is not None:
+                        await events.aclose()  # type: ignore[attr-defined]
+                    if not can_fall_back(exc):
+                        deployment.breaker.done()
+                        raise
+                    deployment.breaker.failure()
+                    log.warning("%s failed before answering: %s", deployment.spec.name, exc)
+                    errors.append(exc)
+                    continue
+                deployment.breaker.success()
+                try:
+                    if first is not None:
+                        yield first
+                        async for event in events:
+                            yield event
+                except BaseException as exc:
+                    if can_fall_back(exc):  # too late to move on: the client has bytes
+                        deployment.breaker.failure()
+                    raise
+                finally:
+                    await events.aclose()  # type: ignore[attr-defined]
+                return
+            finally:
+                deployment.in_flight -= 1
+        raise self._unavailable(errors)
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed:
+        errors: list[BaseException] = []
+        for deployment in self.order():
+            if not deployment.breaker.allow():
+                continue
+            deployment.in_flight += 1
+            try:
+                result = await deployment.backend.embed(request, call)
+            except BaseException as exc:
+                if not can_fall_back(exc):
+                    deployment.breaker.done()
+                    raise
+                deployment.breaker.failure()
+                errors.append(exc)
+                continue
+            finally:
+                deployment.in_flight -= 1
+            deployment.breaker.success()
+            return result
+        raise self._unavailable(errors)

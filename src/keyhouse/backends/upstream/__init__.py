@@ -1,0 +1,1 @@
+"""Upstream deployments: any OpenAI-compatible server (OpenAI, DeepSeek, vLLM, Ollama …)."""

@@ -1,0 +1,137 @@
+"""``keyhouse upstreams check``: call every upstream deployment once and print a table.
+
+For each: are its keys accepted and is its model listed (``GET /models``), does a short chat
+answer (and how fast), does a stream start (and how soon). Nothing is printed of the keys but
+their last four characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from keyhouse.config import DeploymentSpec, ModelSpec, Settings
+from keyhouse.errors import ConfigError, KeyhouseError
+
+PROMPT = [{"role": "user", "content": "Say this is a test!"}]
+
+
+@dataclass
+class Row:
+    model: str
+    deployment: str
+    where: str
+    models: str = "-"
+    chat: str = "-"
+    stream: str = "-"
+    verdict: str = "?"
+
+
+def _short(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float) -> Row:
+    from keyhouse.backends.upstream.client import UpstreamBackend
+
+    row = Row(spec.name, deployment.name, "")
+    try:
+        backend = UpstreamBackend(spec, deployment)
+    except ConfigError as exc:
+        row.verdict = f"FAIL config: {_short(exc)}"
+        return row
+    s = backend.settings
+    row.where = s.base_url
+    await backend.start()
+    assert backend.session is not None
+    failures = []
+    try:
+        # 1. keys and model list
+        headers = dict(s.headers)
+        if backend.keys is not None:
+            picked = backend.keys.pick()
+            if picked is not None:
+                headers["Authorization"] = f"Bearer {picked[1].secret}"
+        try:
+            async with asyncio.timeout(timeout):
+                async with backend.session.get(s.base_url + "/models", headers=headers) as response:
+                    body = await response.read()
+            if response.status == 200:
+                ids = [
+                    m.get("id") for m in orjson.loads(body).get("data", []) if isinstance(m, dict)
+                ]
+                row.models = "listed" if s.model in ids else f"{len(ids)} models, not {s.model}"
+            elif response.status in (401, 403):
+                row.models = f"key refused ({response.status})"
+                failures.append("key")
+            else:
+                row.models = f"HTTP {response.status}"
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            row.models = f"unreachable: {type(exc).__name__}"
+            failures.append("models")
+        # 2. a short chat, and 3. a stream
+        if "chat.completions" in deployment.endpoints:
+            payload = {"model": s.model, "messages": PROMPT, "max_tokens": 8}
+            try:
+                started = time.perf_counter()
+                async with asyncio.timeout(timeout):
+                    response = await backend.post("/chat/completions", orjson.dumps(payload))
+                    await response.read()
+                    response.release()
+                row.chat = f"{(time.perf_counter() - started) * 1000:.0f} ms"
+            except (KeyhouseError, TimeoutError) as exc:
+                row.chat = f"FAIL {_short(exc)}"
+                failures.append("chat")
+            try:
+                started = time.perf_counter()
+                async with asyncio.timeout(timeout):
+                    response = await backend.post(
+                        "/chat/completions", orjson.dumps({**payload, "stream": True})
+                    )
+                    await response.content.readline()
+                    row.stream = f"first byte {(time.perf_counter() - started) * 1000:.0f} ms"
+                    response.close()
+            except (KeyhouseError, TimeoutError, aiohttp.ClientError) as exc:
+                row.stream = f"FAIL {_short(exc)}"
+                failures.append("stream")
+        row.verdict = "PASS" if not failures else "FAIL " + ", ".join(failures)
+    finally:
+        await backend.stop()
+    return row
+
+
+async def check_all(
+    settings: Settings, *, only: str | None, timeout: float, echo: Callable[[str], Any]
+) -> bool:
+    rows: list[Row] = []
+    targets = [
+        (spec, deployment)
+        for spec in settings.models
+        if only is None or only in spec.names
+        for deployment in spec.deployments
+    ]
+    for spec, deployment in targets:
+        if deployment.backend != "openai":
+            rows.append(
+                Row(spec.name, deployment.name, "local", verdict="local (see keyhouse check)")
+            )
+            continue
+        rows.append(await check_one(spec, deployment, timeout))
+    if not rows:
+        echo("no deployments to check" + (f" for {only}" if only else ""))
+        return False
+    widths = {
+        name: max(len(name), *(len(str(getattr(r, name))) for r in rows))
+        for name in ("model", "deployment", "where", "models", "chat", "stream", "verdict")
+    }
+    echo("  ".join(name.upper().ljust(width) for name, width in widths.items()))
+    for row in rows:
+        echo("  ".join(str(getattr(row, name)).ljust(width) for name, width in widths.items()))
+    return all(not r.verdict.startswith("FAIL") for r in rows)

@@ -1,0 +1,529 @@
+"""An OpenAI-compatible server as a backend: the request passes through as the client wrote it,
+the answer comes back as the server wrote it.
+
+What Keyhouse changes on the way: the model name (the upstream's own), fields the deployment
+drops or refuses, and ``stream_options.include_usage`` (always asked for, so that the meter
+learns the truth; stripped again when the client did not ask). Where the server reports no
+usage, tokens are counted offline and marked as estimates. If the client goes away mid-stream,
+the server is read to the end — briefly, bounded — to learn the usage.
+
+Failures are sorted for the router: ``UpstreamFailure`` means "this deployment could not
+answer" (connection, timeout, 5xx, 429, our keys refused) and may go to another deployment;
+anything else is the client's own error and is passed back as the server said it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from keyhouse.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    WireModel,
+)
+from keyhouse.backends.base import Call, Event, Relayed, Usage
+from keyhouse.backends.upstream import tokens
+from keyhouse.backends.upstream.keys import KeyPool, read_secret
+from keyhouse.config import DeploymentSpec, ModelSpec
+from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError
+from keyhouse.logs import redact
+
+log = logging.getLogger("keyhouse.upstream")
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+class UpstreamFailure(KeyhouseError):
+    """The deployment could not answer; another one may. Counts against its breaker."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
+# ----------------------------------------------------------------------------- settings
+
+_KEYS = {
+    "base_url",
+    "api_key",
+    "api_keys",
+    "model",
+    "headers",
+    "timeouts",
+    "cost",
+    "drop_fields",
+    "refuse_fields",
+    "tokenizer",
+    "endpoints",
+    "key_cooldown",
+    "auth_cooldown",
+    "breaker",
+    "max_connections",
+}
+_TIMEOUTS = {"connect": 5.0, "first_byte": 60.0, "read": 60.0, "total": 600.0, "drain": 30.0}
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str
+    model: str
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    connect: float = 5.0
+    first_byte: float = 60.0
+    read: float = 60.0
+    total: float = 600.0
+    drain: float = 30.0
+    drop_fields: frozenset[str] = frozenset()
+    refuse_fields: frozenset[str] = frozenset()
+    tokenizer: str | None = None
+    #: What the provider charges per 1M tokens, for margin reports (members pay the model's price).
+    cost: dict[str, Decimal] = field(default_factory=dict)
+    key_cooldown: float = 60.0
+    auth_cooldown: float = 600.0
+    breaker: dict[str, float] = field(default_factory=dict)
+    max_connections: int = 256
+
+
+def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSettings:
+    """Validate an ``openai`` deployment's settings and read its keys (never from the TOML)."""
+    where = f"deployment {deployment.name}"
+    raw = dict(deployment.settings)
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {sorted(unknown)}")
+    base_url = raw.get("base_url")
+    if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+        raise ConfigError(
+            f"{where}: base_url must be an http(s) URL, e.g. https://api.openai.com/v1"
+        )
+    references = raw.get("api_keys", [])
+    if "api_key" in raw:
+        references = [raw["api_key"], *references]
+    if isinstance(references, str) or not isinstance(references, list):
+        raise ConfigError(f"{where}: api_keys must be a list of env:NAME or file:/path")
+    keys = tuple(read_secret(str(ref), where) for ref in references)
+    timeouts = dict(_TIMEOUTS)
+    for name, value in (raw.get("timeouts") or {}).items():
+        if name not in _TIMEOUTS:
+            raise ConfigError(f"{where}: unknown timeout {name!r} (use {', '.join(_TIMEOUTS)})")
+        if not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where}: timeouts.{name} must be a positive number of seconds")
+        timeouts[name] = float(value)
+    headers = raw.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"{where}: headers must be a table of strings")
+    cost = {}
+    for name, value in (raw.get("cost") or {}).items():
+        if name not in ("input", "cached_input", "output"):
+            raise ConfigError(f"{where}: cost takes input, cached_input and output")
+        cost[name] = Decimal(repr(value) if isinstance(value, float) else str(value))
+    return UpstreamSettings(
+        base_url=base_url.rstrip("/"),
+        model=str(raw.get("model") or spec.name),
+        keys=keys,
+        headers={str(k): v for k, v in headers.items()},
+        drop_fields=frozenset(raw.get("drop_fields") or ()),
+        refuse_fields=frozenset(raw.get("refuse_fields") or ()),
+        tokenizer=raw.get("tokenizer"),
+        cost=cost,
+        key_cooldown=float(raw.get("key_cooldown", 60)),
+        auth_cooldown=float(raw.get("auth_cooldown", 600)),
+        breaker={k: float(v) for k, v in (raw.get("breaker") or {}).items()},
+        max_connections=int(raw.get("max_connections", 256)),
+        **timeouts,
+    )
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Seen:
+    """What a relayed answer said, for the meter."""
+
+    usage: Usage | None = None
+    text: list[str] = field(default_factory=list)
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict) or "prompt_tokens" not in raw:
+        return None
+    details = raw.get("prompt_tokens_details") or {}
+    return Usage(
+        int(raw.get("prompt_tokens") or 0),
+        int(raw.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+def _retry_after(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            with contextlib.suppress(ValueError):
+                return max(0.0, float(value) * scale)
+    return None
+
+
+class UpstreamBackend:
+    """One deployment on an OpenAI-compatible server."""
+
+    def __init__(self, spec: ModelSpec, deployment: DeploymentSpec) -> None:
+        self.spec = spec
+        self.deployment = deployment
+        self.settings = upstream_settings(spec, deployment)
+        self.keys = KeyPool(list(self.settings.keys)) if self.settings.keys else None
+        self.session: aiohttp.ClientSession | None = None
+        self.system_fingerprint = None
+        self._drains: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"UpstreamBackend({self.deployment.name} → {self.settings.base_url})"
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=s.total, connect=s.connect, sock_read=s.read),
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+            auto_decompress=True,
+        )
+
+    async def stop(self) -> None:
+        for task in list(self._drains):
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # ------------------------------------------------------------------ requests
+
+    def payload(self, request: WireModel, stream: bool) -> bytes:
+        body = dict(request.raw)
+        for name in self.settings.refuse_fields:
+            if name in body:
+                raise InvalidRequest(
+                    f"Unsupported parameter: '{name}' is not supported with this model.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        for name in self.settings.drop_fields:
+            body.pop(name, None)
+        body["model"] = self.settings.model
+        if stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return orjson.dumps(body)
+
+    async def post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST with the next usable key; keys refused (401/403) or throttled (429) are benched
+        and the next one tried. Raises UpstreamFailure when the deployment cannot answer."""
+        assert self.session is not None, "backend not started"
+        url = self.settings.base_url + path
+        tried: set[int] = set()
+        while True:
+            headers = {"Content-Type": "application/json", **self.settings.headers}
+            index = None
+            if self.keys is not None:
+                picked = self.keys.pick(tried)
+                if picked is None:
+                    raise UpstreamFailure(
+                        f"Every API key of the upstream deployment {self.deployment.name} is "
+                        "resting after being refused or throttled; try again shortly.",
+                        status=503,
+                    )
+                index, key = picked
+                headers["Authorization"] = f"Bearer {key.secret}"
+            try:
+                response = await asyncio.wait_for(
+                    self.session.post(url, data=body, headers=headers), self.settings.first_byte
+                )
+            except TimeoutError:
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} did not answer within "
+                    f"{self.settings.first_byte:g} s.",
+                    status=504,
+                    code="upstream_timeout",
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamFailure(
+                    f"Could not reach the upstream deployment {self.deployment.name}: "
+                    f"{type(exc).__name__}.",
+                    status=502,
+                ) from None
+            if response.status == 200:
+                return response
+            data = await self._read(response)
+            status = response.status
+            if status in (401, 403) and index is not None and self.keys is not None:
+                self.keys.bench(index, self.settings.auth_cooldown)
+                log.warning(
+                    "%s: %s refused (%s); benched",
+                    self.deployment.name,
+                    self.keys.keys[index].label,
+                    status,
+                )
+                tried.add(index)
+                continue
+            if status == 429:
+                if index is not None and self.keys is not None:
+                    rest = _retry_after(response.headers) or self.settings.key_cooldown
+                    self.keys.bench(index, rest)
+                    tried.add(index)
+                    continue
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} is throttling requests.",
+                    status=503,
+                    code="upstream_overloaded",
+                )
+            if status >= 500 or status in (401, 403):
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} failed (HTTP {status}).",
+                    status=502,
+                )
+            raise client_error(status, data)
+
+    @staticmethod
+    async def _read(response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.content.read(MAX_BODY)
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
+        finally:
+            response.release()
+
+    # ------------------------------------------------------------------ endpoints
+
+    def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
+        body = self.payload(request, bool(request.stream))
+        return self._generate("/chat/completions", body, request, call)
+
+    def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
+        body = self.payload(request, bool(request.stream))
+        return self._generate("/completions", body, request, call)
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
+        body = self.payload(request, stream=False)
+        response = await self.post("/embeddings", body)
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailure(
+                f"The upstream deployment {self.deployment.name} broke off: {type(exc).__name__}."
+            ) from None
+        finally:
+            response.release()
+        usage = _usage(_loads(data).get("usage"))
+        if usage is None:
+            count = tokens.prompt(
+                request.raw.get("input"), self.settings.model, self.settings.tokenizer
+            )
+            usage = Usage(count, 0, estimated=True)
+        call.meter.settle(usage)
+        return Relayed(data)
+
+    async def _generate(
+        self, path: str, body: bytes, request: ChatCompletionRequest | CompletionRequest, call: Call
+    ) -> AsyncIterator[Event]:
+        response = await self.post(path, body)
+        if not request.stream:
+            try:
+                data = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} broke off: "
+                    f"{type(exc).__name__}."
+                ) from None
+            finally:
+                response.release()
+            answer = _loads(data)
+            yield Relayed(data)
+            yield _usage(answer.get("usage")) or self.estimate(request, _texts(answer))
+            return
+        wanted = bool(request.stream_options and request.stream_options.include_usage)
+        seen = _Seen()
+        lines = _sse(response)
+        left_early = False  # the client went away before the upstream was done
+        try:
+            try:
+                first = await asyncio.wait_for(anext(lines), self.settings.first_byte)
+            except StopAsyncIteration:
+                first = None
+            except TimeoutError:
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} sent nothing within "
+                    f"{self.settings.first_byte:g} s.",
+                    status=504,
+                    code="upstream_timeout",
+                ) from None
+            if first is not None:
+                for event in self._relay(first, seen, wanted):
+                    yield event
+                async for data in lines:
+                    for event in self._relay(data, seen, wanted):
+                        yield event
+            yield seen.usage or self.estimate(request, seen.text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailure(
+                f"The upstream deployment {self.deployment.name} broke off the stream: "
+                f"{type(exc).__name__}."
+            ) from None
+        except (GeneratorExit, asyncio.CancelledError):
+            left_early = True
+            raise
+        finally:
+            if left_early and seen.usage is None:
+                # The client went away mid-stream: read on (bounded) to learn the true usage.
+                call.meter.defer()
+                task = asyncio.create_task(self._drain(lines, response, seen, request, call))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+            else:
+                await lines.aclose()
+                response.release()
+
+    def _relay(self, data: bytes, seen: _Seen, wanted: bool) -> list[Event]:
+        """One upstream chunk → what the client gets (and what the meter learns)."""
+        chunk = _loads(data)
+        if "error" in chunk and not chunk.get("choices"):
+            raise upstream_stream_error(chunk["error"])
+        usage = _usage(chunk.get("usage"))
+        if usage is not None:
+            seen.usage = usage
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict):
+                delta = choice.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(text, str):
+                    seen.text.append(text)
+        if wanted:
+            return [Relayed(data)]
+        if usage is not None and not chunk.get("choices"):
+            return []  # the usage chunk the client did not ask for
+        if "usage" in chunk:
+            del chunk["usage"]
+            return [Relayed(orjson.dumps(chunk))]
+        return [Relayed(data)]
+
+    async def _drain(
+        self,
+        lines: AsyncIterator[bytes],
+        response: aiohttp.ClientResponse,
+        seen: _Seen,
+        request: ChatCompletionRequest | CompletionRequest,
+        call: Call,
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.settings.drain):
+                async for data in lines:
+                    with contextlib.suppress(KeyhouseError, ValueError):
+                        self._relay(data, seen, wanted=False)
+                    if seen.usage is not None:
+                        break
+        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await lines.aclose()
+            response.release()
+            call.meter.settle(seen.usage or self.estimate(request, seen.text))
+
+    def estimate(self, request: WireModel, outputs: list[str]) -> Usage:
+        model, tokenizer = self.settings.model, self.settings.tokenizer
+        raw = request.raw
+        if "messages" in raw:
+            prompt = tokens.chat_prompt(raw.get("messages") or [], model, tokenizer)
+        else:
+            prompt = tokens.prompt(raw.get("prompt"), model, tokenizer)
+        return Usage(prompt, tokens.count("".join(outputs), model, tokenizer), estimated=True)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of a server-sent-event stream, up to ``[DONE]``."""
+    buffer: list[bytes] = []
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if buffer:
+                data = b"\n".join(buffer)
+                buffer = []
+                if data == b"[DONE]":
+                    return
+                yield data
+            continue
+        if line.startswith(b"data:"):
+            buffer.append(line[5:].lstrip(b" "))
+    if buffer and (data := b"\n".join(buffer)) != b"[DONE]":
+        yield data
+
+
+def _loads(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailure(
+            "The upstream deployment answered with something that is not JSON."
+        ) from None
+    return value if isinstance(value, dict) else {}
+
+
+def _texts(answer: dict[str, Any]) -> list[str]:
+    out = []
+    for choice in answer.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(text, str):
+                out.append(text)
+    return out
+
+
+def client_error(status: int, data: bytes) -> KeyhouseError:
+    """The upstream's own refusal of the client's request, passed on (redacted)."""
+    try:
+        error = orjson.loads(data).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if not isinstance(error, dict):
+        return KeyhouseError(
+            f"The upstream server refused the request (HTTP {status}).",
+            status=status,
+            type="invalid_request_error",
+        )
+    return KeyhouseError(
+        redact(str(error.get("message") or f"HTTP {status}")),
+        status=status,
+        type=str(error.get("type") or "invalid_request_error"),
+        code=error.get("code") if isinstance(error.get("code"), str) else None,
+        param=error.get("param") if isinstance(error.get("param"), str) else None,
+    )
+
+
+def upstream_stream_error(error: Any) -> KeyhouseError:
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    return KeyhouseError(
+        redact(str(message or "The upstream server failed mid-stream.")),
+        status=502,
+        type=(error.get("type") if isinstance(error, dict) else None) or "server_error",
+        code=error.get("code")
+        if isinstance(error, dict) and isinstance(error.get("code"), str)
+        else None,
+    )

@@ -1,0 +1,280 @@
+"""A fake OpenAI-compatible upstream, over real HTTP on loopback, that can be told to misbehave.
+
+It runs in a thread of its own (its own event loop), so Keyhouse — in this process or in a
+server process — talks to it exactly as to a provider. Tell it what to do next with
+``then(...)``: each queued behaviour answers one request, then the default (a good answer)
+resumes. It records every request it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    #: Seconds before the response headers.
+    delay: float = 0.0
+    #: Seconds between stream chunks.
+    chunk_delay: float = 0.0
+    #: Stream: drop the connection after this many content chunks.
+    cut_after: int | None = None
+    #: Leave usage out (non-stream body and stream alike).
+    usage: bool = True
+    retry_after: float | None = None
+    #: An error object for non-200 answers (default: OpenAI-shaped, by status).
+    error: dict[str, Any] | None = None
+    #: Stream: send an ``{"error": …}`` event after this many content chunks.
+    error_after: int | None = None
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream:
+    name: str = "fake"
+    #: The words of every answer; one stream chunk each.
+    words: tuple[str, ...] = ("Hello", " from", " the", " fake", " upstream", ".")
+    prompt_tokens: int = 11
+    #: Keys it accepts (None: any key, or none). Others get a 401.
+    keys: set[str] | None = None
+    models: tuple[str, ...] = ("fake-model",)
+    queue: deque[Behaviour] = field(default_factory=deque)
+    default: Behaviour = field(default_factory=Behaviour)
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    #: Streams that ran to their end (or were cut), for disconnect tests.
+    finished_streams: int = 0
+
+    # ------------------------------------------------------------------ control
+
+    def then(self, *behaviours: Behaviour) -> FakeUpstream:
+        self.queue.extend(behaviours)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def calls(self, path: str | None = None) -> int:
+        return sum(1 for s in self.seen if path is None or s.path.endswith(path))
+
+    # ------------------------------------------------------------------ answers
+
+    def _next(self) -> Behaviour:
+        return self.queue.popleft() if self.queue else self.default
+
+    def _usage(self) -> dict[str, Any]:
+        completion = len(self.words)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    def _error(self, status: int, behaviour: Behaviour) -> web.Response:
+        error = behaviour.error or {
+            400: {
+                "message": "Invalid 'messages': bad.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "invalid_value",
+            },
+            401: {
+                "message": "Incorrect API key provided: sk-upst***abcd.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            },
+            429: {
+                "message": "Rate limit reached.",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            },
+        }.get(
+            status,
+            {
+                "message": "The server had an error.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            },
+        )
+        headers = {}
+        if behaviour.retry_after is not None:
+            headers["retry-after"] = f"{behaviour.retry_after:g}"
+        return web.Response(
+            body=orjson.dumps({"error": error}),
+            status=status,
+            headers=headers,
+            content_type="application/json",
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json() if request.can_read_body else {}
+        self.seen.append(Seen(request.path, dict(request.headers), body))
+        behaviour = self._next()
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.keys is not None and key not in self.keys:
+            return self._error(401, behaviour)
+        if behaviour.status != 200:
+            return self._error(behaviour.status, behaviour)
+        if request.path.endswith("/models"):
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": self.name}
+                for m in self.models
+            ]
+            return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+        if request.path.endswith("/embeddings"):
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            answer = {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i in range(count)
+                ],
+                "model": body.get("model"),
+            }
+            if behaviour.usage:
+                answer["usage"] = {"prompt_tokens": 3 * count, "total_tokens": 3 * count}
+            return web.json_response(answer, dumps=_dumps)
+        chat = request.path.endswith("/chat/completions")
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour, chat)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        if chat:
+            choice["message"] = {
+                "role": "assistant",
+                "content": "".join(self.words),
+                "refusal": None,
+            }
+        else:
+            choice["text"] = "".join(self.words)
+        answer = {
+            "id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": f"{body.get('model')}-2026",
+            "system_fingerprint": "fp_fake",
+            "choices": [choice],
+            "provider_extra": {"served_by": self.name},  # what Keyhouse must pass through
+        }
+        if behaviour.usage:
+            answer["usage"] = self._usage()
+        return web.json_response(answer, dumps=_dumps)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour, chat: bool
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {
+            "id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": f"{body.get('model')}-2026",
+            "system_fingerprint": "fp_fake",
+        }
+
+        async def send(payload: dict[str, Any]) -> None:
+            if include_usage and "usage" not in payload:
+                payload = {**payload, "usage": None}
+            await response.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+
+        def choice(content: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if chat:
+                delta: dict[str, Any] = (
+                    {"role": "assistant", "content": ""}
+                    if role
+                    else ({} if content is None else {"content": content})
+                )
+                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+
+        if chat:
+            await send({**base, "choices": [choice(None, None, role=True)]})
+        for i, word in enumerate(self.words):
+            if behaviour.cut_after is not None and i >= behaviour.cut_after:
+                self.finished_streams += 1
+                assert request.transport is not None
+                request.transport.close()  # mid-stream, no [DONE]
+                return response
+            if behaviour.error_after is not None and i >= behaviour.error_after:
+                await response.write(
+                    b'data: {"error": {"message": "upstream broke", "type": '
+                    b'"server_error", "param": null, "code": null}}\n\n'
+                )
+                self.finished_streams += 1
+                return response
+            if behaviour.chunk_delay:
+                await asyncio.sleep(behaviour.chunk_delay)
+            await send({**base, "choices": [choice(word, None)]})
+        await send({**base, "choices": [choice(None, "stop")]})
+        if include_usage and behaviour.usage:
+            await response.write(
+                b"data: " + orjson.dumps({**base, "choices": [], "usage": self._usage()}) + b"\n\n"
+            )
+        await response.write(b"data: [DONE]\n\n")
+        self.finished_streams += 1
+        return response
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class Running:
+    """A FakeUpstream served from a thread; ``stop()`` ends it."""
+
+    def __init__(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            fake.port = sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, name=f"fake-{fake.name}", daemon=True)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("the fake upstream did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.fake.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", self.fake.port)
+        self.loop.run_until_complete(site.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
