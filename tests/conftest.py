@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from referencing.jsonschema import DRAFT202012
 from keyhouse.config import Settings, load_settings
 from keyhouse.db.engine import Database
 from keyhouse.db.migrate import migrate
+from tests.upstream.fake import FakeUpstream, Running
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -257,6 +258,29 @@ class OpenAISpec:
 def openapi() -> OpenAISpec:
     document = json.loads((ROOT / "tests" / "data" / "openai-schemas.json").read_text())
     return OpenAISpec(document)
+
+
+# ----------------------------------------------------------------------------- fake upstreams
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Callable[..., FakeUpstream]]:
+    """Start fake OpenAI-compatible upstreams on demand: ``upstreams(name="a", keys={...})``."""
+    running: list[Running] = []
+
+    def start(**options: Any) -> FakeUpstream:
+        fake = FakeUpstream(**options)
+        running.append(Running(fake))
+        return fake
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture
+def fake(upstreams: Callable[..., FakeUpstream]) -> FakeUpstream:
+    return upstreams()
 
 
 def sse_events(text: str) -> list[Any]:

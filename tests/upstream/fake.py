@@ -217,6 +217,7 @@ class FakeUpstream:
             await send({**base, "choices": [choice(None, None, role=True)]})
         for i, word in enumerate(self.words):
             if behaviour.cut_after is not None and i >= behaviour.cut_after:
+                await asyncio.sleep(0.2)  # what was sent has arrived; then the line goes dead
                 self.finished_streams += 1
                 assert request.transport is not None
                 request.transport.close()  # mid-stream, no [DONE]
