@@ -31,14 +31,12 @@ def error_response(exc: KeyhouseError, headers: dict[str, str] | None = None) ->
 async def limit_headers(request: Request) -> dict[str, str]:
     """The rate-limit headers for a /v1 error: those of the request's admission, or — when it
     failed before one — the caller's limits as they stand."""
-    state = request.state
-    headers = getattr(state, "limit_headers", None)
+    headers = getattr(request.state, "limit_headers", None)
     if headers is not None:
         return headers  # type: ignore[no-any-return]
-    rules = getattr(state, "peek_rules", None)
-    if not rules:
-        return {}
-    return await request.app.state.services.limiter.peek(rules)  # type: ignore[no-any-return]
+    from keyhouse.api.v1 import current_limits
+
+    return await current_limits(request)
 
 
 async def on_keyhouse_error(request: Request, exc: Exception) -> Response:

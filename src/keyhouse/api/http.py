@@ -145,23 +145,43 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
+#: Work that ends sooner than this needs no one watching the socket (most upstream answers).
+WATCH_AFTER = 0.05
+
+
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client hangs up first, cancel it and raise ``ClientGone``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    """Await ``work``; if the client hangs up first, cancel it and raise ``ClientGone``.
+
+    The work runs in this task. A watcher task is started only if the work is still running
+    after ``WATCH_AFTER`` seconds: a quick answer costs one timer, not a task."""
+    current = asyncio.current_task()
+    assert current is not None
+    loop = asyncio.get_running_loop()
+    gone = False
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request.receive)
+        gone = True
+        current.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER, start_watching)
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if gone:
+            current.uncancel()
+            raise ClientGone from None
         raise
     finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientGone
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 class EventStream(Response):

@@ -35,14 +35,26 @@ def new_id(prefix: str) -> str:
     return prefix + random_base62(29)
 
 
-@dataclass(frozen=True, slots=True)
 class Head:
-    """What every chunk of one response repeats."""
+    """What every chunk of one response repeats. The id is made only if it is used (an
+    upstream's relayed answer carries its own)."""
 
-    id: str
-    created: int
-    model: str
-    system_fingerprint: str | None
+    __slots__ = ("_id", "created", "model", "prefix", "system_fingerprint")
+
+    def __init__(
+        self, prefix: str, created: int, model: str, system_fingerprint: str | None
+    ) -> None:
+        self.prefix = prefix
+        self.created = created
+        self.model = model
+        self.system_fingerprint = system_fingerprint
+        self._id: str | None = None
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = new_id(self.prefix)
+        return self._id
 
 
 def usage_out(usage: Usage) -> p.Usage:

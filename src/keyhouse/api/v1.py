@@ -88,8 +88,17 @@ async def gate(request: Request, endpoint: str) -> Principal:
             "Ask for a key with that permission.",
         )
     # Errors from here on carry the rate-limit headers as they stand (see api/errors).
-    request.state.peek_rules = svc.rules.rules(principal, None, svc.clock.now())
+    request.state.principal = principal
     return principal
+
+
+async def current_limits(request: Request) -> dict[str, str]:
+    """The caller's key and member limits as they stand, taking nothing."""
+    svc = services(request)
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        return {}
+    return await svc.limiter.peek(svc.rules.rules(principal, None, svc.clock.now()))
 
 
 def route_for(svc: Services, principal: Principal, name: str, endpoint: str) -> Route:
@@ -109,7 +118,7 @@ def route_for(svc: Services, principal: Principal, name: str, endpoint: str) -> 
 
 def head(svc: Services, route: Route, prefix: str) -> render.Head:
     return render.Head(
-        id=render.new_id(prefix),
+        prefix,
         created=int(svc.clock.now().timestamp()),
         model=route.spec.name,
         system_fingerprint=getattr(route.backend, "system_fingerprint", None),
@@ -235,7 +244,7 @@ def models_body(catalog: Catalog, allow: frozenset[str] | None) -> bytes:
 async def list_models(request: Request) -> Response:
     svc = services(request)
     principal = await gate(request, MODELS_READ)
-    headers = await svc.limiter.peek(request.state.peek_rules)
+    headers = await current_limits(request)
     body = models_body(svc.catalog, principal.models)
     return Response(body, media_type="application/json", headers=headers)
 
@@ -248,7 +257,7 @@ async def retrieve_model(request: Request) -> Response:
     if route is None or not svc.catalog.allowed(principal, route.spec):
         raise ModelNotFound(model)
     card = p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by)
-    return json_response(card, await svc.limiter.peek(request.state.peek_rules))
+    return json_response(card, await current_limits(request))
 
 
 # ----------------------------------------------------------------------------- chat

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from keyhouse.clock import Clock
 from keyhouse.errors import KeyhouseError
+from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.rules import US, Decision, Rule, RuleState, duration
 
 log = logging.getLogger("keyhouse.limits")
@@ -189,6 +190,14 @@ class Limiter:
         if admission.finished or not admission.rules:
             return
         admission.finished = True
+        if isinstance(self.store, MemoryStore):  # nothing to wait for: do it now
+            now = self.now_us()
+            for rule in admission.rules:
+                if rule.kind == "concurrency" and rule.key in admission.slots:
+                    self.store.release_now(rule, admission.slots[rule.key])
+                elif rule.dimension == "tokens" and tokens_used is not None:
+                    self.store.adjust_now(rule, tokens_used - admission.reserved_tokens, now)
+            return
         task = asyncio.create_task(self._finish(admission, tokens_used))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

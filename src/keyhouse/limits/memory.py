@@ -86,6 +86,9 @@ class MemoryStore:
         return Decision(allowed, states, slots)
 
     async def adjust(self, rule: Rule, delta: int, now_us: int) -> None:
+        self.adjust_now(rule, delta, now_us)
+
+    def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
         if rule.kind == "rate":
             self._set_rate(rule, max(0, self._rate(rule, now_us) + delta * rule.period_us), now_us)
@@ -97,6 +100,9 @@ class MemoryStore:
         self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
     async def release(self, rule: Rule, slot_id: str) -> None:
+        self.release_now(rule, slot_id)
+
+    def release_now(self, rule: Rule, slot_id: str) -> None:
         self._slots.get(rule.key, {}).pop(slot_id, None)
 
     def sweep(self, now_us: int) -> None:

@@ -71,7 +71,9 @@ _KEYS = {
     "breaker",
     "max_connections",
 }
-_TIMEOUTS = {"connect": 5.0, "first_byte": 60.0, "read": 60.0, "total": 600.0, "drain": 30.0}
+#: connect; first_byte (the wait for the answer to start, and for each chunk after);
+#: total (the whole answer); drain (reading on after the client left, for the usage).
+_TIMEOUTS = {"connect": 5.0, "first_byte": 60.0, "total": 600.0, "drain": 30.0}
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,6 @@ class UpstreamSettings:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     connect: float = 5.0
     first_byte: float = 60.0
-    read: float = 60.0
     total: float = 600.0
     drain: float = 30.0
     drop_fields: frozenset[str] = frozenset()
@@ -129,6 +130,16 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         if name not in ("input", "cached_input", "output"):
             raise ConfigError(f"{where}: cost takes input, cached_input and output")
         cost[name] = Decimal(repr(value) if isinstance(value, float) else str(value))
+    tokenizer = raw.get("tokenizer")
+    if tokenizer is not None:
+        # Checked now: an unknown name would otherwise fail each answer that lacks usage.
+        try:
+            tokens.encoding_for("", str(tokenizer))
+        except Exception:
+            raise ConfigError(
+                f"{where}: unknown tokenizer {tokenizer!r} (quicktok knows e.g. cl100k_base, "
+                "o200k_base, llama3, qwen3)"
+            ) from None
     return UpstreamSettings(
         base_url=base_url.rstrip("/"),
         model=str(raw.get("model") or spec.name),
@@ -136,7 +147,7 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         headers={str(k): v for k, v in headers.items()},
         drop_fields=frozenset(raw.get("drop_fields") or ()),
         refuse_fields=frozenset(raw.get("refuse_fields") or ()),
-        tokenizer=raw.get("tokenizer"),
+        tokenizer=str(tokenizer) if tokenizer is not None else None,
         cost=cost,
         key_cooldown=float(raw.get("key_cooldown", 60)),
         auth_cooldown=float(raw.get("auth_cooldown", 600)),
@@ -196,14 +207,19 @@ class UpstreamBackend:
         s = self.settings
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=s.total, connect=s.connect, sock_read=s.read),
+            # sock_read: the wait for the response (first byte) and then between chunks.
+            timeout=aiohttp.ClientTimeout(total=s.total, connect=s.connect, sock_read=s.first_byte),
             json_serialize=lambda value: orjson.dumps(value).decode(),
             auto_decompress=True,
         )
 
     async def stop(self) -> None:
-        for task in list(self._drains):
+        drains = list(self._drains)
+        for task in drains:
             task.cancel()
+        # A drain cancelled before it ran never reaches its ``finally``: its done-callback
+        # settles the meter. Wait for them, so every meter is settled when stop() returns.
+        await asyncio.gather(*drains, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -250,10 +266,15 @@ class UpstreamBackend:
                 index, key = picked
                 headers["Authorization"] = f"Bearer {key.secret}"
             try:
-                response = await asyncio.wait_for(
-                    self.session.post(url, data=body, headers=headers), self.settings.first_byte
-                )
-            except TimeoutError:
+                response = await self.session.post(url, data=body, headers=headers)
+            except aiohttp.ConnectionTimeoutError:
+                raise UpstreamFailure(
+                    f"Could not connect to the upstream deployment {self.deployment.name} "
+                    f"within {self.settings.connect:g} s.",
+                    status=504,
+                    code="upstream_timeout",
+                ) from None
+            except (aiohttp.ServerTimeoutError, TimeoutError):  # no answer within first_byte
                 raise UpstreamFailure(
                     f"The upstream deployment {self.deployment.name} did not answer within "
                     f"{self.settings.first_byte:g} s.",
@@ -361,10 +382,10 @@ class UpstreamBackend:
         left_early = False  # the client went away before the upstream was done
         try:
             try:
-                first = await asyncio.wait_for(anext(lines), self.settings.first_byte)
+                first = await anext(lines)
             except StopAsyncIteration:
                 first = None
-            except TimeoutError:
+            except aiohttp.ServerTimeoutError:
                 raise UpstreamFailure(
                     f"The upstream deployment {self.deployment.name} sent nothing within "
                     f"{self.settings.first_byte:g} s.",
@@ -390,10 +411,22 @@ class UpstreamBackend:
             if left_early and seen.usage is None:
                 # The client went away mid-stream: read on (bounded) to learn the true usage.
                 call.meter.defer()
-                task = asyncio.create_task(self._drain(lines, response, seen, request, call))
+                # A client that hangs up cancels us mid-read, which ends ``lines`` too; the
+                # response itself reads on. (Suspended at a yield, ``lines`` holds no partial
+                # event: a fresh reader continues exactly where it stopped.)
+                with contextlib.suppress(Exception):
+                    await lines.aclose()
+                task = asyncio.create_task(
+                    self._drain(_sse(response), response, seen, request, call)
+                )
                 self._drains.add(task)
                 task.add_done_callback(self._drains.discard)
+                task.add_done_callback(
+                    lambda _: call.meter.settle(seen.usage or self.estimate(request, seen.text))
+                )
             else:
+                if left_early:  # gone after the usage chunk, before the Usage event
+                    call.meter.settle(seen.usage)
                 await lines.aclose()
                 response.release()
 

@@ -19,10 +19,10 @@ def read_secret(reference: str, where: str) -> str:
     """
     kind, _, rest = reference.partition(":")
     if kind == "env" and rest:
-        value = os.environ.get(rest)
+        value = (os.environ.get(rest) or "").strip()
         if not value:
             raise ConfigError(f"{where}: the environment variable {rest} is not set")
-        return value.strip()
+        return value
     if kind == "file" and rest:
         path = Path(rest).expanduser()
         try:

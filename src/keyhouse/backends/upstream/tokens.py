@@ -12,6 +12,7 @@ FALLBACK = "cl100k_base"
 #: OpenAI's accounting for chat: each message costs its content plus a few framing tokens,
 #: and the reply is primed with a few more.
 PER_MESSAGE = 3
+PER_NAME = 1
 REPLY_PRIMING = 3
 
 
@@ -42,9 +43,14 @@ def _text(content: Any) -> str:
 
 
 def chat_prompt(messages: list[dict[str, Any]], model: str, tokenizer: str | None = None) -> int:
-    return REPLY_PRIMING + sum(
-        PER_MESSAGE + count(_text(m.get("content")), model, tokenizer) for m in messages
-    )
+    total = REPLY_PRIMING
+    for m in messages:
+        # The role is counted like the content; a name costs one token more (OpenAI's cookbook).
+        total += PER_MESSAGE + count(_text(m.get("content")), model, tokenizer)
+        total += count(str(m.get("role") or ""), model, tokenizer)
+        if isinstance(m.get("name"), str) and m["name"]:
+            total += PER_NAME + count(m["name"], model, tokenizer)
+    return total
 
 
 def prompt(value: Any, model: str, tokenizer: str | None = None) -> int:

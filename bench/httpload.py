@@ -1,0 +1,153 @@
+"""Load for the proxy bench: POST requests over keep-alive connections on raw asyncio sockets,
+recording each request's latency; and streams, recording time to first byte and chunk rate.
+Light, so that the client takes as little of the 2 cores as it can from what it measures."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+def request_bytes(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, list[float]]:
+    """Status and, for chunked bodies, the arrival time of each chunk."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = head[9:12]
+    length = None
+    chunked = False
+    for line in head.split(b"\r\n"):
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
+            length = int(line[15:])
+        elif lower.startswith(b"transfer-encoding:") and b"chunked" in lower:
+            chunked = True
+    arrivals: list[float] = []
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            await reader.readexactly(size + 2)
+            arrivals.append(time.perf_counter())
+    elif length:
+        await reader.readexactly(length)
+    return status, arrivals
+
+
+async def _worker(
+    port: int, payload: bytes, stop_at: float, record_from: float, out: Result
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (started := time.perf_counter()) < stop_at:
+            writer.write(payload)
+            status, _ = await _read_response(reader)
+            if started >= record_from:
+                if status == b"200":
+                    out.latencies.append(time.perf_counter() - started)
+                else:
+                    out.errors += 1
+    finally:
+        writer.close()
+
+
+def post_load(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float = 1.0,
+) -> Result:
+    payload = request_bytes(port, path, body, headers)
+
+    async def run() -> Result:
+        start = time.perf_counter()
+        out = Result(seconds)
+        await asyncio.gather(
+            *(
+                _worker(port, payload, start + warmup + seconds, start + warmup, out)
+                for _ in range(connections)
+            )
+        )
+        return out
+
+    return asyncio.run(run())
+
+
+@dataclass
+class StreamResult:
+    ttfb: list[float] = field(default_factory=list)
+    chunk_rates: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def summary(self) -> tuple[float, float, float]:
+        return (
+            statistics.median(self.ttfb) * 1000 if self.ttfb else float("nan"),
+            sorted(self.ttfb)[int(0.99 * (len(self.ttfb) - 1))] * 1000
+            if self.ttfb
+            else float("nan"),
+            statistics.median(self.chunk_rates) if self.chunk_rates else float("nan"),
+        )
+
+
+def stream_load(
+    port: int, path: str, body: bytes, headers: dict[str, str], *, streams: int, rounds: int
+) -> StreamResult:
+    """``streams`` concurrent streams, ``rounds`` times each."""
+    payload = request_bytes(port, path, body, headers)
+    out = StreamResult()
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                writer.write(payload)
+                status, arrivals = await _read_response(reader)
+                if status != b"200" or not arrivals:
+                    out.errors += 1
+                    continue
+                out.ttfb.append(arrivals[0] - started)
+                if len(arrivals) > 1 and arrivals[-1] > arrivals[0]:
+                    out.chunk_rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(one() for _ in range(streams)))
+
+    asyncio.run(run())
+    return out
