@@ -303,7 +303,9 @@ class UpstreamBackend:
                 continue
             if status == 429:
                 if index is not None and self.keys is not None:
-                    rest = _retry_after(response.headers) or self.settings.key_cooldown
+                    rest = _retry_after(response.headers)
+                    if rest is None:
+                        rest = self.settings.key_cooldown
                     self.keys.bench(index, rest)
                     tried.add(index)
                     continue
@@ -551,8 +553,10 @@ def client_error(status: int, data: bytes) -> KeyhouseError:
 
 
 def upstream_stream_error(error: Any) -> KeyhouseError:
+    """An ``{"error": …}`` event in an upstream's stream. A failure of the deployment: before
+    the first byte another deployment may answer; after it, the client's stream ends with it."""
     message = error.get("message") if isinstance(error, dict) else str(error)
-    return KeyhouseError(
+    return UpstreamFailure(
         redact(str(message or "The upstream server failed mid-stream.")),
         status=502,
         type=(error.get("type") if isinstance(error, dict) else None) or "server_error",
