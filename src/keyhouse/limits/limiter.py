@@ -28,6 +28,8 @@ log = logging.getLogger("keyhouse.limits")
 
 Failure = Literal["open", "closed"]
 BACKOFF_S = 1.0
+#: After a response, corrections wait this long to travel together with others.
+FLUSH_AFTER = 0.01
 
 
 class Store(Protocol):
@@ -41,9 +43,8 @@ class Store(Protocol):
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision: ...
 
-    async def adjust(self, rule: Rule, delta: int, now_us: int) -> None: ...
-
-    async def release(self, rule: Rule, slot_id: str) -> None: ...
+    async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
+        """Several corrections (``adjust``, delta) and releases (``release``, slot) at once."""
 
     def sweep(self, now_us: int) -> None: ...
 
@@ -100,6 +101,8 @@ class Limiter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
         self._sweeper: asyncio.Task[None] | None = None
+        self._batch: list[tuple[Rule, str, int | str]] = []
+        self._flusher: asyncio.Task[None] | None = None
         # Slot ids: unique across replicas (a random prefix per process) and cheap (a counter).
         self._slot_prefix = secrets.token_hex(6)
         self._slots = itertools.count()
@@ -198,20 +201,23 @@ class Limiter:
                 elif rule.dimension == "tokens" and tokens_used is not None:
                     self.store.adjust_now(rule, tokens_used - admission.reserved_tokens, now)
             return
-        task = asyncio.create_task(self._finish(admission, tokens_used))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for rule in admission.rules:
+            if rule.kind == "concurrency" and rule.key in admission.slots:
+                self._batch.append((rule, "release", admission.slots[rule.key]))
+            elif rule.dimension == "tokens" and tokens_used is not None:
+                self._batch.append((rule, "adjust", tokens_used - admission.reserved_tokens))
+        if self._batch and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_soon())
+            self._tasks.add(self._flusher)
+            self._flusher.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, admission: Admission, tokens_used: int | None) -> None:
-        now = self.now_us()
+    async def _flush_soon(self) -> None:
+        """Corrections and releases of every request finished in the last few milliseconds, in
+        one round trip (they commute, so their order does not matter)."""
+        await asyncio.sleep(FLUSH_AFTER)
+        batch, self._batch, self._flusher = self._batch, [], None
         try:
-            for rule in admission.rules:
-                if rule.kind == "concurrency" and rule.key in admission.slots:
-                    await self.store.release(rule, admission.slots[rule.key])
-                elif rule.dimension == "tokens" and tokens_used is not None:
-                    delta = tokens_used - admission.reserved_tokens
-                    if delta:
-                        await self.store.adjust(rule, delta, now)
+            await self.store.apply(batch, self.now_us())
         except Exception as exc:  # slots and levels expire on their own
             self._failed(exc)
 

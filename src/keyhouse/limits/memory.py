@@ -85,9 +85,6 @@ class MemoryStore:
             states.append(state_of(rule, after if allowed else value, cost, ok, now_us))
         return Decision(allowed, states, slots)
 
-    async def adjust(self, rule: Rule, delta: int, now_us: int) -> None:
-        self.adjust_now(rule, delta, now_us)
-
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
         if rule.kind == "rate":
@@ -99,11 +96,15 @@ class MemoryStore:
     def _set_rate(self, rule: Rule, level: int, now_us: int) -> None:
         self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
-    async def release(self, rule: Rule, slot_id: str) -> None:
-        self.release_now(rule, slot_id)
-
     def release_now(self, rule: Rule, slot_id: str) -> None:
         self._slots.get(rule.key, {}).pop(slot_id, None)
+
+    async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
+        for rule, op, value in batch:
+            if op == "release":
+                self.release_now(rule, str(value))
+            else:
+                self.adjust_now(rule, int(value), now_us)
 
     def sweep(self, now_us: int) -> None:
         """Forget state that no longer limits anything."""

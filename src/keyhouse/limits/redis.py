@@ -86,23 +86,28 @@ end
 return out
 """
 
-# ARGV: now_us, kind, limit, period_us, delta
-_ADJUST = """
+# ARGV: now_us; then five per operation: op (adjust|release), kind, limit, period_us, value
+_APPLY = """
 local function int(x) return string.format("%.0f", x) end
-local now, kind = tonumber(ARGV[1]), ARGV[2]
-local limit, period, delta = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if kind == "rate" then
-  local st = redis.call("HMGET", KEYS[1], "l", "t")
-  local level, at = tonumber(st[1]) or 0, tonumber(st[2]) or now
-  local elapsed = math.max(0, now - at)
-  if elapsed >= period then level = 0 else level = math.max(0, level - elapsed * limit) end
-  level = math.max(0, level + delta * period)
-  redis.call("HSET", KEYS[1], "l", int(level), "t", int(now))
-  redis.call("PEXPIRE", KEYS[1], math.ceil(level / limit / 1000) + 1000)
-elseif kind == "day" then
-  if redis.call("EXISTS", KEYS[1]) == 1 then
-    local c = math.max(0, (tonumber(redis.call("HGET", KEYS[1], "c")) or 0) + delta)
-    redis.call("HSET", KEYS[1], "c", int(c))
+local now = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 5
+  local op, kind = ARGV[b + 1], ARGV[b + 2]
+  local limit, period = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if op == "release" then
+    redis.call("ZREM", KEYS[i], ARGV[b + 5])
+  elseif kind == "rate" then
+    local delta = tonumber(ARGV[b + 5])
+    local st = redis.call("HMGET", KEYS[i], "l", "t")
+    local level, at = tonumber(st[1]) or 0, tonumber(st[2]) or now
+    local elapsed = math.max(0, now - at)
+    if elapsed >= period then level = 0 else level = math.max(0, level - elapsed * limit) end
+    level = math.max(0, level + delta * period)
+    redis.call("HSET", KEYS[i], "l", int(level), "t", int(now))
+    redis.call("PEXPIRE", KEYS[i], math.ceil(level / limit / 1000) + 1000)
+  elseif kind == "day" and redis.call("EXISTS", KEYS[i]) == 1 then
+    local c = math.max(0, (tonumber(redis.call("HGET", KEYS[i], "c")) or 0) + tonumber(ARGV[b + 5]))
+    redis.call("HSET", KEYS[i], "c", int(c))
   end
 end
 return 1
@@ -125,7 +130,7 @@ class RedisStore:
             health_check_interval=0,
         )
         self._acquire = self.client.register_script(_ACQUIRE)
-        self._adjust = self.client.register_script(_ADJUST)
+        self._apply = self.client.register_script(_APPLY)
 
     async def start(self) -> None:
         await self.client.ping()
@@ -152,12 +157,14 @@ class RedisStore:
                 slots[rule.key] = slot_id
         return Decision(allowed, states, slots)
 
-    async def adjust(self, rule: Rule, delta: int, now_us: int) -> None:
-        args = [now_us, rule.kind, rule.limit, rule.period_us, delta]
-        await self._adjust(keys=[self.prefix + rule.key], args=args)
-
-    async def release(self, rule: Rule, slot_id: str) -> None:
-        await self.client.zrem(self.prefix + rule.key, slot_id)
+    async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
+        if not batch:
+            return
+        keys, args = [], [now_us]
+        for rule, op, value in batch:
+            keys.append(self.prefix + rule.key)
+            args += [op, rule.kind, rule.limit, rule.period_us, value]
+        await self._apply(keys=keys, args=args)
 
     def sweep(self, now_us: int) -> None:
         return None  # Redis expires keys itself
