@@ -24,6 +24,7 @@ from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
 from keyhouse.backends.local.backend import Engine
 from keyhouse.backends.local.host import RemoteEngine, build_engine, has_local_models
+from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.config import Settings, load_settings
 from keyhouse.db.engine import Database
@@ -55,6 +56,7 @@ class Services:
     engine: Engine | None
     limiter: Limiter
     rules: RuleBook
+    wallet: Wallet
 
     @property
     def catalog(self) -> Catalog:
@@ -71,6 +73,7 @@ class Services:
             return False
         previous, self.backends = self.backends, backends
         self.settings, self.rules = fresh, RuleBook(fresh)
+        self.wallet.settings = fresh
         retired = backends.retired_since(previous)
         if retired:
             task = asyncio.create_task(retire(retired))
@@ -130,12 +133,14 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             flush_interval=settings.last_used_flush_interval,
         )
         limiter = build_limiter(settings, clock)
+        wallet = Wallet(db, clock, settings)
         services = Services(
-            settings, clock, db, auth, backends, engine, limiter, RuleBook(settings)
+            settings, clock, db, auth, backends, engine, limiter, RuleBook(settings), wallet
         )
         auth.on_config_change = services.reload  # `keyhouse reload`, from any process
         await auth.start()
         await limiter.start()
+        await wallet.start()
         try:
             if engine is not None:
                 await engine.start()
@@ -145,6 +150,7 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             await services.backends.stop()  # the current ones: a reload may have swapped them
             if engine is not None:
                 await engine.stop()
+            await wallet.stop()  # the last settlements written, every lease given back
             await limiter.stop()
             await auth.stop()
     finally:

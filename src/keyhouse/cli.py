@@ -238,12 +238,17 @@ def users() -> None:
 def users_create(email: str, name: str | None, admin: bool) -> None:
     """Create a member."""
     from keyhouse.accounts.members import create_member
+    from keyhouse.billing.ledger import grant_trial
+
+    settings = _settings()
 
     async def work(session: Any) -> str:
-        member = await create_member(session, SystemClock(), email=email, name=name, is_admin=admin)
+        clock = SystemClock()
+        member = await create_member(session, clock, email=email, name=name, is_admin=admin)
+        await grant_trial(session, settings, member.id, clock.now())
         return member.id
 
-    member_id = _run(work)
+    member_id = _run(work, settings)
     click.echo(f"created member {member_id} <{email}>" + (" (admin)" if admin else ""), err=True)
     click.echo(member_id)
 
@@ -644,3 +649,7 @@ def check(base_url: str, key: str, model: str | None, timeout: float) -> None:
 
     ok = run_check(base_url, key, model=model, timeout=timeout, echo=click.echo)
     sys.exit(0 if ok else 1)
+
+
+# Commands that live in modules of their own register themselves on ``main``.
+from keyhouse import cli_billing, cli_usage  # noqa: E402, F401

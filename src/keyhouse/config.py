@@ -165,6 +165,22 @@ class Settings:
     #: A concurrency slot expires on its own after this long, even if never released.
     slot_ttl: float = 600.0
     default_tier: str = DEFAULT_TIER
+    #: Money. The organisation's currency (USD, CNY, or plain "credits"), shown, never converted.
+    currency: str = "credits"
+    #: "enforce": no credit, no request. "meter-only": record and report, never refuse.
+    billing_mode: str = "enforce"
+    #: The free credit every new member gets, and for how many days (0: it never expires).
+    trial_credit: Decimal = Decimal("5")
+    trial_days: int = 90
+    #: Each server spends from slices ("leases") of a balance; this is how much it asks for
+    #: beyond the request at hand, in the currency.
+    lease_size: Decimal = Decimal("0.5")
+    #: A lease not renewed for this long comes back (its server has died).
+    lease_ttl: float = 30.0
+    #: Settlements and usage rows are written at least this often (seconds), and on shutdown.
+    billing_flush_interval: float = 0.2
+    #: Raw usage rows are kept this many days (roll-ups are kept for good).
+    usage_retention_days: int = 90
     tiers: Mapping[str, Tier] = field(default_factory=lambda: {DEFAULT_TIER: BUILTIN_DEFAULT_TIER})
     models: tuple[ModelSpec, ...] = ()
 
@@ -202,6 +218,12 @@ _SCALARS: dict[str, type] = {
     "limits_failure": str,
     "slot_ttl": float,
     "default_tier": str,
+    "currency": str,
+    "billing_mode": str,
+    "trial_days": int,
+    "lease_ttl": float,
+    "billing_flush_interval": float,
+    "usage_retention_days": int,
 }
 
 
@@ -518,11 +540,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     check_unique_names(models)
 
     tiers = parse_tiers(data.get("tiers"))
+    for name in ("trial_credit", "lease_size"):
+        raw_money = env.get(f"KEYHOUSE_{name.upper()}", data.get(name))
+        if raw_money is not None:
+            values[name] = _decimal(name, raw_money)
 
     unknown = (
         set(data)
         - set(_SCALARS)
         - {"trusted_proxies", "secret", "previous_secrets", "models", "tiers"}
+        - {"trial_credit", "lease_size"}
     )
     if unknown:
         raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")
@@ -540,11 +567,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"timezone: unknown timezone {settings.timezone!r}") from None
     if settings.limits_failure not in ("open", "closed"):
         raise ConfigError("limits_failure must be 'open' or 'closed'")
+    if settings.billing_mode not in ("enforce", "meter-only"):
+        raise ConfigError("billing_mode must be 'enforce' or 'meter-only'")
+    if settings.lease_size <= 0:
+        raise ConfigError("lease_size must be above 0")
     if settings.default_tier not in settings.tiers:
         raise ConfigError(
             f"default_tier {settings.default_tier!r} is not a tier ({sorted(settings.tiers)})"
         )
-    for name in ("change_poll_interval", "last_used_flush_interval", "queue_timeout", "slot_ttl"):
+    for name in (
+        "change_poll_interval",
+        "last_used_flush_interval",
+        "queue_timeout",
+        "slot_ttl",
+        "lease_ttl",
+        "billing_flush_interval",
+    ):
         # 0, a negative number or NaN would turn a background loop into a busy loop.
         if not 0 < getattr(settings, name) < float("inf"):
             raise ConfigError(f"{name} must be a positive number of seconds")

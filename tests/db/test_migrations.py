@@ -22,7 +22,24 @@ from keyhouse.db.migrate import alembic_config, current_revision, head_revision,
 from keyhouse.db.models import Base
 from tests.conftest import ROOT, TEST_SECRET
 
-TABLES = {"alembic_version", "members", "api_keys", "change_counter", "changes"}
+TABLES = {
+    "alembic_version",
+    "members",
+    "api_keys",
+    "change_counter",
+    "changes",
+    "balances",
+    "lots",
+    "ledger",
+    "settled",
+    "leases",
+    "budget_spend",
+    "price_versions",
+    "usage",
+    "usage_rollups",
+    "redemption_codes",
+    "events",
+}
 
 
 async def table_names(db: Database) -> set[str]:

@@ -53,3 +53,55 @@ def embedding_tokens(body: EmbeddingRequest) -> int:
         else:
             total += len(item)
     return total
+
+
+# ----------------------------------------------------------------------------- worst cases
+#
+# Credit is held for the most a request can cost, without a tokenizer: a token is at least
+# one byte of UTF-8, so a prompt's bytes bound its tokens; a chat template adds a few tokens
+# around each message.
+
+TEMPLATE_PER_MESSAGE = 16
+TEMPLATE_FIXED = 32
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def chat_bound(body: ChatCompletionRequest, spec: ModelSpec) -> tuple[int, int, int]:
+    """(prompt tokens at most, output tokens at most over all choices, choices)."""
+    prompt = TEMPLATE_FIXED + sum(_bytes(m.text()) + TEMPLATE_PER_MESSAGE for m in body.messages)
+    choices = body.n or 1
+    return prompt, (body.output_limit or spec.default_max_tokens) * choices, choices
+
+
+def completion_bound(body: CompletionRequest, spec: ModelSpec) -> tuple[int, int, int]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        sizes = [_bytes(prompt) + 8]
+    elif prompt and isinstance(prompt[0], int):
+        sizes = [len(prompt)]
+    else:
+        sizes = [
+            _bytes(p) + 8 if isinstance(p, str) else len(p)  # type: ignore[arg-type]
+            for p in prompt
+        ]
+    output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
+    choices = (body.n or 1) * max(1, len(sizes))
+    return sum(sizes), output * choices, choices
+
+
+def embedding_bound(body: EmbeddingRequest) -> int:
+    raw = body.input
+    if isinstance(raw, str):
+        return _bytes(raw) + 8
+    total = 0
+    for item in raw:
+        if isinstance(item, str):
+            total += _bytes(item) + 8
+        elif isinstance(item, int):
+            total += 1
+        else:
+            total += len(item)
+    return total

@@ -8,6 +8,8 @@ Later stages (reservations, settlement) slot in the same way; each is one call h
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -19,6 +21,7 @@ from starlette.routing import Route as HTTPRoute
 from keyhouse.api import estimate, render
 from keyhouse.api import protocol as p
 from keyhouse.api.http import (
+    ClientGone,
     EventStream,
     client_ip,
     presented_key,
@@ -29,10 +32,12 @@ from keyhouse.api.http import (
 from keyhouse.api.validation import parse
 from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
 from keyhouse.backends.catalog import Catalog, Route
+from keyhouse.billing.money import Prices
 from keyhouse.config import ModelSpec
 from keyhouse.errors import (
     AuthenticationFailed,
     InvalidRequest,
+    KeyhouseError,
     ModelNotFound,
     NotFound,
     PermissionDenied,
@@ -139,22 +144,67 @@ async def admit(
 NOTHING = Usage(0, 0)
 
 
-def metered(svc: Services, admission: Admission) -> Meter:
-    """The request's meter: its true usage corrects the limits (and, later, settles credit)."""
+async def begin(
+    request: Request,
+    svc: Services,
+    principal: Principal,
+    name: str,
+    route: Route,
+    tokens: int,
+    bound: tuple[int, int, int],
+) -> tuple[Call, Admission]:
+    """Admission (limits), then the hold (credit), then the call that carries both to the end:
+    its meter settles them, exactly once, with the true usage."""
+    started = time.perf_counter()
+    admission = await admit(request, svc, principal, name, route.spec, tokens)
+    rid = request_id(request)
+    prompt, output, choices = bound
+    try:
+        hold = await svc.wallet.hold(
+            rid, principal, route.spec.name, Prices.of(route.spec), prompt, output, choices
+        )
+    except BaseException:
+        svc.limiter.finish(admission, 0)
+        raise
+    deployments = route.spec.deployments
 
     def settle(usage: Usage | None) -> None:
         svc.limiter.finish(admission, usage.total_tokens if usage is not None else None)
+        now = time.perf_counter()
+        svc.wallet.settle(
+            hold,
+            usage,
+            deployment=meter.deployment or (deployments[0].name if len(deployments) == 1 else None),
+            latency_ms=round((now - started) * 1000),
+            ttft_ms=round((meter.first_at - started) * 1000) if meter.first_at else None,
+            status=meter.status,
+        )
 
-    return Meter(settle)
+    meter = Meter(settle)
+    return Call(rid, principal.member_id, route.spec, meter, hold.max_output), admission
+
+
+def status_of(error: BaseException) -> int:
+    if isinstance(error, KeyhouseError):
+        return error.status
+    if isinstance(error, GeneratorExit | asyncio.CancelledError | ClientGone):
+        return 499  # the client went away
+    return 500
 
 
 async def observed(events: AsyncIterator[Event], meter: Meter) -> AsyncIterator[Event]:
-    """Pass events through; a Usage event settles the meter."""
+    """Pass events through; note the first token's time and how it ended; a Usage event
+    settles the meter."""
     try:
         async for event in events:
             if isinstance(event, Usage):
                 meter.settle(event)
+            elif meter.first_at is None:
+                meter.first_at = time.perf_counter()
             yield event
+    except BaseException as exc:
+        meter.status = status_of(exc)
+        raise
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 
@@ -297,8 +347,8 @@ async def chat_completions(request: Request) -> Response:
     check_chat(body)
     route = route_for(svc, principal, body.model, "chat.completions")
     tokens = estimate.chat_tokens(body, route.spec)
-    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    call = Call(request_id(request), principal.member_id, route.spec, metered(svc, admission))
+    bound = estimate.chat_bound(body, route.spec)
+    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
     info = head(svc, route, "chatcmpl-")
     usage = include_usage(body.stream_options)
     return await run(
@@ -321,8 +371,8 @@ async def completions(request: Request) -> Response:
     check_stream_options(body.stream, body.stream_options)
     route = route_for(svc, principal, body.model, "completions")
     tokens = estimate.completion_tokens(body, route.spec)
-    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    call = Call(request_id(request), principal.member_id, route.spec, metered(svc, admission))
+    bound = estimate.completion_bound(body, route.spec)
+    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
     info = head(svc, route, "cmpl-")
     usage = include_usage(body.stream_options)
     return await run(
@@ -344,12 +394,13 @@ async def embeddings(request: Request) -> Response:
     body = parse(p.EmbeddingRequest, await read_body(request, svc.settings.max_body_bytes))
     route = route_for(svc, principal, body.model, "embeddings")
     tokens = estimate.embedding_tokens(body)
-    admission = await admit(request, svc, principal, body.model, route.spec, tokens)
-    meter = metered(svc, admission)
-    call = Call(request_id(request), principal.member_id, route.spec, meter)
+    bound = (estimate.embedding_bound(body), 0, 1)
+    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
+    meter = call.meter
     try:
         result = await unless_disconnected(request, route.backend.embed(body, call))
-    except BaseException:
+    except BaseException as exc:
+        meter.status = status_of(exc)
         meter.close(NOTHING)
         raise
     if isinstance(result, Relayed):  # an upstream's own body; the backend settled the meter

@@ -23,12 +23,17 @@ class Meter:
     ``settle()`` itself. ``close()`` settles with a fallback only if nobody did, or will.
     """
 
-    __slots__ = ("_on_settle", "deferred", "settled")
+    __slots__ = ("_on_settle", "deferred", "deployment", "first_at", "settled", "status")
 
     def __init__(self, on_settle: Callable[[Usage | None], None] | None = None) -> None:
         self._on_settle = on_settle
         self.settled = False
         self.deferred = False
+        #: For the usage record: which deployment answered, when the first token came, how
+        #: it ended (an HTTP status; 499 when the client left).
+        self.deployment: str | None = None
+        self.first_at: float | None = None
+        self.status = 200
 
     def settle(self, usage: Usage | None) -> None:
         if self.settled:
@@ -53,6 +58,8 @@ class Call:
     member_id: str
     model: ModelSpec
     meter: Meter = field(default_factory=Meter)
+    #: The output a backend may produce at most (what the held credit pays for); None: as asked.
+    max_output: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,13 +84,13 @@ class Router:
     # ------------------------------------------------------------------ streams
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.chat(request, call))
+        return self._stream(lambda backend: backend.chat(request, call), call)
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.complete(request, call))
+        return self._stream(lambda backend: backend.complete(request, call), call)
 
     async def _stream(
-        self, start: Callable[[Backend], AsyncIterator[Event]]
+        self, start: Callable[[Backend], AsyncIterator[Event]], call: Call
     ) -> AsyncIterator[Event]:
         errors: list[BaseException] = []
         for deployment in self.order():
@@ -115,6 +115,7 @@ class Router:
                     errors.append(exc)
                     continue
                 deployment.breaker.success()
+                call.meter.deployment = deployment.spec.name
                 try:
                     if first is not None:
                         yield first
@@ -151,5 +152,6 @@ class Router:
             finally:
                 deployment.in_flight -= 1
             deployment.breaker.success()
+            call.meter.deployment = deployment.spec.name
             return result
         raise self._unavailable(errors)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,10 @@ class Member(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     #: A tier named in the settings; None: the default tier.
     tier: Mapped[str | None] = mapped_column(String(64))
+    #: Budget: a hard and a soft limit (micro-units) per period (day | month | none).
+    budget_period: Mapped[str | None] = mapped_column(String(8))
+    budget_hard: Mapped[int | None] = mapped_column(BigInteger)
+    budget_soft: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -96,6 +101,9 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     rpd: Mapped[int | None] = mapped_column(Integer)
     max_parallel: Mapped[int | None] = mapped_column(Integer)
+    budget_period: Mapped[str | None] = mapped_column(String(8))
+    budget_hard: Mapped[int | None] = mapped_column(BigInteger)
+    budget_soft: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ChangeCounter(Base):
@@ -123,3 +131,178 @@ class Change(Base):
     kind: Mapped[str] = mapped_column(String(16))
     ref: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# ----------------------------------------------------------------------------- billing
+
+
+class Balance(Base):
+    """A member's balance (cached: always equal to the sum of their ledger entries) and how much
+    of it running servers have leased to spend from memory."""
+
+    __tablename__ = "balances"
+
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    leased: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Lot(Base):
+    """Credit granted in one piece (a trial, a grant, a redeemed code), spent earliest-expiring
+    first."""
+
+    __tablename__ = "lots"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
+    #: trial | grant | code | correction
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(String(500))
+
+
+class LedgerEntry(Base):
+    """Append-only. Grants add, charges and expiries take away; the sum is the balance."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
+    lot_id: Mapped[str | None] = mapped_column(String(32))
+    #: grant | charge | expiry | correction
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    note: Mapped[str | None] = mapped_column(String(500))
+
+
+class Settled(Base):
+    """One row per charged request: the guard that charges each request id exactly once."""
+
+    __tablename__ = "settled"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(32))
+    cost: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Lease(Base):
+    """A slice of an account (a balance or a budget) that one server process spends from memory.
+    It expires unless renewed, so a crashed process's slice comes back on its own."""
+
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(40), index=True)
+    account: Mapped[str] = mapped_column(String(120), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BudgetSpend(Base):
+    """What a member or key spent in one budget period, and how much of the rest is leased."""
+
+    __tablename__ = "budget_spend"
+
+    account: Mapped[str] = mapped_column(String(120), primary_key=True)
+    spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    leased: Mapped[int] = mapped_column(BigInteger, default=0)
+    soft_notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PriceVersion(Base):
+    """The prices a model had at one time; every usage row names the version it was charged at."""
+
+    __tablename__ = "price_versions"
+    __table_args__ = (UniqueConstraint("model", "currency", "input", "cached_input", "output"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200))
+    currency: Mapped[str] = mapped_column(String(16))
+    #: Per 1M tokens, as decimal text (never a float).
+    input: Mapped[str] = mapped_column(String(40))
+    cached_input: Mapped[str] = mapped_column(String(40))
+    output: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UsageRecord(Base):
+    """One small row per request: no prompt, no output."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_member_at", "member_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    deployment: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    price_version: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UsageRollup(Base):
+    """Usage summed per hour and per day (in the organisation's timezone) for dashboards."""
+
+    __tablename__ = "usage_rollups"
+
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)  # hour | day
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RedemptionCode(Base):
+    __tablename__ = "redemption_codes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch: Mapped[str] = mapped_column(String(32), index=True)
+    #: HMAC of the code, as for keys: the code itself is shown once, at creation.
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    redeemed_by: Mapped[str | None] = mapped_column(String(32))
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """Things to tell someone about (a soft budget limit crossed …), kept until told."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    member_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

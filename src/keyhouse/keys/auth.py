@@ -29,7 +29,7 @@ from keyhouse.db.engine import Database, sqlite_path
 from keyhouse.db.models import ApiKey, Member
 from keyhouse.errors import AuthenticationFailed, PermissionDenied
 from keyhouse.keys import tokens
-from keyhouse.keys.principal import Principal
+from keyhouse.keys.principal import Budget, Principal
 from keyhouse.keys.secrets import SecretRing
 
 log = logging.getLogger("keyhouse.keys")
@@ -61,6 +61,8 @@ def principal_from(key: ApiKey, member: Member) -> Principal:
         redacted=key.redacted,
         tier=member.tier,
         limits=LimitSet(key.rpm, key.tpm, key.rpd, key.max_parallel),
+        member_budget=Budget.of(member.budget_period, member.budget_hard, member.budget_soft),
+        key_budget=Budget.of(key.budget_period, key.budget_hard, key.budget_soft),
     )
 
 

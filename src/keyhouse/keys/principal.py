@@ -19,6 +19,20 @@ PERMISSIONS = (ALL, RESTRICTED, READ_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """A spending limit: ``hard`` refuses, ``soft`` tells (micro-units) — per day, per month, or
+    for good (``period`` None)."""
+
+    period: str | None
+    hard: int | None
+    soft: int | None
+
+    @classmethod
+    def of(cls, period: str | None, hard: int | None, soft: int | None) -> Budget | None:
+        return cls(period, hard, soft) if hard is not None or soft is not None else None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     key_id: str
     member_id: str
@@ -35,6 +49,8 @@ class Principal:
     #: The member's tier (None: the default tier) and the key's own limit overrides.
     tier: str | None = None
     limits: LimitSet = NO_LIMITS
+    member_budget: Budget | None = None
+    key_budget: Budget | None = None
 
     def may_call(self, endpoint: str) -> bool:
         if self.permissions == ALL:

@@ -19,7 +19,7 @@ from keyhouse.api.protocol import (
     EmbeddingRequest,
     WireModel,
 )
-from keyhouse.backends.base import Call, Embeddings, Event
+from keyhouse.backends.base import Call, Embeddings, Event, Meter
 from keyhouse.backends.local.e5 import EmbedJob
 from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
 from keyhouse.config import DeploymentSpec, ModelSpec, bundled_gguf_path
@@ -33,7 +33,9 @@ class Engine(Protocol):
 
     async def stop(self) -> None: ...
 
-    def generate(self, model: str, member: str, job: GenerateJob) -> AsyncIterator[Event]: ...
+    def generate(
+        self, model: str, member: str, job: GenerateJob, abandoned: Meter | None = None
+    ) -> AsyncIterator[Event]: ...
 
     async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings: ...
 
@@ -126,6 +128,15 @@ def stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def clamped(job: GenerateJob, max_output: int | None) -> GenerateJob:
+    """No more output per choice than the held credit pays for."""
+    if max_output is not None:
+        job.default_max_tokens = min(job.default_max_tokens, max_output)
+        if job.max_tokens is not None:
+            job.max_tokens = min(job.max_tokens, max_output)
+    return job
+
+
 class LocalChatBackend:
     """Chat and legacy completions on a local GGUF model."""
 
@@ -143,11 +154,12 @@ class LocalChatBackend:
         return None
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self.engine.generate(self.deployment.name, call.member_id, self.chat_job(request))
+        job = clamped(self.chat_job(request), call.max_output)
+        return self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        job = self.completion_job(request)
-        return self.engine.generate(self.deployment.name, call.member_id, job)
+        job = clamped(self.completion_job(request), call.max_output)
+        return self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings:
         raise InvalidRequest(f"{self.spec.name} is not an embedding model.", param="model")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyhouse.backends.base import Embeddings, Event
+from keyhouse.backends.base import Embeddings, Event, Meter, Usage
 from keyhouse.errors import KeyhouseError, Overloaded, ServerError
 
 log = logging.getLogger("keyhouse.local")
@@ -142,9 +142,15 @@ class ModelThread:
             finally:
                 ticket.post(_DONE)
 
-    async def submit(self, member: str, work: Work) -> AsyncIterator[Any]:
-        """Queue ``work`` and yield what it emits, in order."""
+    async def submit(
+        self, member: str, work: Work, abandoned: Meter | None = None
+    ) -> AsyncIterator[Any]:
+        """Queue ``work`` and yield what it emits, in order. A consumer that stops early
+        cancels the work; if it had started, the meter ``abandoned`` is settled with the work's
+        last Usage, read in the background from what it still emits (it stops at its next
+        step)."""
         ticket = Ticket(member, work, asyncio.get_running_loop())
+        started = finished = False
         try:
             self.queue.put(ticket)
         except QueueFull:
@@ -157,13 +163,34 @@ class ModelThread:
                     raise Overloaded(self.name) from None
                 first = await ticket.events.get()  # taken just now: carry on
             assert first is _STARTED
+            started = True
             while (item := await ticket.events.get()) is not _DONE:
                 if isinstance(item, BaseException):
+                    finished = True
                     raise item
                 yield item
+            finished = True
         finally:
             ticket.cancelled = True
             self.queue.remove(ticket)
+            if started and not finished and abandoned is not None:
+                abandoned.defer()
+                task = ticket.loop.create_task(_last_word(ticket, abandoned))
+                _draining.add(task)
+                task.add_done_callback(_draining.discard)
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+async def _last_word(ticket: Ticket, meter: Meter) -> None:
+    usage = None
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        async with asyncio.timeout(60):
+            while (item := await ticket.events.get()) is not _DONE:
+                if isinstance(item, Usage):
+                    usage = item
+    meter.settle(usage)
 
 
 class LocalEngine:
@@ -186,10 +213,12 @@ class LocalEngine:
         except KeyError:
             raise ServerError(f"the local engine does not serve {model}") from None
 
-    async def generate(self, model: str, member: str, job: Any) -> AsyncIterator[Event]:
+    async def generate(
+        self, model: str, member: str, job: Any, abandoned: Meter | None = None
+    ) -> AsyncIterator[Event]:
         thread = self._thread(model)
         stream = thread.submit(
-            member, lambda emit, cancelled: thread.runner.run(job, emit, cancelled)
+            member, lambda emit, cancelled: thread.runner.run(job, emit, cancelled), abandoned
         )
         try:
             async for event in stream:

@@ -21,7 +21,15 @@ from typing import Any
 
 import orjson
 
-from keyhouse.backends.base import Embeddings, Event, TextDelta, TokenLogprob, TopToken, Usage
+from keyhouse.backends.base import (
+    Embeddings,
+    Event,
+    Meter,
+    TextDelta,
+    TokenLogprob,
+    TopToken,
+    Usage,
+)
 from keyhouse.backends.local.e5 import E5Runner, EmbedJob
 from keyhouse.backends.local.engine import LocalEngine, ModelThread
 from keyhouse.backends.local.llama import GenerateJob, LlamaRunner
@@ -222,7 +230,11 @@ class RemoteEngine:
         await writer.drain()
         return reader, writer
 
-    async def generate(self, model: str, member: str, job: GenerateJob) -> AsyncIterator[Event]:
+    async def generate(
+        self, model: str, member: str, job: GenerateJob, abandoned: Meter | None = None
+    ) -> AsyncIterator[Event]:
+        # A request abandoned mid-generation is not followed here (the host stops it when the
+        # connection closes); its meter settles with unknown usage, which costs its hold.
         reader, writer = await self._open("generate", model, member, job)
         try:
             while line := await reader.readline():

@@ -211,17 +211,20 @@ class LlamaRunner:
     def run(
         self, job: GenerateJob, emit: Callable[[Event], None], cancelled: Callable[[], bool]
     ) -> None:
-        """Generate every choice of ``job``, emitting deltas and then one ``Usage``."""
+        """Generate every choice of ``job``, emitting deltas and then one ``Usage`` — also when
+        cancelled (a client that left is charged for what was generated, no more)."""
         prompts = self.prompt_tokens(job)
         budget = self.output_budget(job, prompts)
         grammar = self._grammar(job)
         base_seed = job.seed if job.seed is not None else secrets.randbits(31)
         prompt_total = completion_total = cached_total = 0
         for p, tokens in enumerate(prompts):
+            if cancelled():
+                break
             prompt_total += len(tokens)
             for j in range(job.n):
                 if cancelled():
-                    return
+                    break
                 index = p * job.n + j
                 generated, cached = self._choice(
                     job, tokens, index, budget, base_seed + j, grammar, emit, cancelled

@@ -226,8 +226,14 @@ class UpstreamBackend:
 
     # ------------------------------------------------------------------ requests
 
-    def payload(self, request: WireModel, stream: bool) -> bytes:
+    def payload(self, request: WireModel, stream: bool, max_output: int | None = None) -> bytes:
         body = dict(request.raw)
+        if max_output is not None:  # no more output than the held credit pays for
+            field_name = (
+                "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            )
+            asked = body.get(field_name)
+            body[field_name] = min(asked, max_output) if isinstance(asked, int) else max_output
         for name in self.settings.refuse_fields:
             if name in body:
                 raise InvalidRequest(
@@ -333,11 +339,11 @@ class UpstreamBackend:
     # ------------------------------------------------------------------ endpoints
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        body = self.payload(request, bool(request.stream))
+        body = self.payload(request, bool(request.stream), call.max_output)
         return self._generate("/chat/completions", body, request, call)
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        body = self.payload(request, bool(request.stream))
+        body = self.payload(request, bool(request.stream), call.max_output)
         return self._generate("/completions", body, request, call)
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:

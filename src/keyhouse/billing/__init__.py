@@ -1,0 +1,1 @@
+"""Money: prices, the ledger, holds and settlements, budgets, usage records."""

@@ -1,0 +1,232 @@
+"""The ledger: append-only entries, lots, and the cached balance they always sum to.
+
+Every function here runs inside the caller's transaction and writes the entry, the lot and the
+balance together, so the balance derived from the entries equals the cached balance at every
+commit. Charges draw on the lot that expires first; expiries write off what is left of a lot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, nulls_last, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyhouse.billing.money import to_micro
+from keyhouse.config import Settings
+from keyhouse.db.models import Balance, LedgerEntry, Lot
+from keyhouse.errors import InvalidRequest
+from keyhouse.ids import new_id
+
+LOT_KINDS = ("trial", "grant", "code", "correction")
+
+
+async def insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> int:
+    """INSERT, or nothing if the key exists (on SQLite and PostgreSQL alike)."""
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    result = await session.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+    return result.rowcount or 0
+
+
+async def ensure_balance(session: AsyncSession, member_id: str, now: datetime) -> None:
+    await insert_ignore(
+        session,
+        Balance.__table__,
+        {"member_id": member_id, "balance": 0, "leased": 0, "updated_at": now},
+    )
+
+
+async def _add_to_balance(
+    session: AsyncSession, member_id: str, amount: int, now: datetime
+) -> None:
+    await ensure_balance(session, member_id, now)
+    await session.execute(
+        update(Balance)
+        .where(Balance.member_id == member_id)
+        .values(balance=Balance.balance + amount, updated_at=now)
+    )
+
+
+async def grant(
+    session: AsyncSession,
+    member_id: str,
+    amount: int,
+    now: datetime,
+    *,
+    kind: str = "grant",
+    expires_at: datetime | None = None,
+    note: str | None = None,
+) -> Lot:
+    """Credit ``amount`` micro-units in a new lot."""
+    if kind not in LOT_KINDS:
+        raise InvalidRequest(f"a lot is one of {', '.join(LOT_KINDS)}", param="kind")
+    if amount <= 0 and kind != "correction":
+        raise InvalidRequest("a grant must be more than zero", param="amount")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest("the expiry must be in the future", param="expires_at")
+    lot = Lot(
+        id=new_id("lot_"),
+        member_id=member_id,
+        kind=kind,
+        amount=amount,
+        remaining=max(amount, 0),
+        expires_at=expires_at,
+        created_at=now,
+        note=note,
+    )
+    session.add(lot)
+    await session.flush()
+    session.add(
+        LedgerEntry(
+            member_id=member_id,
+            lot_id=lot.id,
+            kind="grant" if amount > 0 else "correction",
+            amount=amount,
+            created_at=now,
+            note=note,
+        )
+    )
+    await _add_to_balance(session, member_id, amount, now)
+    return lot
+
+
+async def grant_trial(
+    session: AsyncSession, settings: Settings, member_id: str, now: datetime
+) -> Lot | None:
+    """The free credit every new member gets (none if the organisation gives none)."""
+    amount = to_micro(settings.trial_credit)
+    if amount <= 0:
+        await ensure_balance(session, member_id, now)
+        return None
+    expires = now + timedelta(days=settings.trial_days) if settings.trial_days > 0 else None
+    return await grant(
+        session, member_id, amount, now, kind="trial", expires_at=expires, note="free trial credit"
+    )
+
+
+@dataclass(frozen=True)
+class Drawn:
+    lot_id: str | None
+    amount: int
+
+
+async def charge(
+    session: AsyncSession, member_id: str, request_id: str, cost: int, now: datetime
+) -> list[Drawn]:
+    """Take ``cost`` from the member's lots, the one expiring first first. What no lot covers
+    (meter-only mode, or credit held just before its lot expired) is charged to no lot and
+    leaves the balance below zero."""
+    if cost <= 0:
+        return []
+    drawn: list[Drawn] = []
+    left = cost
+    lots = (
+        await session.execute(
+            select(Lot.id, Lot.remaining)
+            .where(Lot.member_id == member_id, Lot.remaining > 0)
+            .where((Lot.expires_at.is_(None)) | (Lot.expires_at > now))
+            .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at, Lot.id)
+        )
+    ).all()
+    for lot_id, remaining in lots:
+        if left <= 0:
+            break
+        take = min(left, remaining)
+        result = await session.execute(
+            update(Lot)
+            .where(Lot.id == lot_id, Lot.remaining >= take)
+            .values(remaining=Lot.remaining - take)
+        )
+        if result.rowcount != 1:  # someone else drew on it just now; take what the next gives
+            continue
+        drawn.append(Drawn(lot_id, take))
+        left -= take
+    if left > 0:
+        drawn.append(Drawn(None, left))
+    await session.execute(
+        insert(LedgerEntry),
+        [
+            {
+                "member_id": member_id,
+                "lot_id": d.lot_id,
+                "kind": "charge",
+                "amount": -d.amount,
+                "request_id": request_id,
+                "created_at": now,
+                "note": None,
+            }
+            for d in drawn
+        ],
+    )
+    await _add_to_balance(session, member_id, -cost, now)
+    return drawn
+
+
+async def expire_lots(session: AsyncSession, now: datetime, limit: int = 500) -> int:
+    """Write off what is left of lots past their expiry; returns the micro-units expired."""
+    total = 0
+    rows = (
+        await session.execute(
+            select(Lot.id, Lot.member_id, Lot.remaining)
+            .where(Lot.expires_at <= now, Lot.remaining > 0)
+            .limit(limit)
+        )
+    ).all()
+    for lot_id, member_id, remaining in rows:
+        result = await session.execute(
+            update(Lot)
+            .where(and_(Lot.id == lot_id, Lot.remaining == remaining))
+            .values(remaining=0)
+        )
+        if result.rowcount != 1:
+            continue
+        session.add(
+            LedgerEntry(
+                member_id=member_id,
+                lot_id=lot_id,
+                kind="expiry",
+                amount=-remaining,
+                created_at=now,
+                note="expired",
+            )
+        )
+        await _add_to_balance(session, member_id, -remaining, now)
+        total += remaining
+    return total
+
+
+async def balance_of(session: AsyncSession, member_id: str) -> int:
+    value = (
+        await session.execute(select(Balance.balance).where(Balance.member_id == member_id))
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+async def ledger_sum(session: AsyncSession, member_id: str) -> int:
+    """The balance as the entries say it is (equal to ``balance_of`` at every commit)."""
+    value = (
+        await session.execute(
+            select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                LedgerEntry.member_id == member_id
+            )
+        )
+    ).scalar_one()
+    return int(value)
+
+
+async def lots_of(session: AsyncSession, member_id: str) -> list[Lot]:
+    return list(
+        (
+            await session.execute(
+                select(Lot)
+                .where(Lot.member_id == member_id)
+                .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at)
+            )
+        ).scalars()
+    )

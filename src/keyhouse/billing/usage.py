@@ -1,0 +1,149 @@
+"""Usage rows, their hourly and daily roll-ups, price versions and events — written in the
+billing flush's transaction, read by the usage API."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyhouse.billing.money import Prices
+from keyhouse.db.models import Event, PriceVersion, UsageRecord, UsageRollup
+
+if TYPE_CHECKING:
+    from keyhouse.billing.wallet import Settlement
+
+
+@lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def buckets(at: datetime, timezone: str) -> tuple[datetime, datetime]:
+    """The start of ``at``'s hour and day in the organisation's timezone (as aware datetimes)."""
+    local = at.astimezone(_zone(timezone))
+    hour = local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return hour, day
+
+
+async def price_version(
+    session: AsyncSession, model: str, currency: str, prices: Prices, now: datetime
+) -> int:
+    values = {
+        "model": model,
+        "currency": currency,
+        "input": str(prices.input),
+        "cached_input": str(prices.cached_input),
+        "output": str(prices.output),
+    }
+    from keyhouse.billing.ledger import insert_ignore
+
+    await insert_ignore(session, PriceVersion.__table__, {**values, "created_at": now})
+    found = await session.execute(select(PriceVersion.id).filter_by(**values))
+    return int(found.scalar_one())
+
+
+async def record(session: AsyncSession, settled: list[Settlement], timezone: str) -> None:
+    """Usage rows for these settlements, and their roll-ups."""
+    if not settled:
+        return
+    await session.execute(
+        insert(UsageRecord),
+        [
+            {
+                "at": s.at,
+                "request_id": s.hold.request_id,
+                "member_id": s.hold.member_id,
+                "key_id": s.hold.key_id,
+                "model": s.hold.model,
+                "deployment": s.deployment,
+                "prompt_tokens": s.usage.prompt_tokens,
+                "cached_tokens": s.usage.cached_tokens,
+                "completion_tokens": s.usage.completion_tokens,
+                "cost": s.cost,
+                "price_version": s.hold.price_version,
+                "latency_ms": s.latency_ms,
+                "ttft_ms": s.ttft_ms,
+                "status": s.status,
+                "estimated": s.usage.estimated,
+            }
+            for s in settled
+        ],
+    )
+    sums: dict[tuple[str, datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * 5)
+    for s in settled:
+        hour, day = buckets(s.at, timezone)
+        for period, bucket in (("hour", hour), ("day", day)):
+            row = sums[(period, bucket, s.hold.member_id, s.hold.key_id, s.hold.model)]
+            row[0] += 1
+            row[1] += s.usage.prompt_tokens
+            row[2] += s.usage.cached_tokens
+            row[3] += s.usage.completion_tokens
+            row[4] += s.cost
+    await upsert_rollups(session, sums)
+
+
+async def upsert_rollups(
+    session: AsyncSession, sums: dict[tuple[str, datetime, str, str, str], list[int]]
+) -> None:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    table = UsageRollup.__table__
+    for (period, bucket, member_id, key_id, model), (
+        n,
+        prompt,
+        cached,
+        completion,
+        cost,
+    ) in sums.items():
+        statement = dialect_insert(table).values(
+            period=period,
+            bucket=bucket,
+            member_id=member_id,
+            key_id=key_id,
+            model=model,
+            requests=n,
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=completion,
+            cost=cost,
+        )
+        excluded = statement.excluded
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["period", "bucket", "member_id", "key_id", "model"],
+                set_={
+                    "requests": table.c.requests + excluded.requests,
+                    "prompt_tokens": table.c.prompt_tokens + excluded.prompt_tokens,
+                    "cached_tokens": table.c.cached_tokens + excluded.cached_tokens,
+                    "completion_tokens": table.c.completion_tokens + excluded.completion_tokens,
+                    "cost": table.c.cost + excluded.cost,
+                },
+            )
+        )
+
+
+async def event(
+    session: AsyncSession, kind: str, member_id: str | None, now: datetime, data: dict[str, Any]
+) -> None:
+    session.add(Event(at=now, kind=kind, member_id=member_id, data=data))
+
+
+def day_range(start: datetime, end: datetime, timezone: str) -> list[datetime]:
+    """Day buckets from ``start`` to ``end`` in the organisation's timezone."""
+    zone = _zone(timezone)
+    day = start.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    out = []
+    while day < end:
+        out.append(day)
+        day = (day + timedelta(days=1, hours=2)).replace(hour=0)
+    return out
