@@ -226,6 +226,60 @@ def migrate() -> None:
 # ----------------------------------------------------------------------------- members
 
 
+class Money(click.ParamType):
+    """An amount of the currency (``5.00``), or ``none``; as micro-units (``none``: -1)."""
+
+    name = "AMOUNT|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).lower() in ("none", "off"):
+            return -1
+        from keyhouse.billing.money import to_micro
+
+        try:
+            amount = to_micro(str(value))
+        except Exception:
+            self.fail(f"{value!r} is not an amount like 5.00", param, ctx)
+        if amount < 0:
+            self.fail("must not be negative", param, ctx)
+        return amount
+
+
+MONEY = Money()
+PERIOD = click.Choice(["day", "month", "none"])
+
+
+def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--budget, --budget-soft and --budget-period: a spending limit, and a warning level."""
+    command = click.option(
+        "--budget-period", type=PERIOD, default=None, help="day, month or none (for good)."
+    )(command)
+    command = click.option(
+        "--budget-soft", type=MONEY, default=None, help="Tell the member once a period past this."
+    )(command)
+    return click.option(
+        "--budget", type=MONEY, default=None, help="Spend at most this much per period."
+    )(command)
+
+
+def apply_budget(row: Any, flags: dict[str, Any]) -> bool:
+    """Set a member's or key's budget from the flags given; whether anything changed."""
+    hard, soft, period = flags.get("budget"), flags.get("budget_soft"), flags.get("budget_period")
+    if hard is None and soft is None and period is None:
+        return False
+    if hard is not None:
+        row.budget_hard = None if hard < 0 else hard
+    if soft is not None:
+        row.budget_soft = None if soft < 0 else soft
+    if period is not None:
+        row.budget_period = None if period == "none" else period
+    elif row.budget_period is None and (row.budget_hard or row.budget_soft):
+        row.budget_period = "month"
+    return True
+
+
 @main.group()
 def users() -> None:
     """Members of the organisation."""
@@ -290,6 +344,23 @@ def users_set_tier(member: str, tier: str) -> None:
 
     _run(work, settings)
     click.echo(f"{member} is now in tier {tier}", err=True)
+
+
+@users.command("set-budget")
+@click.argument("member")
+@budget_options
+def users_set_budget(member: str, **flags: Any) -> None:
+    """A member's spending limit per period (--budget none lifts it)."""
+    from keyhouse.accounts.members import find_member
+    from keyhouse.db.changes import MEMBER, record_change
+
+    async def work(session: Any) -> None:
+        found = await find_member(session, member)
+        if apply_budget(found, flags):
+            await record_change(session, MEMBER, found.id, SystemClock().now())
+
+    _run(work)
+    click.echo(f"{member}'s budget updated", err=True)
 
 
 @users.command("set-status")
@@ -391,6 +462,7 @@ ENDPOINT_HELP = "For restricted keys: models.read, chat.completions, completions
 @click.option("--models", multiple=True, help="Models this key may use (default: all).")
 @click.option("--ip-allow", multiple=True, help="CIDRs this key may be used from (default: any).")
 @limit_options
+@budget_options
 def keys_create(
     user: str,
     name: str,
@@ -426,6 +498,7 @@ def keys_create(
             expires_at=expires_at,
             limits=_limits(limit_flags),
         )
+        apply_budget(key, limit_flags)
         return key.id, key.redacted, secret
 
     key_id, redacted, secret = _run(work, settings)
@@ -503,6 +576,7 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--models", multiple=True, help="Models this key may use; 'all' to lift the list.")
 @click.option("--ip-allow", multiple=True, help="CIDRs; 'any' to lift the list.")
 @limit_options
+@budget_options
 def keys_update(
     key_id: str,
     name: str | None,
@@ -534,6 +608,7 @@ def keys_update(
             )
             if rules.permissions != "restricted":
                 rules = KeyRules(rules.permissions, None, rules.models, rules.ip_allow)
+        apply_budget(key, limit_flags)
         kwargs: dict[str, Any] = {"name": name, "rules": rules, "limits": _limits(limit_flags, key)}
         if expires is not None:
             kwargs["expires_at"] = parse_expiry(expires)
