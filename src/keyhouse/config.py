@@ -168,6 +168,7 @@ class Settings:
     #: Money. The organisation's currency (USD, CNY, or plain "credits"), shown, never converted.
     currency: str = "credits"
     #: "enforce": no credit, no request. "meter-only": record and report, never refuse.
+    #: "off": no ledger, no usage records at all.
     billing_mode: str = "enforce"
     #: The free credit every new member gets, and for how many days (0: it never expires).
     trial_credit: Decimal = Decimal("5")
@@ -567,8 +568,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"timezone: unknown timezone {settings.timezone!r}") from None
     if settings.limits_failure not in ("open", "closed"):
         raise ConfigError("limits_failure must be 'open' or 'closed'")
-    if settings.billing_mode not in ("enforce", "meter-only"):
-        raise ConfigError("billing_mode must be 'enforce' or 'meter-only'")
+    if settings.billing_mode not in ("enforce", "meter-only", "off"):
+        raise ConfigError("billing_mode must be 'enforce', 'meter-only' or 'off'")
     if settings.lease_size <= 0:
         raise ConfigError("lease_size must be above 0")
     if settings.default_tier not in settings.tiers:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.backends.base import Usage
@@ -45,6 +45,7 @@ log = logging.getLogger("keyhouse.billing")
 
 IDLE_RETURN = 2.0  # seconds a lease may sit unused before its credit goes back
 REAP_EVERY = 5.0
+EXPIRE_EVERY = 60.0  # seconds between two runs of the lot expiry job (the first: at once)
 
 
 class InsufficientQuota(KeyhouseError):
@@ -132,6 +133,7 @@ class Wallet:
         self.clock = clock
         self.settings = settings
         self.enforce = settings.billing_mode == "enforce"
+        self.off = settings.billing_mode == "off"
         self.owner = "own_" + secrets.token_hex(10)
         self.lease_size = to_micro(settings.lease_size)
         self.accounts: dict[str, Account] = {}
@@ -166,6 +168,9 @@ class Wallet:
                 if time.monotonic() - self._last_reap > REAP_EVERY:
                     self._last_reap = time.monotonic()
                     await self.reap()
+                if time.monotonic() >= self._next_expiry:
+                    self._next_expiry = time.monotonic() + EXPIRE_EVERY
+                    await self.expire_lots()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be away; settlements wait in memory
@@ -223,6 +228,18 @@ class Wallet:
         """Hold the worst case of a request: ``prompt_tokens`` (an upper bound) and
         ``output_tokens`` in all (over ``outputs`` choices). Raises a 429 when nothing can be
         paid for; clamps the output when only part of it can."""
+        if self.off:
+            return Hold(
+                request_id,
+                principal.member_id,
+                principal.key_id,
+                model,
+                prices,
+                None,
+                [],
+                0,
+                settled=True,
+            )
         version = await self.price_version(model, prices)
         if not self.enforce:
             return Hold(
@@ -420,30 +437,36 @@ class Wallet:
         self, session: AsyncSession, batch: list[Settlement], now: datetime
     ) -> list[tuple[Account, int, int]]:
         # The first statement writes: on SQLite the transaction holds the write lock from
-        # here on, so what it reads next is current.
-        fresh = []
+        # here on, so what it reads next is current. Request ids already charged (never, unless
+        # something is badly wrong) are left out.
+        ids = [item.hold.request_id for item in batch]
+        seen = set(
+            (
+                await session.execute(select(Settled.request_id).where(Settled.request_id.in_(ids)))
+            ).scalars()
+        )
+        fresh = [item for item in batch if item.hold.request_id not in seen]
         for item in batch:
-            inserted = await ledger.insert_ignore(
-                session,
-                Settled.__table__,
-                {
-                    "request_id": item.hold.request_id,
-                    "member_id": item.hold.member_id,
-                    "cost": item.cost,
-                    "at": item.at,
-                },
-            )
-            if inserted:
-                fresh.append(item)
-            else:
+            if item.hold.request_id in seen:
                 log.error("%s was settled already; not charged again", item.hold.request_id)
-        per_member: dict[str, list[Settlement]] = defaultdict(list)
+        if fresh:
+            await session.execute(
+                insert(Settled),
+                [
+                    {
+                        "request_id": i.hold.request_id,
+                        "member_id": i.hold.member_id,
+                        "cost": i.cost,
+                        "at": i.at,
+                    }
+                    for i in fresh
+                ],
+            )
+        per_member: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for item in fresh:
-            per_member[item.hold.member_id].append(item)
-        for member_id, items in per_member.items():
-            for item in items:
-                if item.cost:
-                    await ledger.charge(session, member_id, item.hold.request_id, item.cost, now)
+            per_member[item.hold.member_id].append((item.hold.request_id, item.cost))
+        for member_id, charges in per_member.items():
+            await ledger.charge_many(session, member_id, charges, now)
         written: list[tuple[Account, int, int]] = []
         queued: dict[str, tuple[Account, int]] = {}  # pending to release here, per account
         charged: dict[str, int] = defaultdict(int)  # what was charged now, per account
@@ -595,6 +618,24 @@ class Wallet:
                 .where(BudgetSpend.account == account)
                 .values(leased=BudgetSpend.leased - amount)
             )
+
+    # ------------------------------------------------------------------ lot expiry
+
+    _next_expiry = 0.0  # time.monotonic() of the next run; every process runs it, harmlessly
+
+    async def expire_lots(self, batches: int = 20) -> int:
+        """Write off what is left of lots past their expiry, a batch per transaction."""
+        total = 0
+        for _ in range(batches):
+            async with self.db.session() as session:
+                expired = await ledger.expire_lots(session, self.clock.now())
+                await session.commit()
+            total += expired
+            if not expired:
+                break
+        if total:
+            log.info("expired %s of unused credit", show(total, self.settings.currency))
+        return total
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,125 @@
+"""Requests/s of Keyhouse servers that differ in one setting, measured in turns in one run.
+
+Each variant is a `keyhouse serve` (one worker) with its own home and TOML file, proxying to
+the same fast fake upstream (bench/fake_upstream.py); the load is non-streamed chat
+completions over keep-alive connections. Used by limits.py and meter.py.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+import httpload
+from run import free_port, stop, wait_healthy
+
+HERE = Path(__file__).resolve().parent
+CHAT = orjson.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say this is a test!"}]}
+)
+MODEL = """
+[[models]]
+name = "gpt-4o-mini"
+input_price = "0.15"
+output_price = "0.60"
+backend = "openai"
+settings = {{ base_url = "http://127.0.0.1:{port}/v1", model = "bench-model" }}
+"""
+
+
+def compare(
+    variants: dict[str, tuple[str, dict[str, str]]],
+    *,
+    baseline: str,
+    connections: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, float]:
+    """``variants``: name → (TOML text before [[models]], extra environment). Prints a table of
+    requests/s and the cost of each variant against ``baseline``; returns the medians."""
+    upstream_port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        root = Path(tempfile.mkdtemp(prefix="keyhouse-compare-"))
+        log = root / "upstream.log"
+        upstream = subprocess.Popen(
+            [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(upstream)
+        wait_healthy(upstream_port, upstream, log, 30)
+        servers: dict[str, tuple[int, str]] = {}
+        for name, (toml, extra) in variants.items():
+            home = root / name.replace(" ", "-")
+            home.mkdir()
+            (home / "keyhouse.toml").write_text(toml + MODEL.format(port=upstream_port))
+            env = {
+                **os.environ,
+                "KEYHOUSE_HOME": str(home),
+                "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
+                "KEYHOUSE_LOG_LEVEL": "warning",
+                **extra,
+            }
+
+            def cli(*argv: str, env: dict[str, str] = env) -> str:
+                return subprocess.run(
+                    [sys.executable, "-m", "keyhouse", *argv],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+
+            cli("users", "create", "--email", "bench@example.org")
+            key = cli("keys", "create", "--user", "bench@example.org", "--name", "bench")
+            port = free_port()
+            log = home / "server.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "keyhouse", "serve", "--port", str(port)],
+                env=env,
+                stdout=log.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+            processes.append(process)
+            wait_healthy(port, process, log, 120)
+            servers[name] = (port, key)
+
+        results: dict[str, list[float]] = {name: [] for name in servers}
+        for round_ in range(rounds):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for name in order:
+                port, key = servers[name]
+                result = httpload.post_load(
+                    port,
+                    "/v1/chat/completions",
+                    CHAT,
+                    {"Authorization": f"Bearer {key}"},
+                    connections=connections,
+                    seconds=seconds,
+                )
+                if result.errors:
+                    print(f"  {name}: {result.errors} errors")
+                results[name].append(result.per_second)
+        print(
+            f"Non-streamed chat through a fake upstream, {connections} connections, "
+            f"{rounds} rounds of {seconds:g} s, one worker"
+        )
+        medians = {name: statistics.median(values) for name, values in results.items()}
+        for name, values in results.items():
+            cost = (1 - medians[name] / medians[baseline]) * 100
+            print(
+                f"  {name:<24} {medians[name]:>7.0f} req/s   cost {cost:+5.1f}% "
+                f"(rounds: {', '.join(f'{v:.0f}' for v in values)})"
+            )
+        print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
+        return medians
+    finally:
+        for process in reversed(processes):
+            stop(process)
