@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from sqlalchemy import event
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from keyhouse.billing import reports
-from keyhouse.clock import SystemClock
+from keyhouse.clock import FrozenClock, SystemClock
 from keyhouse.config import load_settings
 from keyhouse.db.engine import Database
 from keyhouse.db.migrate import migrate
@@ -142,7 +142,9 @@ async def load(conn: asyncpg.Connection, rows: int, members: int, days: int) -> 
     )
 
 
-async def time_reports(db: Database, members: int, reps: int) -> dict[str, list[float]]:
+async def time_reports(
+    db: Database, members: int, reps: int, *, everyone: bool = True
+) -> dict[str, list[float]]:
     clock = SystemClock()
     end = reports.today(clock.now(), TIMEZONE)
     start = end - timedelta(days=89)
@@ -168,15 +170,16 @@ async def time_reports(db: Database, members: int, reps: int) -> dict[str, list[
         async with db.session() as session:
             await reports.spent(session, member)
         timings["spent"].append(time.perf_counter() - began)
-    everyone = []
-    for _ in range(3):
-        began = time.perf_counter()
-        async with db.session() as session:
-            await reports.usage_report(
-                session, start=start, end=end, timezone=TIMEZONE, group_by="member"
-            )
-        everyone.append(time.perf_counter() - began)
-    timings["all members, by member"] = everyone
+    if everyone:
+        runs = []
+        for _ in range(3):
+            began = time.perf_counter()
+            async with db.session() as session:
+                await reports.usage_report(
+                    session, start=start, end=end, timezone=TIMEZONE, group_by="member"
+                )
+            runs.append(time.perf_counter() - began)
+        timings["all members, by member"] = runs
     return timings
 
 
@@ -194,7 +197,8 @@ async def explain(conn: asyncpg.Connection) -> str:
     return "\n".join("    " + row[0] for row in plan)
 
 
-async def time_prune(db: Database, retention_days: int) -> None:
+async def time_prune(db: Database, retention_days: int) -> datetime:
+    """Prune, timing each DELETE; returns the cutoff used (rows before it must be gone)."""
     durations: list[float] = []
     began: dict[int, float] = {}
 
@@ -209,8 +213,9 @@ async def time_prune(db: Database, retention_days: int) -> None:
     engine = db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", before)
     event.listen(engine, "after_cursor_execute", after)
+    clock = FrozenClock(SystemClock().now())  # one "now" for the pruner and the check after
     started = time.perf_counter()
-    removed = await reports.prune_usage(db, SystemClock(), retention_days, batch=1000)
+    removed = await reports.prune_usage(db, clock, retention_days, batch=1000)
     took = time.perf_counter() - started
     event.remove(engine, "before_cursor_execute", before)
     event.remove(engine, "after_cursor_execute", after)
@@ -221,6 +226,7 @@ async def time_prune(db: Database, retention_days: int) -> None:
         f"p95 {ms(percentile(durations, 0.95)).strip()}, max {ms(max(durations)).strip()} "
         "(each committed alone)"
     )
+    return clock.now() - timedelta(days=retention_days)
 
 
 async def main() -> None:
@@ -230,6 +236,11 @@ async def main() -> None:
     parser.add_argument("--days", type=int, default=100)
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument(
+        "--without-index",
+        action="store_true",
+        help="also time the member reports without migration 0005's index, for comparison",
+    )
     args = parser.parse_args()
     if args.days <= 90:
         parser.error("--days must be more than 90 (the reports cover 90, retention prunes past)")
@@ -266,11 +277,19 @@ async def main() -> None:
                 f"p95 {ms(percentile(values, 0.95))}   ({len(values)} runs)"
             )
         print("\nplan of a member's 90 days by model:\n" + await explain(conn))
-        await time_prune(db, 90)
-        left = await conn.fetchval(
-            "SELECT count(*) FROM usage WHERE at < now() - interval '90 days'"
-        )
-        assert left == 0, left
+        if args.without_index:
+            await conn.execute("DROP INDEX ix_usage_rollups_member_period_bucket")
+            await conn.execute("ANALYZE usage_rollups")
+            slow = await time_reports(db, args.members, 10, everyone=False)
+            print("without ix_usage_rollups_member_period_bucket (10 runs each):")
+            for name, values in slow.items():
+                print(
+                    f"  {name:<24} p50 {ms(statistics.median(values))}   "
+                    f"p95 {ms(percentile(values, 0.95))}"
+                )
+        cutoff = await time_prune(db, 90)
+        left = await conn.fetchval("SELECT count(*) FROM usage WHERE at < $1", cutoff)
+        assert left == 0, f"{left} rows older than the retention left"
     finally:
         await conn.close()
         await db.dispose()

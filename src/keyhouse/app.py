@@ -18,12 +18,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from keyhouse import __version__
-from keyhouse.api import errors, v1
+from keyhouse.api import errors, usage, v1
 from keyhouse.api.http import RequestIds
 from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
 from keyhouse.backends.local.backend import Engine
 from keyhouse.backends.local.host import RemoteEngine, build_engine, has_local_models
+from keyhouse.billing.reports import Retention
 from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.config import Settings, load_settings
@@ -141,6 +142,8 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
         await auth.start()
         await limiter.start()
         await wallet.start()
+        retention = Retention(db, clock, settings)  # raw usage rows past their retention
+        await retention.start()
         try:
             if engine is not None:
                 await engine.start()
@@ -150,6 +153,7 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             await services.backends.stop()  # the current ones: a reload may have swapped them
             if engine is not None:
                 await engine.stop()
+            await retention.stop()
             await wallet.stop()  # the last settlements written, every lease given back
             await limiter.stop()
             await auth.stop()
@@ -182,7 +186,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # cost a third of a cheap request. (The documented /api surface can be a FastAPI app
     # mounted beside it.)
     app = Starlette(
-        routes=[*v1.routes, Route("/health", health, methods=["GET"])],
+        routes=[*v1.routes, *usage.routes, Route("/health", health, methods=["GET"])],
         middleware=[Middleware(RequestIds)],
         lifespan=lifespan,
     )

@@ -450,7 +450,9 @@ def _limits(values: dict[str, int | None], current: Any = None) -> Any:
 
 
 PERMISSION_CHOICE = click.Choice(["all", "restricted", "read-only"])
-ENDPOINT_HELP = "For restricted keys: models.read, chat.completions, completions, embeddings."
+ENDPOINT_HELP = (
+    "For restricted keys: models.read, chat.completions, completions, embeddings, usage.read."
+)
 
 
 @keys.command("create")

@@ -2,4 +2,99 @@
 
 from __future__ import annotations
 
-from keyhouse.cli import main  # noqa: F401  (commands below register on it)
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from keyhouse.cli import _run, _settings, main
+
+if TYPE_CHECKING:
+    from keyhouse.billing.reports import Line, Totals
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not a date as YYYY-MM-DD: {value!r}", param_hint=name) from None
+
+
+@main.command("usage")
+@click.option("--user", "user", default=None, help="A member's email or id (default: everyone).")
+@click.option(
+    "--by",
+    "group_by",
+    type=click.Choice(["day", "model", "key", "member"]),
+    default="day",
+    show_default=True,
+    help="Group by day, model, key (or, for everyone, member).",
+)
+@click.option("--since", default=None, help="First day, YYYY-MM-DD (default: 30 days ago).")
+@click.option("--until", default=None, help="Last day, included (default: today).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row, for a spreadsheet.")
+def usage(
+    user: str | None, group_by: str, since: str | None, until: str | None, as_csv: bool
+) -> None:
+    """Usage and cost over a range of days (in the organisation's timezone), from the
+    roll-ups."""
+    from keyhouse.accounts.members import find_member
+    from keyhouse.billing import reports
+    from keyhouse.clock import SystemClock
+
+    settings = _settings()
+    if group_by == "member" and user is not None:
+        raise click.BadParameter("--by member is for everyone's usage (leave out --user)")
+    end = _day(until, "--until") or reports.today(SystemClock().now(), settings.timezone)
+    start = _day(since, "--since") or end - timedelta(days=29)
+
+    async def work(session: Any) -> tuple[reports.Report, str | None]:
+        member = await find_member(session, user) if user else None
+        report = await reports.usage_report(
+            session,
+            start=start,
+            end=end,
+            timezone=settings.timezone,
+            group_by=group_by,
+            member_id=member.id if member is not None else None,
+        )
+        return report, member.email if member is not None else None
+
+    report, email = _run(work, settings)
+    if as_csv:
+        click.echo(reports.to_csv(report, settings.currency), nl=False)
+        return
+    who = email or "all members"
+    click.echo(
+        f"usage of {who}, {report.start} to {report.end} ({settings.timezone}), "
+        f"by {group_by}, in {settings.currency}",
+        err=True,
+    )
+    label = reports.GROUP_COLUMN[group_by].upper()
+    width = max([len(label), 5, *(len(_name(line, group_by)) for line in report.lines)])
+    click.echo(
+        f"{label:<{width}} {'REQUESTS':>9} {'PROMPT':>11} {'CACHED':>11} "
+        f"{'COMPLETION':>11} {'COST':>14}"
+    )
+    for line in report.lines:
+        click.echo(_row(_name(line, group_by), line.totals, width))
+    click.echo(_row("TOTAL", report.total, width))
+
+
+def _name(line: Line, group_by: str) -> str:
+    if group_by == "key" and line.labels.get("key_name"):
+        return f"{line.group} ({line.labels['key_name']})"
+    if group_by == "member" and line.labels.get("email"):
+        return f"{line.group} <{line.labels['email']}>"
+    return str(line.group)
+
+
+def _row(name: str, totals: Totals, width: int) -> str:
+    from keyhouse.billing.money import show
+
+    return (
+        f"{name:<{width}} {totals.requests:>9} {totals.prompt_tokens:>11} "
+        f"{totals.cached_tokens:>11} {totals.completion_tokens:>11} {show(totals.cost):>14}"
+    )

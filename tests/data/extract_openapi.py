@@ -27,6 +27,8 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    # The organisation usage and costs pages (GET /v1/organization/usage/…, /costs).
+    "UsageResponse",
 ]
 PREFIX = "#/components/schemas/"
 

@@ -266,6 +266,10 @@ class UsageRollup(Base):
     """Usage summed per hour and per day (in the organisation's timezone) for dashboards."""
 
     __tablename__ = "usage_rollups"
+    #: A member's usage over a range (migration 0005): the primary key leads with the period.
+    __table_args__ = (
+        Index("ix_usage_rollups_member_period_bucket", "member_id", "period", "bucket"),
+    )
 
     period: Mapped[str] = mapped_column(String(8), primary_key=True)  # hour | day
     bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)

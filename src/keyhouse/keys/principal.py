@@ -10,7 +10,11 @@ from keyhouse.config import NO_LIMITS, IPNetwork, LimitSet
 
 #: Endpoint scopes a key may be restricted to.
 MODELS_READ = "models.read"
-ENDPOINTS = ("models.read", "chat.completions", "completions", "embeddings")
+#: Reading the member's own usage, balance and dashboards (read-only keys may).
+USAGE_READ = "usage.read"
+ENDPOINTS = ("models.read", "chat.completions", "completions", "embeddings", "usage.read")
+#: What a read-only key may call.
+READ_SCOPES = frozenset({MODELS_READ, USAGE_READ})
 
 ALL = "all"
 RESTRICTED = "restricted"
@@ -56,7 +60,7 @@ class Principal:
         if self.permissions == ALL:
             return True
         if self.permissions == READ_ONLY:
-            return endpoint == MODELS_READ
+            return endpoint in READ_SCOPES
         return self.endpoints is not None and endpoint in self.endpoints
 
     def may_use(self, model: str) -> bool:
