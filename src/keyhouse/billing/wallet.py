@@ -634,7 +634,7 @@ class Wallet:
             if not expired:
                 break
         if total:
-            log.info("expired %s of unused credit", show(total, self.settings.currency))
+            log.info("lots expired: %s written off", show(total, self.settings.currency))
         return total
 
     def snapshot(self) -> dict[str, Any]:
