@@ -31,7 +31,6 @@ TABLES = {
     "balances",
     "lots",
     "ledger",
-    "settled",
     "leases",
     "budget_spend",
     "price_versions",

@@ -298,7 +298,8 @@ async def charge_many(
     session: AsyncSession, member_id: str, charges: list[tuple[str, int]], now: datetime
 ) -> None:
     """``charge`` for many requests of one member at once (a flush's worth): the lots are read
-    once, each lot touched is updated once, the entries go in one statement."""
+    once and each lot touched is updated once. The ledger gets one entry per lot drawn on — the
+    requests' own costs are in their usage rows, which sum to it."""
     charges = [(request_id, cost) for request_id, cost in charges if cost > 0]
     if not charges:
         return
@@ -313,10 +314,10 @@ async def charge_many(
     ).all()
     left_in = {lot_id: remaining for lot_id, remaining in lots}
     order = [lot_id for lot_id, _ in lots]
-    taken: dict[str, int] = {}
-    entries: list[dict[str, Any]] = []
+    taken: dict[str | None, int] = {}
+    requests: dict[str | None, int] = {}
     position = 0
-    for request_id, cost in charges:
+    for _, cost in charges:
         left = cost
         while left > 0 and position < len(order):
             lot_id = order[position]
@@ -324,13 +325,21 @@ async def charge_many(
             if take:
                 left_in[lot_id] -= take
                 taken[lot_id] = taken.get(lot_id, 0) + take
-                entries.append(_entry(member_id, lot_id, -take, request_id, now))
+                requests[lot_id] = requests.get(lot_id, 0) + 1
                 left -= take
             if left_in[lot_id] == 0:
                 position += 1
-        if left > 0:
-            entries.append(_entry(member_id, None, -left, request_id, now))
+        if left > 0:  # no lot covers it: below zero, until the next grant pays it back
+            taken[None] = taken.get(None, 0) + left
+            requests[None] = requests.get(None, 0) + 1
+    single = charges[0][0] if len(charges) == 1 else None
+    entries = [
+        _entry(member_id, lot_id, -amount, single, now, f"usage of {requests[lot_id]} requests")
+        for lot_id, amount in taken.items()
+    ]
     for lot_id, take in taken.items():
+        if lot_id is None:
+            continue
         result = await session.execute(
             update(Lot)
             .where(Lot.id == lot_id, Lot.remaining >= take)
@@ -338,7 +347,7 @@ async def charge_many(
         )
         if result.rowcount != 1:  # cannot happen under the row locks taken above
             raise LotRace(lot_id)
-    await session.execute(insert(LedgerEntry), entries)
+    await session.execute(insert(LedgerEntry.__table__), entries)  # Core: no ORM per row
     await _add_to_balance(session, member_id, -sum(cost for _, cost in charges), now)
 
 
@@ -347,7 +356,12 @@ class LotRace(Exception):
 
 
 def _entry(
-    member_id: str, lot_id: str | None, amount: int, request_id: str, now: datetime
+    member_id: str,
+    lot_id: str | None,
+    amount: int,
+    request_id: str | None,
+    now: datetime,
+    note: str | None = None,
 ) -> dict[str, Any]:
     return {
         "member_id": member_id,
@@ -356,5 +370,5 @@ def _entry(
         "amount": amount,
         "request_id": request_id,
         "created_at": now,
-        "note": None,
+        "note": note,
     }

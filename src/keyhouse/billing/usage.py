@@ -54,7 +54,7 @@ async def record(session: AsyncSession, settled: list[Settlement], timezone: str
     if not settled:
         return
     await session.execute(
-        insert(UsageRecord),
+        insert(UsageRecord.__table__),  # Core: no ORM per row
         [
             {
                 "at": s.at,

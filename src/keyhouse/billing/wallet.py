@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.backends.base import Usage
@@ -35,8 +35,8 @@ from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.money import Prices, show, to_micro
 from keyhouse.clock import Clock
 from keyhouse.config import Settings
-from keyhouse.db.engine import Database
-from keyhouse.db.models import Balance, BudgetSpend, Lease, Settled
+from keyhouse.db.engine import Database, take_write_lock
+from keyhouse.db.models import Balance, BudgetSpend, Lease, UsageRecord
 from keyhouse.errors import KeyhouseError
 from keyhouse.ids import new_id
 from keyhouse.keys.principal import Principal
@@ -436,32 +436,21 @@ class Wallet:
     async def _write(
         self, session: AsyncSession, batch: list[Settlement], now: datetime
     ) -> list[tuple[Account, int, int]]:
-        # The first statement writes: on SQLite the transaction holds the write lock from
-        # here on, so what it reads next is current. Request ids already charged (never, unless
-        # something is badly wrong) are left out.
+        # A request's usage row is the guard: one already written (never, unless something is
+        # badly wrong) is not charged again; the unique index on request ids makes sure.
+        await take_write_lock(session)
         ids = [item.hold.request_id for item in batch]
         seen = set(
             (
-                await session.execute(select(Settled.request_id).where(Settled.request_id.in_(ids)))
+                await session.execute(
+                    select(UsageRecord.request_id).where(UsageRecord.request_id.in_(ids))
+                )
             ).scalars()
         )
         fresh = [item for item in batch if item.hold.request_id not in seen]
         for item in batch:
             if item.hold.request_id in seen:
                 log.error("%s was settled already; not charged again", item.hold.request_id)
-        if fresh:
-            await session.execute(
-                insert(Settled),
-                [
-                    {
-                        "request_id": i.hold.request_id,
-                        "member_id": i.hold.member_id,
-                        "cost": i.cost,
-                        "at": i.at,
-                    }
-                    for i in fresh
-                ],
-            )
         per_member: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for item in fresh:
             per_member[item.hold.member_id].append((item.hold.request_id, item.cost))

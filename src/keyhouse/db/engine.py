@@ -80,3 +80,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def take_write_lock(session: Any) -> None:
+    """Make the transaction a writer from its first statement (SQLite).
+
+    Python's sqlite3 begins a transaction only at the first write, so a read before it sees a
+    snapshot that another process may change before our write; starting with a (no-op) write
+    holds SQLite's write lock from here on. PostgreSQL uses row locks instead: a no-op there.
+    """
+    if session.bind is not None and session.bind.dialect.name == "sqlite":
+        from sqlalchemy import text
+
+        await session.execute(text("UPDATE change_counter SET version = version WHERE id = 0"))

@@ -183,17 +183,6 @@ class LedgerEntry(Base):
     note: Mapped[str | None] = mapped_column(String(500))
 
 
-class Settled(Base):
-    """One row per charged request: the guard that charges each request id exactly once."""
-
-    __tablename__ = "settled"
-
-    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    member_id: Mapped[str] = mapped_column(String(32))
-    cost: Mapped[int] = mapped_column(BigInteger)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-
-
 class Lease(Base):
     """A slice of an account (a balance or a budget) that one server process spends from memory.
     It expires unless renewed, so a crashed process's slice comes back on its own."""
@@ -240,7 +229,11 @@ class UsageRecord(Base):
     """One small row per request: no prompt, no output."""
 
     __tablename__ = "usage"
-    __table_args__ = (Index("ix_usage_member_at", "member_id", "at"),)
+    __table_args__ = (
+        Index("ix_usage_member_at", "member_id", "at"),
+        # Each request is charged exactly once: its usage row is the guard (migration 0006).
+        Index("uq_usage_request_id", "request_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
