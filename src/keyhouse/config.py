@@ -127,6 +127,92 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class AccountSettings:
+    """Sign-up, verification and sign-in policy (``[accounts]``); every abuse rule has a knob."""
+
+    #: "open": anyone may sign up; "domains": only emails at ``allowed_domains``;
+    #: "invite": only with an invitation. Invitations always work.
+    signup: str = "open"
+    allowed_domains: tuple[str, ...] = ()
+    #: Refused at sign-up and on email change, beside the bundled disposable-mail list.
+    blocked_domains: tuple[str, ...] = ()
+    block_disposable: bool = True
+    #: What must be done before a member may create keys (and keys work): the email code,
+    #: the profile step (name, birthday), the phone code.
+    require_email: bool = True
+    require_profile: bool = True
+    require_phone: bool = True
+    password_min_length: int = 10
+    #: Verification codes: lifetime (s), wrong tries allowed per code, wait between sends (s).
+    code_ttl: float = 600.0
+    code_max_tries: int = 5
+    resend_cooldown: float = 60.0
+    #: Codes sent per hour, per email address, per phone number and per client IP.
+    codes_per_hour_email: int = 5
+    codes_per_hour_phone: int = 5
+    codes_per_hour_ip: int = 20
+    #: Sign-ups per hour per client IP; sign-in attempts per minute per client IP.
+    signups_per_hour_ip: int = 10
+    signins_per_minute_ip: int = 30
+    #: How many accounts one phone number may verify.
+    phone_max_accounts: int = 1
+    #: Failed sign-ins in a row before a lock-out, and how long it lasts (s).
+    signin_max_failures: int = 5
+    lockout: float = 900.0
+    #: Sessions last this long (s), and are refreshed as they are used.
+    session_ttl: float = 30 * 86400.0
+    #: Invitations last this long (s).
+    invitation_ttl: float = 7 * 86400.0
+    #: Language for members who have not chosen one: "en" or "zh-CN".
+    default_language: str = "en"
+    #: Where a flagged or suspended member is told to turn.
+    support_contact: str = "your Keyhouse administrator"
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """SMTP (``[mail]``). No host: mails are printed to the terminal, not sent (development;
+    never to the log, which must not hold codes)."""
+
+    host: str | None = None
+    port: int = 587
+    #: "starttls", "tls" (implicit, port 465) or "none".
+    security: str = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str = "Keyhouse <keyhouse@localhost>"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    """SMS (``[sms]``): "console" prints the message to the terminal (development); "webhook"
+    POSTs ``{to, text}`` as JSON to ``webhook_url``, signed with HMAC-SHA256 under
+    ``webhook_secret`` (docs/notify.md)."""
+
+    provider: str = "console"
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """Sign-in with an OpenID Connect provider (``[oidc]``); off unless ``issuer`` is set."""
+
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    #: The button's words: "Continue with {name}".
+    name: str = "SSO"
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer and self.client_id)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -184,6 +270,10 @@ class Settings:
     usage_retention_days: int = 90
     tiers: Mapping[str, Tier] = field(default_factory=lambda: {DEFAULT_TIER: BUILTIN_DEFAULT_TIER})
     models: tuple[ModelSpec, ...] = ()
+    accounts: AccountSettings = field(default_factory=AccountSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    sms: SmsSettings = field(default_factory=SmsSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
 
     @property
     def is_postgres(self) -> bool:
@@ -488,6 +578,74 @@ def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
             seen[name] = model.name
 
 
+# --------------------------------------------------------------------------- accounts
+
+
+def parse_section(cls: type, raw: Any, where: str, env: Mapping[str, str], prefix: str) -> Any:
+    """A ``[section]`` table into ``cls`` (a frozen dataclass of scalars and string tuples);
+    ``KEYHOUSE_{PREFIX}_{FIELD}`` overrides the file (e.g. ``KEYHOUSE_MAIL_PASSWORD``)."""
+    import dataclasses
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown settings {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        value = env.get(f"KEYHOUSE_{prefix}_{name.upper()}", raw.get(name))
+        if value is None:
+            continue
+        default = spec.default
+        if isinstance(default, tuple):
+            values[name] = tuple(_as_list(value))
+        elif isinstance(default, bool):
+            values[name] = _coerce(f"{where}.{name}", value, bool)
+        elif isinstance(default, float):
+            values[name] = _coerce(f"{where}.{name}", value, float)
+        elif isinstance(default, int):
+            values[name] = _coerce(f"{where}.{name}", value, int)
+        else:
+            values[name] = _coerce(f"{where}.{name}", value, str)
+    return cls(**values)
+
+
+def check_accounts(a: AccountSettings, mail: MailSettings, sms: SmsSettings) -> None:
+    if a.signup not in ("open", "domains", "invite"):
+        raise ConfigError("accounts.signup must be 'open', 'domains' or 'invite'")
+    if a.signup == "domains" and not a.allowed_domains:
+        raise ConfigError("accounts.signup = 'domains' needs accounts.allowed_domains")
+    if a.default_language not in ("en", "zh-CN"):
+        raise ConfigError("accounts.default_language must be 'en' or 'zh-CN'")
+    for name in (
+        "code_max_tries",
+        "codes_per_hour_email",
+        "codes_per_hour_phone",
+        "codes_per_hour_ip",
+        "signups_per_hour_ip",
+        "signins_per_minute_ip",
+        "phone_max_accounts",
+        "signin_max_failures",
+        "password_min_length",
+    ):
+        if getattr(a, name) < 1:
+            raise ConfigError(f"accounts.{name} must be ≥ 1")
+    for name in ("code_ttl", "lockout", "session_ttl", "invitation_ttl"):
+        if not 0 < getattr(a, name) < float("inf"):
+            raise ConfigError(f"accounts.{name} must be a positive number of seconds")
+    if not 0 <= a.resend_cooldown < float("inf"):
+        raise ConfigError("accounts.resend_cooldown must be ≥ 0 seconds")
+    if mail.security not in ("starttls", "tls", "none"):
+        raise ConfigError("mail.security must be 'starttls', 'tls' or 'none'")
+    if sms.provider not in ("console", "webhook"):
+        raise ConfigError("sms.provider must be 'console' or 'webhook'")
+    if sms.provider == "webhook" and not (sms.webhook_url and sms.webhook_secret):
+        raise ConfigError("sms.provider = 'webhook' needs sms.webhook_url and sms.webhook_secret")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -546,11 +704,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if raw_money is not None:
             values[name] = _decimal(name, raw_money)
 
+    values["accounts"] = parse_section(
+        AccountSettings, data.get("accounts"), "accounts", env, "ACCOUNTS"
+    )
+    values["mail"] = parse_section(MailSettings, data.get("mail"), "mail", env, "MAIL")
+    values["sms"] = parse_section(SmsSettings, data.get("sms"), "sms", env, "SMS")
+    values["oidc"] = parse_section(OidcSettings, data.get("oidc"), "oidc", env, "OIDC")
+    check_accounts(values["accounts"], values["mail"], values["sms"])
+
     unknown = (
         set(data)
         - set(_SCALARS)
         - {"trusted_proxies", "secret", "previous_secrets", "models", "tiers"}
-        - {"trial_credit", "lease_size"}
+        - {"trial_credit", "lease_size", "accounts", "mail", "sms", "oidc"}
     )
     if unknown:
         raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")

@@ -38,6 +38,11 @@ TABLES = {
     "usage_rollups",
     "redemption_codes",
     "events",
+    "account_codes",
+    "sessions",
+    "invitations",
+    "audit_log",
+    "oidc_identities",
 }
 
 

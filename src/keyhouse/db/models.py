@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -70,6 +72,22 @@ class Member(Base):
     budget_soft: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Accounts (migration 0007). Personal data: erased when a member is deleted.
+    #: argon2id; None: no password (a CLI-made member, or one who signs in with OIDC only).
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: E.164, verified or not (a number being verified waits in the code's ``target``).
+    phone: Mapped[str | None] = mapped_column(String(20), index=True)
+    phone_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    birthday: Mapped[date | None] = mapped_column(Date)
+    #: "en" | "zh-CN": the language of mails, SMS and messages.
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
+    #: Why the account is flagged or suspended, shown to the member.
+    status_reason: Mapped[str | None] = mapped_column(String(500))
+    #: Failed sign-ins in a row, and the lock-out they earned.
+    failed_signins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # Emails are unique regardless of case (migration 0002).
@@ -104,6 +122,9 @@ class ApiKey(Base):
     budget_period: Mapped[str | None] = mapped_column(String(8))
     budget_hard: Mapped[int | None] = mapped_column(BigInteger)
     budget_soft: Mapped[int | None] = mapped_column(BigInteger)
+    #: An admin token: this key may also call the management API (``/api/…``) as an
+    #: administrator (only an administrator's key may carry it; migration 0007).
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ChangeCounter(Base):
@@ -303,3 +324,78 @@ class Event(Base):
     member_id: Mapped[str | None] = mapped_column(String(32), index=True)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AccountCode(Base):
+    """A one-time code sent by mail or SMS: stored as an HMAC, single-use, expiring, with a
+    count of wrong tries."""
+
+    __tablename__ = "account_codes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: email-verify | phone-verify | password-reset | email-change | phone-change
+    purpose: Mapped[str] = mapped_column(String(20))
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
+    #: Where it was sent (an email address or an E.164 number): what it verifies.
+    target: Mapped[str] = mapped_column(String(320))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; the table holds its HMAC."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+class Invitation(Base):
+    __tablename__ = "invitations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """Who did what to whom, when, from where, and why. Append-only."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: A member id, or "cli" for the command line.
+    actor: Mapped[str] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str | None] = mapped_column(String(32), index=True)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class OidcIdentity(Base):
+    """A member's identity at an OpenID Connect provider (issuer + subject)."""
+
+    __tablename__ = "oidc_identities"
+
+    issuer: Mapped[str] = mapped_column(String(300), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
