@@ -29,6 +29,7 @@ ERRORS: dict[str, set[str]] = {
     "too_many_codes": {"seconds"},
     "too_many_signups": {"seconds"},
     "too_many_signins": {"seconds"},
+    "too_many_attempts": {"seconds"},
     "invalid_credentials": set(),
     "account_locked": {"minutes"},
     "account_flagged": {"reason", "support"},

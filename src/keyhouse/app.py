@@ -15,10 +15,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from keyhouse import __version__
-from keyhouse.api import errors, usage, v1
+from keyhouse.accounts import flows
+from keyhouse.accounts.oidc import OidcClient
+from keyhouse.api import errors, manage, usage, v1
 from keyhouse.api.http import RequestIds
 from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
@@ -32,10 +34,11 @@ from keyhouse.db.engine import Database
 from keyhouse.db.migrate import current_revision, head_revision
 from keyhouse.errors import ConfigError
 from keyhouse.keys.auth import Authenticator
-from keyhouse.keys.secrets import load_ring
+from keyhouse.keys.secrets import SecretRing, load_ring
 from keyhouse.limits.limiter import Limiter, Store
 from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.policy import RuleBook
+from keyhouse.notify import Notifier, build_notifier
 
 log = logging.getLogger("keyhouse")
 
@@ -58,6 +61,10 @@ class Services:
     limiter: Limiter
     rules: RuleBook
     wallet: Wallet
+    ring: SecretRing
+    notifier: Notifier
+    #: Sign-in with OpenID Connect, when ``[oidc]`` is configured.
+    oidc: OidcClient | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -108,6 +115,17 @@ def build_limiter(settings: Settings, clock: Clock) -> Limiter:
     )
 
 
+def oidc_client(settings: Settings, clock: Clock, ring: SecretRing) -> OidcClient | None:
+    if not settings.oidc.enabled:
+        return None
+    return OidcClient(
+        settings.oidc,
+        redirect_uri=f"{settings.public_url.rstrip('/')}/api/auth/oidc/callback",
+        signing_key=ring.entries[0][1],
+        clock=clock,
+    )
+
+
 @asynccontextmanager
 async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
     db = Database(settings)
@@ -136,7 +154,18 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
         limiter = build_limiter(settings, clock)
         wallet = Wallet(db, clock, settings)
         services = Services(
-            settings, clock, db, auth, backends, engine, limiter, RuleBook(settings), wallet
+            settings,
+            clock,
+            db,
+            auth,
+            backends,
+            engine,
+            limiter,
+            RuleBook(settings),
+            wallet,
+            ring,
+            build_notifier(settings),
+            oidc_client(settings, clock, ring),
         )
         auth.on_config_change = services.reload  # `keyhouse reload`, from any process
         await auth.start()
@@ -154,6 +183,9 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             if engine is not None:
                 await engine.stop()
             await retention.stop()
+            await flows.settle()  # mails still on their way (password resets)
+            if services.oidc is not None:
+                await services.oidc.close()
             await wallet.stop()  # the last settlements written, every lease given back
             await limiter.stop()
             await auth.stop()
@@ -165,10 +197,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     settings = settings or load_settings()
     clock = clock or SystemClock()
 
+    api = manage.build_api()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, clock) as svc:
             app.state.services = svc
+            api.state.services = svc
             loop = asyncio.get_running_loop()
             # SIGHUP: re-read the TOML file's models and limits (only the main thread can).
             with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
@@ -183,10 +218,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         return JSONResponse({"status": "ok", "version": __version__})
 
     # A plain Starlette app: the /v1 path needs none of FastAPI's per-request layers, which
-    # cost a third of a cheap request. (The documented /api surface can be a FastAPI app
-    # mounted beside it.)
+    # cost a third of a cheap request. The documented /api surface is a FastAPI app mounted
+    # beside it.
     app = Starlette(
-        routes=[*v1.routes, *usage.routes, Route("/health", health, methods=["GET"])],
+        routes=[
+            *v1.routes,
+            *usage.routes,
+            Route("/health", health, methods=["GET"]),
+            Mount("/api", api),
+        ],
         middleware=[Middleware(RequestIds)],
         lifespan=lifespan,
     )

@@ -299,6 +299,9 @@ def users_create(email: str, name: str | None, admin: bool) -> None:
     async def work(session: Any) -> str:
         clock = SystemClock()
         member = await create_member(session, clock, email=email, name=name, is_admin=admin)
+        # An administrator vouches for the members they make: active, the address taken as
+        # verified; the sign-up steps are for members who sign themselves up.
+        member.email_verified_at = clock.now()
         await grant_trial(session, settings, member.id, clock.now())
         return member.id
 
@@ -366,15 +369,141 @@ def users_set_budget(member: str, **flags: Any) -> None:
 @users.command("set-status")
 @click.argument("member")
 @click.argument("status", type=click.Choice(["active", "unverified", "flagged", "suspended"]))
-def users_set_status(member: str, status: str) -> None:
+@click.option("--reason", default=None, help="Why (audited; shown to a flagged member).")
+def users_set_status(member: str, status: str, reason: str | None) -> None:
     """Change a member's state (flagged or suspended members' keys stop working)."""
-    from keyhouse.accounts.members import find_member, set_status
+    from keyhouse.accounts.admin import change_status
+    from keyhouse.accounts.audit import CLI
+    from keyhouse.accounts.members import find_member
 
     async def work(session: Any) -> None:
-        await set_status(session, SystemClock(), await find_member(session, member), status)
+        found = await find_member(session, member)
+        await change_status(session, SystemClock(), found, status, actor=CLI, reason=reason)
 
     _run(work)
     click.echo(f"{member} is now {status}", err=True)
+
+
+def _act_on(member: str, action: Any, reason: str | None, settings: Settings) -> Any:
+    """Run one of ``accounts.admin``'s actions as the command line ("cli" in the audit log);
+    returns what it returned (a mail to send) and the member's new status."""
+    from keyhouse.accounts.audit import CLI
+    from keyhouse.accounts.members import find_member
+
+    async def work(session: Any) -> tuple[Any, str]:
+        found = await find_member(session, member)
+        result = await action(
+            session, SystemClock(), settings, found, actor=CLI, ip=None, reason=reason
+        )
+        return result, found.status
+
+    return _run(work, settings)
+
+
+def _send(settings: Settings, mail: Any) -> str:
+    """Send a mail an action called for; says what happened (stdout stays for results)."""
+    from keyhouse.accounts.admin import deliver
+    from keyhouse.notify import build_notifier
+
+    if not settings.mail.host:
+        return "not mailed (no SMTP host configured)"
+    sent = asyncio.run(deliver(build_notifier(settings).mail, mail))
+    return "mailed" if sent else "NOT mailed (the mail server refused it; see the log)"
+
+
+@users.command("flag")
+@click.argument("member")
+@click.option("--reason", required=True, help="Why: the member is shown it, and mailed it.")
+def users_flag(member: str, reason: str) -> None:
+    """Flag an account as abnormal: its keys stop within a second; the member is told why."""
+    from keyhouse.accounts.admin import flag
+
+    settings = _settings()
+    mail, _ = _act_on(member, flag, reason, settings)
+    click.echo(f"{member} is now flagged; the member was {_send(settings, mail)}", err=True)
+
+
+@users.command("unflag")
+@click.argument("member")
+@click.option("--reason", default=None, help="Why (for the audit log).")
+def users_unflag(member: str, reason: str | None) -> None:
+    """Lift a flag: back to active (or unverified while sign-up steps are missing)."""
+    from keyhouse.accounts.admin import unflag
+
+    _, status = _act_on(member, unflag, reason, _settings())
+    click.echo(f"{member} is now {status}", err=True)
+
+
+@users.command("suspend")
+@click.argument("member")
+@click.option("--reason", required=True, help="Why: the member is shown it.")
+def users_suspend(member: str, reason: str) -> None:
+    """Suspend an account: keys refused within a second, every browser signed out."""
+    from keyhouse.accounts.admin import suspend
+
+    _act_on(member, suspend, reason, _settings())
+    click.echo(f"{member} is now suspended", err=True)
+
+
+@users.command("unsuspend")
+@click.argument("member")
+@click.option("--reason", default=None, help="Why (for the audit log).")
+def users_unsuspend(member: str, reason: str | None) -> None:
+    """Lift a suspension: back to active (or unverified while sign-up steps are missing)."""
+    from keyhouse.accounts.admin import unsuspend
+
+    _, status = _act_on(member, unsuspend, reason, _settings())
+    click.echo(f"{member} is now {status}", err=True)
+
+
+@users.command("delete")
+@click.argument("member")
+@click.option("--reason", required=True, help="Why (for the audit log).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def users_delete(member: str, reason: str, yes: bool) -> None:
+    """Delete a member: personal data erased, keys revoked; ledger and usage kept under the
+    opaque member id, so the books still balance. Cannot be undone."""
+    from keyhouse.accounts.admin import delete_member
+
+    if not yes:
+        click.confirm(f"Delete {member} for good (personal data erased, keys revoked)?", abort=True)
+    _act_on(member, delete_member, reason, _settings())
+    click.echo(f"{member} deleted: personal data erased, keys revoked", err=True)
+
+
+@users.command("invite")
+@click.argument("email")
+@click.option("--by", "by", default=None, help="The inviting administrator (email or id).")
+def users_invite(email: str, by: str | None) -> None:
+    """Invite someone by email; prints the sign-up link (valid for accounts.invitation_ttl)."""
+    from keyhouse.accounts.admin import invite
+    from keyhouse.accounts.audit import CLI
+    from keyhouse.accounts.members import find_member
+    from keyhouse.keys.secrets import load_ring
+
+    settings = _settings()
+    try:
+        ring = load_ring(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def work(session: Any) -> tuple[str, str, Any]:
+        inviter = await find_member(session, by) if by else None
+        invitation, url, mail = await invite(
+            session,
+            SystemClock(),
+            ring,
+            settings,
+            email=email,
+            inviter=inviter,
+            actor=CLI,
+            ip=None,
+        )
+        return invitation.id, url, mail
+
+    invitation_id, url, mail = _run(work, settings)
+    click.echo(f"invitation {invitation_id} for {email}: {_send(settings, mail)}", err=True)
+    click.echo(url)
 
 
 # ----------------------------------------------------------------------------- keys
@@ -463,6 +592,9 @@ ENDPOINT_HELP = (
 @click.option("--endpoints", multiple=True, help=ENDPOINT_HELP)
 @click.option("--models", multiple=True, help="Models this key may use (default: all).")
 @click.option("--ip-allow", multiple=True, help="CIDRs this key may be used from (default: any).")
+@click.option(
+    "--admin", "admin", is_flag=True, help="An admin token: may also call /api as an admin."
+)
 @limit_options
 @budget_options
 def keys_create(
@@ -473,6 +605,7 @@ def keys_create(
     endpoints: tuple[str, ...],
     models: tuple[str, ...],
     ip_allow: tuple[str, ...],
+    admin: bool,
     **limit_flags: int | None,
 ) -> None:
     """Create a key. Prints only the secret, once: KEY=$(keyhouse keys create …)."""
@@ -490,6 +623,8 @@ def keys_create(
 
     async def work(session: Any) -> tuple[str, str, str]:
         member = await find_member(session, user)
+        if admin and not (member.is_admin and member.deleted_at is None):
+            raise click.ClickException(f"{user} is not an administrator: no admin token")
         key, secret = await create_key(
             session,
             SystemClock(),
@@ -501,6 +636,18 @@ def keys_create(
             limits=_limits(limit_flags),
         )
         apply_budget(key, limit_flags)
+        if admin:
+            from keyhouse.accounts.audit import CLI, record
+
+            key.admin = True
+            await record(
+                session,
+                SystemClock(),
+                actor=CLI,
+                action="key.create_admin",
+                target=member.id,
+                data={"key": key.id},
+            )
         return key.id, key.redacted, secret
 
     key_id, redacted, secret = _run(work, settings)

@@ -282,6 +282,7 @@ def test_a_killed_server_leaves_no_credit_stuck(tmp_path: Path, fake: FakeUpstre
     books = Books(srv)
     start = books.balance()
     fake.then(Behaviour(chunk_delay=1.0))
+
     def stream_until_killed() -> None:
         with contextlib.suppress(httpx.HTTPError):
             call(srv, key, {**CHAT, "stream": True})

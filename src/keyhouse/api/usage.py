@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
@@ -599,12 +600,16 @@ async def organization_usage_embeddings(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/billing/balance", balance, methods=["GET"]),
-    Route("/api/usage", usage, methods=["GET"]),
-    Route("/api/admin/usage", admin_usage, methods=["GET"]),
     Route("/v1/dashboard/billing/subscription", dashboard_subscription, methods=["GET"]),
     Route("/v1/dashboard/billing/usage", dashboard_usage, methods=["GET"]),
     Route("/v1/organization/costs", organization_costs, methods=["GET"]),
     Route("/v1/organization/usage/completions", organization_usage_completions, methods=["GET"]),
     Route("/v1/organization/usage/embeddings", organization_usage_embeddings, methods=["GET"]),
 ]
+
+
+#: The ``/api`` side, documented in the management API's OpenAPI (``api/manage``).
+api_router = APIRouter(tags=["usage"])
+api_router.add_api_route("/billing/balance", balance, methods=["GET"])
+api_router.add_api_route("/usage", usage, methods=["GET"])
+api_router.add_api_route("/admin/usage", admin_usage, methods=["GET"])

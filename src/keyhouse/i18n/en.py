@@ -140,6 +140,9 @@ MESSAGES: dict[str, str] = {
     "error.too_many_signups": (
         "Too many sign-ups from your network. Try again in {seconds} seconds."
     ),
+    "error.too_many_attempts": (
+        "Too many verification attempts from here. Try again in {seconds} seconds."
+    ),
     "error.too_many_signins": "Too many sign-in attempts. Try again in {seconds} seconds.",
     "error.invalid_credentials": "The email address or the password is not right.",
     "error.account_locked": (

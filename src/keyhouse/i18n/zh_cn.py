@@ -110,6 +110,7 @@ MESSAGES: dict[str, str] = {
     "error.resend_too_soon": "验证码刚刚已发送，请 {seconds} 秒后再重新获取。",
     "error.too_many_codes": "获取验证码过于频繁，请 {seconds} 秒后再试。",
     "error.too_many_signups": "您所在网络的注册次数过多，请 {seconds} 秒后再试。",
+    "error.too_many_attempts": "验证尝试次数过多，请 {seconds} 秒后再试。",
     "error.too_many_signins": "登录尝试次数过多，请 {seconds} 秒后再试。",
     "error.invalid_credentials": "邮箱地址或密码不正确。",
     "error.account_locked": "登录失败次数过多，账户已锁定 {minutes} 分钟。请稍后再试，或重置密码。",

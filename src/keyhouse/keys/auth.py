@@ -63,6 +63,7 @@ def principal_from(key: ApiKey, member: Member) -> Principal:
         limits=LimitSet(key.rpm, key.tpm, key.rpd, key.max_parallel),
         member_budget=Budget.of(member.budget_period, member.budget_hard, member.budget_soft),
         key_budget=Budget.of(key.budget_period, key.budget_hard, key.budget_soft),
+        admin=bool(key.admin) and member.is_admin,
     )
 
 

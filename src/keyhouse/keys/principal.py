@@ -55,6 +55,8 @@ class Principal:
     limits: LimitSet = NO_LIMITS
     member_budget: Budget | None = None
     key_budget: Budget | None = None
+    #: An admin token: may call the management API as an administrator.
+    admin: bool = False
 
     def may_call(self, endpoint: str) -> bool:
         if self.permissions == ALL:
