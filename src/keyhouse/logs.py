@@ -39,3 +39,7 @@ def setup_logging(level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers = []
         logger.propagate = True
+    # Drivers that log every statement with its parameters (addresses, password hashes) at
+    # debug and info levels stay quiet even when Keyhouse's own debug lines are wanted.
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "aiosmtplib", "httpcore", "hpack"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
