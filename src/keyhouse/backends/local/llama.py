@@ -13,6 +13,7 @@ position, for that one evaluation.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -96,6 +97,20 @@ class StopMatcher:
         return held
 
 
+def keep_stdout_stderr() -> None:
+    """Stop llama-cpp-python from pointing the process's stdout and stderr (file descriptors 1
+    and 2) at /dev/null while it loads a model: the model loads in a thread, and every log line
+    the server writes meanwhile — from any task — was lost. Its log callback already drops
+    llama.cpp's messages below ERROR when ``verbose=False``, so nothing gets noisier."""
+    from llama_cpp import _internals, llama, llama_chat_format
+
+    def keep(disable: bool = True) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    for module in (_internals, llama, llama_chat_format):
+        module.suppress_stdout_stderr = keep  # type: ignore[attr-defined,assignment]
+
+
 class LlamaRunner:
     """A loaded GGUF model and the generation loop. Not thread-safe: one thread drives it."""
 
@@ -106,6 +121,7 @@ class LlamaRunner:
 
         self._lib = llama_cpp
         self.settings = settings
+        keep_stdout_stderr()
         self.llm = Llama(
             model_path=str(settings.path),
             n_ctx=settings.context_length,
