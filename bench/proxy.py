@@ -5,7 +5,9 @@
 Against a fast fake upstream on loopback (bench/fake_upstream.py, its own process), with key
 authentication and rate limits on (in-process store, limits far above the load), one worker:
 
-1. non-streamed chat completions at 1, 16 and 64 connections: requests/s, p50 and p99;
+1. non-streamed chat completions at 1, 16 and 64 connections: requests/s, p50 and p99, also
+   through a bare Starlette + aiohttp proxy (bench/bare_proxy.py: no auth, no limits, no
+   meter) — what any Python gateway costs at the least;
 2. 64 concurrent streams of 200 chunks: time to first byte and chunks/s per stream;
 3. memory: Keyhouse's resident size before and after ``--memory-requests`` requests.
 
@@ -80,8 +82,8 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="keyhouse-proxy-bench-"))
-    upstream_port, keyhouse_port = free_port(), free_port()
-    upstream = keyhouse = None
+    upstream_port, keyhouse_port, bare_port = free_port(), free_port(), free_port()
+    upstream = keyhouse = bare = None
     env = {
         **os.environ,
         "KEYHOUSE_HOME": str(home),
@@ -118,9 +120,25 @@ def main() -> None:
             stderr=subprocess.STDOUT,
         )
         wait_healthy(keyhouse_port, keyhouse, log, 120)
+        # What any Python gateway costs at the least: Starlette + aiohttp, nothing else.
+        log = home / "bare.log"
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "bare_proxy.py"),
+                "--port",
+                str(bare_port),
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}/v1",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_healthy(bare_port, bare, log, 30)
         auth = {"Authorization": f"Bearer {key}"}
         targets = {
             "direct": (upstream_port, {}),
+            "bare": (bare_port, {}),
             "keyhouse": (keyhouse_port, auth),
         }
         print(f"fake upstream on :{upstream_port}, keyhouse on :{keyhouse_port} (1 worker)")
@@ -131,9 +149,9 @@ def main() -> None:
         print(f"{'connections':>11}  {'':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
         added_p50: float | None = None
         for connections in () if args.memory_only else (1, 16, 64):
-            runs: dict[str, list[httpload.Result]] = {"direct": [], "keyhouse": []}
+            runs: dict[str, list[httpload.Result]] = {name: [] for name in targets}
             for round_ in range(args.rounds):
-                order = ["direct", "keyhouse"] if round_ % 2 == 0 else ["keyhouse", "direct"]
+                order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
                 for name in order:
                     port, headers = targets[name]
                     runs[name].append(
@@ -158,6 +176,8 @@ def main() -> None:
             ratio = figures["keyhouse"][0] / figures["direct"][0] * 100
             added = figures["keyhouse"][1] - figures["direct"][1]
             print(f"{'':>11}  keyhouse/direct {ratio:.1f}% of req/s, p50 +{added:.2f} ms")
+            versus_bare = figures["keyhouse"][0] / figures["bare"][0] * 100
+            print(f"{'':>11}  keyhouse/bare proxy {versus_bare:.1f}% of req/s")
             if connections == 1:
                 added_p50 = added
 
@@ -210,6 +230,7 @@ def main() -> None:
         print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
     finally:
         stop(keyhouse)
+        stop(bare)
         stop(upstream)
 
 

@@ -210,6 +210,34 @@ async def flag(
     )
 
 
+async def _lift(
+    session: AsyncSession,
+    clock: Clock,
+    settings: Settings,
+    member: Member,
+    *,
+    state: str,
+    verb: str,
+    actor: str,
+    ip: str | None,
+    reason: str | None,
+) -> None:
+    """Undo a flag or a suspension: back where the member was before it (``restored_status``)."""
+    _in_state(member, (state,), verb)
+    undone = "member.flag" if state == "flagged" else "member.suspend"
+    await _move(
+        session,
+        clock,
+        member,
+        await restored_status(session, member, settings, undone),
+        action=f"member.{verb}",
+        actor=actor,
+        ip=ip,
+        reason=clean_reason(reason, required=False),
+        shown_reason=None,
+    )
+
+
 async def unflag(
     session: AsyncSession,
     clock: Clock,
@@ -220,17 +248,16 @@ async def unflag(
     ip: str | None,
     reason: str | None = None,
 ) -> None:
-    _in_state(member, ("flagged",), "unflag")
-    await _move(
+    await _lift(
         session,
         clock,
+        settings,
         member,
-        await restored_status(session, member, settings, "member.flag"),
-        action="member.unflag",
+        state="flagged",
+        verb="unflag",
         actor=actor,
         ip=ip,
-        reason=clean_reason(reason, required=False),
-        shown_reason=None,
+        reason=reason,
     )
 
 
@@ -272,17 +299,16 @@ async def unsuspend(
     ip: str | None,
     reason: str | None = None,
 ) -> None:
-    _in_state(member, ("suspended",), "unsuspend")
-    await _move(
+    await _lift(
         session,
         clock,
+        settings,
         member,
-        await restored_status(session, member, settings, "member.suspend"),
-        action="member.unsuspend",
+        state="suspended",
+        verb="unsuspend",
         actor=actor,
         ip=ip,
-        reason=clean_reason(reason, required=False),
-        shown_reason=None,
+        reason=reason,
     )
 
 
