@@ -39,6 +39,7 @@ from keyhouse.limits.limiter import Limiter, Store
 from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.policy import RuleBook
 from keyhouse.notify import Notifier, build_notifier
+from keyhouse.notify.events import EventMailer
 
 log = logging.getLogger("keyhouse")
 
@@ -173,6 +174,8 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
         await wallet.start()
         retention = Retention(db, clock, settings)  # raw usage rows past their retention
         await retention.start()
+        event_mailer = EventMailer(db, clock, settings, services.notifier.mail)
+        await event_mailer.start()
         try:
             if engine is not None:
                 await engine.start()
@@ -183,6 +186,7 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             if engine is not None:
                 await engine.stop()
             await retention.stop()
+            await event_mailer.stop()
             await flows.settle()  # mails still on their way (password resets)
             if services.oidc is not None:
                 await services.oidc.close()

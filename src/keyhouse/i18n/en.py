@@ -99,6 +99,7 @@ MESSAGES: dict[str, str] = {
     "period.day": "today",
     "period.week": "this week",
     "period.month": "this month",
+    "period.all": "so far",
     # ------------------------------------------------------------------ refusals
     "error.signup_closed": "Sign-up is closed. Ask an administrator for an invitation.",
     "error.email_domain_not_allowed": (

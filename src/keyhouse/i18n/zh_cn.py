@@ -90,6 +90,7 @@ MESSAGES: dict[str, str] = {
     "period.day": "今天",
     "period.week": "本周",
     "period.month": "本月",
+    "period.all": "累计",
     # ------------------------------------------------------------------ refusals
     "error.signup_closed": "目前不开放注册。请向管理员索取邀请。",
     "error.email_domain_not_allowed": (
