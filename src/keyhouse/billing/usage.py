@@ -9,8 +9,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
 from keyhouse.billing.money import Prices
 from keyhouse.db.models import Event, PriceVersion, UsageRecord, UsageRollup
@@ -49,33 +50,73 @@ async def price_version(
     return int(found.scalar_one())
 
 
+#: Usage rows go in as multi-row INSERTs of this many rows, the rest in halving sizes (32, 16,
+#: … 1). SQLite runs in the driver's own thread, which must win the GIL back from the busy event
+#: loop after every step: a row-by-row executemany waited for it once per row, so a flush under
+#: load took seconds, and the settlements queued meanwhile piled up in memory. Few fixed sizes
+#: keep the statements each connection prepares (one per length) few and small.
+ROWS_PER_INSERT = 64  # x 15 columns: within SQLite's oldest limit of 999 parameters
+
+
+_COLUMNS = [column.name for column in UsageRecord.__table__.c if column.name != "id"]
+
+
+@lru_cache(maxsize=8)  # the sizes: 64, 32, … 1
+def _insert(rows: int) -> TextClause:
+    """``INSERT … VALUES`` for ``rows`` rows, made (and compiled, as text is cacheable and a
+    multi-row Core insert is not) once per size; parameters ``{column}_{row}``."""
+    table = UsageRecord.__table__
+    values = ", ".join(
+        "(" + ", ".join(f":{name}_{row}" for name in _COLUMNS) + ")" for row in range(rows)
+    )
+    return text(f"INSERT INTO {table.name} ({', '.join(_COLUMNS)}) VALUES {values}").bindparams(
+        *(
+            bindparam(f"{name}_{row}", type_=table.c[name].type)
+            for row in range(rows)
+            for name in _COLUMNS
+        )
+    )
+
+
+async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    start, size = 0, ROWS_PER_INSERT
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        params = {
+            f"{name}_{i}": row[name]
+            for i, row in enumerate(rows[start : start + size])
+            for name in _COLUMNS
+        }
+        await session.execute(_insert(size), params)
+        start += size
+
+
 async def record(session: AsyncSession, settled: list[Settlement], timezone: str) -> None:
     """Usage rows for these settlements, and their roll-ups."""
     if not settled:
         return
-    await session.execute(
-        insert(UsageRecord.__table__),  # Core: no ORM per row
-        [
-            {
-                "at": s.at,
-                "request_id": s.hold.request_id,
-                "member_id": s.hold.member_id,
-                "key_id": s.hold.key_id,
-                "model": s.hold.model,
-                "deployment": s.deployment,
-                "prompt_tokens": s.usage.prompt_tokens,
-                "cached_tokens": s.usage.cached_tokens,
-                "completion_tokens": s.usage.completion_tokens,
-                "cost": s.cost,
-                "price_version": s.hold.price_version,
-                "latency_ms": s.latency_ms,
-                "ttft_ms": s.ttft_ms,
-                "status": s.status,
-                "estimated": s.usage.estimated,
-            }
-            for s in settled
-        ],
-    )
+    rows = [
+        {
+            "at": s.at,
+            "request_id": s.hold.request_id,
+            "member_id": s.hold.member_id,
+            "key_id": s.hold.key_id,
+            "model": s.hold.model,
+            "deployment": s.deployment,
+            "prompt_tokens": s.usage.prompt_tokens,
+            "cached_tokens": s.usage.cached_tokens,
+            "completion_tokens": s.usage.completion_tokens,
+            "cost": s.cost,
+            "price_version": s.hold.price_version,
+            "latency_ms": s.latency_ms,
+            "ttft_ms": s.ttft_ms,
+            "status": s.status,
+            "estimated": s.usage.estimated,
+        }
+        for s in settled
+    ]
+    await _insert_rows(session, rows)
     sums: dict[tuple[str, datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * 5)
     for s in settled:
         hour, day = buckets(s.at, timezone)

@@ -114,6 +114,28 @@ class Settlement:
     status: int
 
 
+#: Request ids are looked up this many at a time, the last lookup padded with repeats. Each
+#: length of an ``IN`` list is a statement of its own, and the drivers keep the statements they
+#: prepared (sqlite3: 128 per connection, asyncpg: 100): lists as long as each flush happened to
+#: be filled every connection with large, near-identical statements, so that the server's memory
+#: grew with the requests it served. (A fixed length also keeps a long backlog within the
+#: databases' limits on parameters.)
+ID_LOOKUP = 500  # within SQLite's oldest limit of 999 parameters
+
+
+async def _recorded(session: AsyncSession, ids: list[str]) -> set[str]:
+    """Those of ``ids`` that have a usage row already."""
+    seen: set[str] = set()
+    for start in range(0, len(ids), ID_LOOKUP):
+        chunk = ids[start : start + ID_LOOKUP]
+        chunk += [chunk[-1]] * (ID_LOOKUP - len(chunk))
+        rows = await session.execute(
+            select(UsageRecord.request_id).where(UsageRecord.request_id.in_(chunk))
+        )
+        seen.update(rows.scalars())
+    return seen
+
+
 def period_key(period: str | None, now: datetime, timezone: str) -> str | None:
     from zoneinfo import ZoneInfo
 
@@ -439,14 +461,7 @@ class Wallet:
         # A request's usage row is the guard: one already written (never, unless something is
         # badly wrong) is not charged again; the unique index on request ids makes sure.
         await take_write_lock(session)
-        ids = [item.hold.request_id for item in batch]
-        seen = set(
-            (
-                await session.execute(
-                    select(UsageRecord.request_id).where(UsageRecord.request_id.in_(ids))
-                )
-            ).scalars()
-        )
+        seen = await _recorded(session, [item.hold.request_id for item in batch])
         fresh = [item for item in batch if item.hold.request_id not in seen]
         for item in batch:
             if item.hold.request_id in seen:
