@@ -75,17 +75,26 @@ class Admission:
 
 def headers_for(states: Iterable[RuleState]) -> dict[str, str]:
     """OpenAI's six headers; per dimension, the rule closest to refusing speaks."""
+    # One pass (this runs for every request): the fewest remaining, then the longest reset;
+    # on a tie, the first such rule.
+    closest: dict[str, RuleState] = {}
+    for state in states:
+        if state.rule.kind == "concurrency":
+            continue
+        best = closest.get(state.rule.dimension)
+        if (
+            best is None
+            or state.remaining < best.remaining
+            or (state.remaining == best.remaining and state.reset_us > best.reset_us)
+        ):
+            closest[state.rule.dimension] = state
     headers: dict[str, str] = {}
     for dimension in ("requests", "tokens"):
-        candidates = [
-            s for s in states if s.rule.dimension == dimension and s.rule.kind in ("rate", "day")
-        ]
-        if not candidates:
-            continue
-        closest = min(candidates, key=lambda s: (s.remaining, -s.reset_us))
-        headers[f"x-ratelimit-limit-{dimension}"] = str(closest.rule.limit)
-        headers[f"x-ratelimit-remaining-{dimension}"] = str(closest.remaining)
-        headers[f"x-ratelimit-reset-{dimension}"] = duration(closest.reset_us)
+        best = closest.get(dimension)
+        if best is not None:
+            headers[f"x-ratelimit-limit-{dimension}"] = str(best.rule.limit)
+            headers[f"x-ratelimit-remaining-{dimension}"] = str(best.remaining)
+            headers[f"x-ratelimit-reset-{dimension}"] = duration(best.reset_us)
     return headers
 
 
@@ -141,7 +150,7 @@ class Limiter:
             log.warning(
                 "rate-limit store (%s) unavailable: %s; failing %s",
                 self.store.name,
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,
                 self.failure,
             )
 
