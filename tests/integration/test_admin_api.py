@@ -505,3 +505,29 @@ def test_an_admin_makes_an_admin_token_from_the_dashboard(setup: Setup) -> None:
     assert members.status_code == 200
     log = setup.ok("GET", "/api/admin/audit", params={"action": "key.create_admin"})["data"]
     assert any(e["data"] == {"key": made.json()["id"]} for e in log)
+
+
+def test_a_member_redeems_a_code_once(setup: Setup) -> None:
+    setup.member("redeemer@example.org")
+    setup.member("latecomer@example.org")
+    [code] = setup.server.cli("codes", "create", "--amount", "2.5").stdout.split()
+    first = setup.signed_in("redeemer@example.org")
+    redeemed = first.call("POST", "/api/billing/redeem", json={"code": code.lower()})
+    assert redeemed.status_code == 200, redeemed.text
+    body = redeemed.json()
+    assert body["amount"] == "2.50" and body["amount_micros"] == 2_500_000
+    assert body["balance_micros"] >= 2_500_000
+    again = setup.signed_in("latecomer@example.org").call(
+        "POST", "/api/billing/redeem", json={"code": code}
+    )
+    assert again.status_code >= 400 and again.json()["error"]["code"], again.text
+    typo = first.call(
+        "POST",
+        "/api/billing/redeem",
+        json={"code": code[:-1] + ("Y" if code.endswith("X") else "X")},
+    )
+    assert typo.status_code == 400 and typo.json()["error"]["code"] == "invalid_code"
+    assert (
+        first.call("POST", "/api/billing/redeem", json={"code": code}, csrf=False).status_code
+        == 403
+    )

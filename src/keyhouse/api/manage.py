@@ -186,7 +186,7 @@ def on_error_body(exc: KeyhouseError) -> Response:
 
 def build_api() -> FastAPI:
     """The ``/api`` app; ``app.create_app`` mounts it and hands it the services."""
-    from keyhouse.api import accounts, admin, member_keys, oidc_routes, usage
+    from keyhouse.api import accounts, admin, credit, member_keys, oidc_routes, usage
 
     api = FastAPI(
         title="Keyhouse management API",
@@ -207,6 +207,7 @@ def build_api() -> FastAPI:
         oidc_routes.router,
         member_keys.router,
         admin.router,
+        credit.router,
         usage.api_router,
     ):
         api.include_router(router)
