@@ -136,7 +136,7 @@ async def throttle_signups(deps: Deps, ip: str | None) -> None:
         raise TooMany("too_many_signups", codes.retry_seconds(exc)) from None
 
 
-async def _by_email(session: AsyncSession, email: str) -> Member | None:
+async def member_by_email(session: AsyncSession, email: str) -> Member | None:
     return (
         await session.execute(
             select(Member).where(
@@ -153,22 +153,13 @@ async def _email_taken(session: AsyncSession, email: str, *, besides: str | None
     return (await session.execute(query.limit(1))).first() is not None
 
 
-def _suspended(member: Member, settings: Settings) -> Refused:
-    return Refused(
-        "account_suspended",
-        status=403,
-        reason=member.status_reason or "-",
-        support=settings.accounts.support_contact,
-    )
-
-
 async def _own(session: AsyncSession, deps: Deps, member_id: str) -> Member:
     """The signed-in member, about to change their own account: gone or suspended, no."""
     member = await session.get(Member, member_id)
     if member is None or member.deleted_at is not None:
         raise Refused("not_signed_in", status=401)
     if member.status == "suspended":
-        raise _suspended(member, deps.settings)
+        raise policy.paused(member, deps.settings)
     return member
 
 
@@ -503,7 +494,7 @@ async def signin(
     except Refused:
         address = None
     async with deps.db.session() as session:
-        member = await _by_email(session, address) if address else None
+        member = await member_by_email(session, address) if address else None
     now = deps.clock.now()
     if member is not None and member.locked_until is not None and member.locked_until > now:
         seconds = (member.locked_until - now).total_seconds()
@@ -518,7 +509,7 @@ async def signin(
         if member is None or member.deleted_at is not None:
             raise Refused("invalid_credentials", status=401)
         if member.status == "suspended":
-            raise _suspended(member, deps.settings)
+            raise policy.paused(member, deps.settings)
         member.failed_signins = 0
         member.locked_until = None
         if checked.rehashed:
@@ -589,7 +580,7 @@ async def forgot_password(deps: Deps, *, email: str, ip: str | None) -> None:
         ip=ip,
     )
     async with deps.db.session() as session, session.begin():
-        member = await _by_email(session, address)
+        member = await member_by_email(session, address)
         if member is None or member.status == "suspended":
             return
         code = await codes.issue(
@@ -624,7 +615,7 @@ async def reset_password(
     policy.check_password(password, settings, email=address)
     password_hash = await hash_password(password)  # known or not: the same work
     async with deps.db.session() as session, session.begin():
-        member = await _by_email(session, address)
+        member = await member_by_email(session, address)
         if member is None:
             checked = codes.Checked(refusal=Refused("no_code_pending", param="code"))
         else:
@@ -641,7 +632,7 @@ async def reset_password(
             if checked.code.target.lower() != member.email.lower():
                 checked = codes.Checked(refusal=Refused("no_code_pending", param="code"))
             elif member.status == "suspended":
-                checked = codes.Checked(refusal=_suspended(member, deps.settings))
+                checked = codes.Checked(refusal=policy.paused(member, deps.settings))
             else:
                 now = deps.clock.now()
                 member.password_hash = password_hash

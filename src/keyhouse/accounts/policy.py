@@ -135,6 +135,17 @@ def check_birthday(birthday: date, today: date) -> None:
 # ----------------------------------------------------------------------------- account state
 
 
+def paused(member: Member, settings: Settings) -> Refused:
+    """The refusal for a flagged or suspended account (``account_flagged`` /
+    ``account_suspended``): why, and whom to ask."""
+    return Refused(
+        f"account_{member.status}",
+        status=403,
+        reason=member.status_reason or "-",
+        support=settings.accounts.support_contact,
+    )
+
+
 def missing_steps(member: Member, settings: AccountSettings) -> list[str]:
     """The steps the policy requires that this member has not done, in their order."""
     missing: list[str] = []

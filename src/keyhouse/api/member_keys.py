@@ -188,18 +188,12 @@ def apply_budget(key: ApiKey, budget: BudgetIn | None) -> None:
 
 def may_create_keys(member: Member, settings: Settings) -> None:
     """Refuse, with the reason the member can act on, unless the account is active."""
-    support = settings.accounts.support_contact
+    from keyhouse.accounts.policy import missing_steps, paused
+
     if member.status == "active":
         return
-    if member.status == "flagged":
-        raise Refused(
-            "account_flagged", status=403, reason=member.status_reason or "-", support=support
-        )
-    if member.status == "suspended":
-        raise Refused(
-            "account_suspended", status=403, reason=member.status_reason or "-", support=support
-        )
-    from keyhouse.accounts.policy import missing_steps
+    if member.status in ("flagged", "suspended"):
+        raise paused(member, settings)
 
     steps = missing_steps(member, settings.accounts)
     raise Refused(

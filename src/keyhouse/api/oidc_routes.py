@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from sqlalchemy import func, select
 from starlette.responses import RedirectResponse, Response
 
 from keyhouse.accounts import oidc, sessions
-from keyhouse.accounts.flows import throttle_signups
+from keyhouse.accounts.flows import member_by_email, throttle_signups
 from keyhouse.accounts.members import create_member
-from keyhouse.accounts.policy import check_email_domain, refresh_status
+from keyhouse.accounts.policy import check_email_domain, paused, refresh_status
 from keyhouse.accounts.refusals import Refused
 from keyhouse.api.accounts import set_session_cookies
 from keyhouse.api.manage import ip_of, services
@@ -81,11 +80,7 @@ async def member_for(request: Request, claims: oidc.OidcClaims) -> Member:
             if not claims.email or not claims.email_verified:
                 raise Refused("oidc_email_unverified", status=403)
             email = claims.email.strip()
-            member = (
-                await session.execute(
-                    select(Member).where(func.lower(Member.email) == email.lower())
-                )
-            ).scalar_one_or_none()
+            member = await member_by_email(session, email)
             if member is None:
                 if svc.settings.accounts.signup == "invite":
                     raise Refused("signup_closed", status=403)
@@ -103,13 +98,8 @@ async def member_for(request: Request, claims: oidc.OidcClaims) -> Member:
                     created_at=now,
                 )
             )
-        if member.deleted_at is not None or member.status == "suspended":
-            raise Refused(
-                "account_suspended",
-                status=403,
-                reason=member.status_reason or "",
-                support=svc.settings.accounts.support_contact,
-            )
+        if member.status == "suspended":  # deleted members are suspended too
+            raise paused(member, svc.settings)
         if member.email_verified_at is None and claims.email_verified:
             member.email_verified_at = now
         await refresh_status(session, svc.clock, svc.settings, member)
