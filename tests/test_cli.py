@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from keyhouse.cli import parse_expiry
+from keyhouse.cli import first_start_hint, parse_expiry
 from keyhouse.keys import tokens
 from tests.conftest import Server, free_port
 
@@ -61,6 +61,23 @@ def test_first_start_explains_what_to_do(tmp_path: Path) -> None:
         assert (srv.home / "secret").stat().st_mode & 0o777 == 0o600
     finally:
         srv.stop()
+
+
+def test_first_start_hint_is_the_readme(tmp_path: Path) -> None:
+    """The hint ``serve`` prints and the README's "Your first key" are the same commands."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    hint = first_start_hint(".venv/bin/keyhouse", "127.0.0.1", 8000)
+    for line in hint.splitlines()[1:]:
+        assert line.strip() in readme, line
+
+
+def test_captured_key_says_where_the_secret_went(server: Server) -> None:
+    server.create_member("captured@example.org")
+    made = server.cli("keys", "create", "--user", "captured@example.org", "--name", "laptop")
+    assert tokens.well_formed(made.stdout.strip())
+    assert made.stdout.strip() not in made.stderr
+    assert "shown this once:" not in made.stderr  # nothing would follow the colon
+    assert "went to standard output" in made.stderr
 
 
 def test_unknown_member(server: Server) -> None:

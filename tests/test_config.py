@@ -189,10 +189,11 @@ def test_default_models(tmp_path: Path) -> None:
     models = {m.name: m for m in make_settings(tmp_path).models}
     assert set(models) == {DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL}
     chat = models["smollm2-135m-instruct"]
-    assert chat.aliases == ("gpt-3.5-turbo", "gpt-4o-mini")
+    # gpt-3.5-turbo-instruct: the model the completions tutorials name
+    assert chat.aliases == ("gpt-3.5-turbo", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
     assert chat.kinds == {"local"}
     assert chat.endpoints == {"chat.completions", "completions"}
-    assert chat.names == ("smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini")
+    assert chat.names[:3] == ("smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini")
     embed = models["multilingual-e5-small"]
     assert embed.aliases == ("text-embedding-3-small",)
     assert embed.endpoints == {"embeddings"}

@@ -141,14 +141,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     members = _run(count_members, settings)
     if members == 0:
         me = _me()
-        click.echo(
-            "Keyhouse has no members yet. Create the first one and a key for them:\n"
-            f"  {me} users create --email you@example.org --admin\n"
-            f"  KEY=$({me} keys create --user you@example.org --name first-key)\n"
-            f"  curl http://{settings.host}:{settings.port}/v1/models "
-            '-H "Authorization: Bearer $KEY"',
-            err=True,
-        )
+        click.echo(first_start_hint(me, settings.host, settings.port), err=True)
     host_process: subprocess.Popen[bytes] | None = None
     run_dir: str | None = None
     try:
@@ -184,6 +177,17 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
                 host_process.kill()
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def first_start_hint(me: str, host: str, port: int) -> str:
+    """What ``serve`` prints while there is no member: the README's "Your first key", word for
+    word (tests/test_cli.py checks that the two agree)."""
+    return (
+        "Keyhouse has no members yet. In another terminal, create the first one and a key:\n"
+        f"  {me} users create --email you@example.org --admin\n"
+        f"  export OPENAI_API_KEY=$({me} keys create --user you@example.org --name laptop)\n"
+        f"  curl http://{host}:{port}/v1/models -H \"Authorization: Bearer $OPENAI_API_KEY\""
+    )
 
 
 def start_model_host(socket_path: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
@@ -651,7 +655,14 @@ def keys_create(
         return key.id, key.redacted, secret
 
     key_id, redacted, secret = _run(work, settings)
-    click.echo(f"created {key_id} ({redacted}); the secret is shown this once:", err=True)
+    if sys.stdout.isatty():
+        click.echo(f"created {key_id} ({redacted}); the secret is shown this once:", err=True)
+    else:  # captured, as in OPENAI_API_KEY=$(keyhouse keys create …): say where it went
+        click.echo(
+            f"created {key_id} ({redacted}); its secret went to standard output, once, "
+            "and is not shown again",
+            err=True,
+        )
     click.echo(secret)
 
 

@@ -394,7 +394,7 @@ def default_models() -> tuple[ModelSpec, ...]:
         ModelSpec(
             name=DEFAULT_CHAT_MODEL,
             deployments=(DeploymentSpec(f"{DEFAULT_CHAT_MODEL}:local", "local"),),
-            aliases=("gpt-3.5-turbo", "gpt-4o-mini"),
+            aliases=("gpt-3.5-turbo", "gpt-4o-mini", "gpt-3.5-turbo-instruct"),
             input_price=Decimal("0.10"),
             output_price=Decimal("0.20"),
             default_max_tokens=512,

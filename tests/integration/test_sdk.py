@@ -103,7 +103,10 @@ def test_chat_stream_helper_accumulates(ai: OpenAI) -> None:
 
 
 def test_legacy_completion(ai: OpenAI) -> None:
-    reply = ai.completions.create(model=CHAT, prompt="Once upon a time", max_tokens=5, logprobs=1)
+    # gpt-3.5-turbo-instruct: the model OpenAI's completions tutorials name
+    reply = ai.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=5, logprobs=1
+    )
     assert reply.object == "text_completion"
     assert reply.model == SERVED
     (choice,) = reply.choices
