@@ -186,7 +186,7 @@ def first_start_hint(me: str, host: str, port: int) -> str:
         "Keyhouse has no members yet. In another terminal, create the first one and a key:\n"
         f"  {me} users create --email you@example.org --admin\n"
         f"  export OPENAI_API_KEY=$({me} keys create --user you@example.org --name laptop)\n"
-        f"  curl http://{host}:{port}/v1/models -H \"Authorization: Bearer $OPENAI_API_KEY\""
+        f'  curl http://{host}:{port}/v1/models -H "Authorization: Bearer $OPENAI_API_KEY"'
     )
 
 
