@@ -136,9 +136,10 @@ def test_streams_relayed_and_usage_stripped(http: httpx.Client, openapi: OpenAIS
 def test_completions_and_embeddings(http: httpx.Client, openapi: OpenAISpec) -> None:
     body = http.post("/v1/completions", json={"model": "gpt-4o", "prompt": "Once"}).json()
     openapi.validate("CreateCompletionResponse", body)
-    events = sse_events(
-        http.post("/v1/completions", json={"model": "gpt-4o", "prompt": "x", "stream": True}).text
-    )
+    streamed = http.post("/v1/completions", json={"model": "gpt-4o", "prompt": "x", "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    events = sse_events(streamed.text)
+    assert events[-1] == "[DONE]" and len(events) >= 2, events  # an error has no chunks to check
     for chunk in events[:-1]:
         # The schema's quirk: legacy chunks carry finish_reason null until the last one,
         # which CreateCompletionResponse does not allow; check the rest of each chunk.
@@ -272,15 +273,21 @@ def reloadable(
     srv.stop()
 
 
-def hammer(srv: Server, key: str, stop: threading.Event, results: list[int]) -> None:
+def hammer(srv: Server, key: str, stop: threading.Event, results: list[int | str]) -> None:
+    """Stream calls until ``stop``; every outcome lands in ``results`` — an exception too (a
+    thread's own exception would be lost, and a dropped request go unseen)."""
     body = {**CHAT, "stream": True}
-    with httpx.Client(
-        base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    ) as c:
-        while not stop.is_set():
-            response = c.post("/v1/chat/completions", json=body)
-            ok = response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]")
-            results.append(200 if ok else response.status_code)
+    try:
+        with httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as c:
+            while not stop.is_set():
+                response = c.post("/v1/chat/completions", json=body)
+                done = response.text.rstrip().endswith("data: [DONE]")
+                status = response.status_code
+                results.append(200 if status == 200 and done else status)
+    except Exception as exc:  # reported through results
+        results.append(f"{type(exc).__name__}: {exc}")
 
 
 @pytest.mark.parametrize("how", ["sighup", "cli"])
@@ -290,7 +297,7 @@ def test_reload_under_load(
     srv, toml, a, b = reloadable
     key = srv.create_key(EMAIL)
     a.default = Behaviour(chunk_delay=0.02)  # streams in flight when the reload lands
-    stop, results = threading.Event(), []
+    stop, results = threading.Event(), list[int | str]()
     workers = [threading.Thread(target=hammer, args=(srv, key, stop, results)) for _ in range(4)]
     for worker in workers:
         worker.start()
