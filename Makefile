@@ -14,12 +14,13 @@ LEGACY := $(VENV)/legacy-openai
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF \
   -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/packaging/llama-cpp.cmake
 
-.PHONY: help run test install dev lint format bench clean
+.PHONY: help run test install dev lint format bench clean sdks
 
 help:
 	@echo "make run   - install what is needed, migrate the database, serve on http://127.0.0.1:8000 (PORT=…)"
 	@echo "make test  - install the development tools too, then run the linters and the test suite"
 	@echo "make bench - print the speed figures (see bench/README.md)"
+	@echo "make sdks  - the openai SDKs for the README's snippets: .sdk/current and .sdk/legacy (0.28.1)"
 
 $(PY):
 	@echo "==> creating $(VENV)"
@@ -73,8 +74,20 @@ test: dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest
 
+# The README's Python snippets: today's openai SDK and the seed's 0.28.1 cannot share an
+# environment, so each gets its own (small: no Keyhouse in them).
+SDK := .sdk
+sdks: $(SDK)/current/.installed $(SDK)/legacy/.installed
+
+$(SDK)/%/.installed:
+	@echo "==> installing the $* openai SDK into $(SDK)/$*"
+	@$(PYTHON) -m venv $(SDK)/$*
+	@$(SDK)/$*/bin/python -m pip --disable-pip-version-check install --quiet \
+	  "$(if $(filter legacy,$*),openai==0.28.1,openai)"
+	@touch $@
+
 bench: dev
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SDK) .pytest_cache .ruff_cache
