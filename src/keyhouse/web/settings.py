@@ -32,7 +32,7 @@ def device_of(user_agent: str | None) -> str:
                 ("Chrome/", "Chrome"),
                 ("Chromium/", "Chromium"),
                 ("Safari/", "Safari"),
-                ("curl/", "curl"),
+                ("curl/", "curl"), ("python-httpx/", "Python (httpx)"),
             )
             if token in text
         ),
