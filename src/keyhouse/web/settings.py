@@ -32,7 +32,8 @@ def device_of(user_agent: str | None) -> str:
                 ("Chrome/", "Chrome"),
                 ("Chromium/", "Chromium"),
                 ("Safari/", "Safari"),
-                ("curl/", "curl"), ("python-httpx/", "Python (httpx)"),
+                ("curl/", "curl"),
+                ("python-httpx/", "Python (httpx)"),
             )
             if token in text
         ),
