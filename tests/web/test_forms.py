@@ -129,8 +129,9 @@ def test_a_key_from_creation_to_revocation(web, member_session):
 
 def test_another_members_key_and_a_forged_form_are_refused(web, member_session):
     other = signed_in(web, sign_up(web))
-    r = other.submit("/account/api-keys/new", "/account/api-keys", name="theirs", permissions="all")
+    created = other.submit("/account/api-keys/new", "/account/api-keys", name="theirs")
     key_id = re.search(r"(key_\w+)", other.get("/account/api-keys").text).group(1)
+    assert created.status_code == 201
     mine = signed_in(web, member_session)
     assert mine.get(f"/account/api-keys/{key_id}/revoke").status_code == 303  # back to my list
     mine.submit("/account/api-keys", f"/account/api-keys/{key_id}/revoke")
