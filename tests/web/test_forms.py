@@ -269,3 +269,23 @@ def test_a_suspended_member_is_told_whom_to_contact(web, language):
     page = b.get(r.headers["location"]).text
     assert "help@example.org" in page
     assert ("suspended" if language == "en" else "停用") in page
+
+
+def test_an_invitation_link_signs_up_with_the_address_verified(web):
+    email = new_email()
+    url = web.admin.post("/admin/invitations", json={"email": email}).json()["url"]
+    b = Browser(web)
+    path = url.removeprefix(web.url)
+    token = path.split("invitation=")[1]
+    r = b.submit(path, "/signup", email=email, password=PASSWORD, invitation=token)
+    assert r.status_code == 303
+    # The invitation vouched for the address: straight on to the profile.
+    assert b.get(r.headers["location"]).headers["location"] == "/signup/profile"
+
+
+def test_a_browser_asking_for_a_missing_page_gets_a_page(web):
+    b = Browser(web, "zh-CN")
+    r = b.http.get("/no/such/page", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and "页面不存在" in r.text
+    api = b.http.get("/v1/no-such", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json()["error"]["message"].startswith("Invalid URL")
