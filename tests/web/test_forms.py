@@ -289,3 +289,14 @@ def test_a_browser_asking_for_a_missing_page_gets_a_page(web):
     assert r.status_code == 404 and "页面不存在" in r.text
     api = b.http.get("/v1/no-such", headers={"Accept": "text/html"})
     assert api.status_code == 404 and api.json()["error"]["message"].startswith("Invalid URL")
+
+
+def test_the_api_lists_ends_sessions_and_closes_the_account(web):
+    member = sign_up(web)
+    with member.http() as api:
+        sessions = api.get("/me/sessions").json()["data"]
+        assert [s["current"] for s in sessions] == [True]
+        assert api.delete("/me/sessions/ses_nobody").json() == {"sessions_ended": 0}
+        assert api.post("/me/close", json={"password": "wrong"}).status_code == 403
+        assert api.post("/me/close", json={"password": PASSWORD}).json() == {"ok": True}
+        assert api.get("/me").status_code == 401
