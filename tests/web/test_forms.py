@@ -300,3 +300,32 @@ def test_the_api_lists_ends_sessions_and_closes_the_account(web):
         assert api.post("/me/close", json={"password": "wrong"}).status_code == 403
         assert api.post("/me/close", json={"password": PASSWORD}).json() == {"ok": True}
         assert api.get("/me").status_code == 401
+
+
+def test_an_edit_keeps_what_the_form_does_not_show(web, member_session):
+    """A soft budget alert set through the API survives an edit made on the page."""
+    with member_session.http() as api:
+        made = api.post(
+            "/keys", json={"name": "alerts", "budget": {"period": "day", "hard": "9", "soft": "3"}}
+        ).json()
+    b = signed_in(web, member_session)
+    key_id = made["id"]
+    r = b.submit(
+        f"/account/api-keys/{key_id}/edit",
+        f"/account/api-keys/{key_id}/edit",
+        name="alerts 2",
+        permissions="all",
+        expires="keep",
+        budget="10",
+        budget_period="day",
+    )
+    assert r.status_code == 303, r.text
+    with member_session.http() as api:
+        budget = api.get(f"/keys/{key_id}").json()["budget"]
+    assert (budget["hard_micros"], budget["soft_micros"], budget["period"]) == (
+        10_000_000,
+        3_000_000,
+        "day",
+    )
+    r = b.submit("/settings", "/settings/profile", name=" ")
+    assert r.status_code == 400 and field_error(r.text, "name")
