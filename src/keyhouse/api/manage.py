@@ -198,13 +198,10 @@ def build_api() -> FastAPI:
             "request), or with an admin token: `Authorization: Bearer sk-…`."
         ),
         openapi_url="/openapi.json",
-        docs_url=None,  # served below from the vendored Swagger UI: no CDN
+        docs_url="/docs",
         redoc_url=None,
     )
     api.router.redirect_slashes = False
-    from keyhouse.web.api_docs import api_docs
-
-    api.add_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     for router in (
         accounts.router,
         oidc_routes.router,
