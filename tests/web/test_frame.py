@@ -1,5 +1,5 @@
-"""The frame in a real browser: the sign-in page in both languages and widths, the security
-headers, the language switch remembered, and a signed-in page behind its redirect."""
+"""The frame: the security headers, the static files, a signed-in page behind its redirect,
+forms refused without their token, and the language switch remembered in a real browser."""
 
 from __future__ import annotations
 
