@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from keyhouse.api.estimate import chat_prompt_bound
+from keyhouse.api.protocol import ChatCompletionRequest
 from tests.conftest import PG_URL, OpenAISpec, Server, pg_env, sse_events
 from tests.upstream.fake import Behaviour, FakeUpstream
 
@@ -190,7 +192,8 @@ def test_racing_requests_never_spend_more_than_the_balance(
 def test_no_max_tokens_on_a_small_balance_is_clamped(
     tmp_path: Path, upstreams: Callable[..., FakeUpstream]
 ) -> None:
-    fake = upstreams(words=tuple(["tok"] * 300))  # would answer 300 tokens if let
+    fake = upstreams()
+    fake.default = Behaviour(tokens=300)  # would answer 300 tokens if let
     srv = make_server(tmp_path / "clamp", fake, trial="0.5")
     srv.create_member(EMAIL)
     srv.start()
@@ -201,8 +204,10 @@ def test_no_max_tokens_on_a_small_balance_is_clamped(
         response = call(srv, key, body)  # no max_tokens: 512 by default, 1.02 M worst case
         assert response.status_code == 200
         sent = fake.seen[-1].body["max_tokens"]
-        # 500,000 held at most: the prompt's bound (50 tokens) leaves 225 output tokens
-        assert sent == (500_000 - 50 * 1000) // 2000
+        # 500,000 held at most: the prompt's bound leaves the rest for output tokens
+        bound = chat_prompt_bound(ChatCompletionRequest.model_validate(body))
+        assert sent == (500_000 - bound * 1000) // 2000
+        assert response.json()["usage"]["completion_tokens"] == sent
         settle(books, leases_gone=True)
         assert books.balance() >= 0
         books.check()
