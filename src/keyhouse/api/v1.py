@@ -246,7 +246,8 @@ async def run(
     meter = call.meter
     try:
         events = observed(start(), meter)
-    except BaseException:
+    except BaseException as exc:
+        meter.status = status_of(exc)
         meter.close(NOTHING)
         raise
     if renderer is not None:
