@@ -11,7 +11,10 @@ to the balance. A request's id is written with its charge, so it is never charge
 
 When a balance cannot cover a request's worst case, the request is held for what is there and
 its output clamped to what that pays for; when it cannot pay for one output token, it is
-refused with OpenAI's ``insufficient_quota``.
+refused with OpenAI's ``insufficient_quota``. A request is settled at its true cost even above
+its hold (an upstream that wrote past its allowance): the excess, its **overshoot**, is charged
+from the lease as far as it goes and from the balance beyond, so a balance can go below zero by
+the overshoot, and nothing more is held for it until it is back above zero.
 """
 
 from __future__ import annotations
