@@ -291,3 +291,31 @@ async def test_margins_per_model_and_deployment(kh: Keyhouse) -> None:
     (model,) = by_model.lines
     assert reports.line_dict(model, "model", True)["org_cost_micros"] == model.totals.org_cost
     assert "org_cost" not in reports.line_dict(model, "model")  # members never see it
+
+
+async def test_a_completions_stream_past_its_allowance_is_cut_there(kh: Keyhouse) -> None:
+    member, key = await kh.member(PLENTY)
+    kh.fake.then(Behaviour(tokens=500, ignore_limit=True))
+    response = await kh.http.post(
+        "/v1/completions",
+        json={"model": "gpt-4o-mini", "prompt": "Once upon", "max_tokens": 7, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    events = sse_events(response.text)
+    texts = [e["choices"][0] for e in events[:-1] if e["choices"]]
+    assert len([c for c in texts if c["text"]]) == 7
+    assert texts[-1]["finish_reason"] == "length"
+    (row,) = (await kh.rows(member)).values()
+    assert row.completion_tokens == 7 and row.overshoot == 0
+
+
+def test_max_tokens_field_is_checked() -> None:
+    from keyhouse.backends.upstream.client import upstream_settings
+    from keyhouse.config import DeploymentSpec, ModelSpec
+    from keyhouse.errors import ConfigError
+
+    deployment = DeploymentSpec(
+        "d", "openai", {"base_url": "http://127.0.0.1:9/v1", "max_tokens_field": "max_output"}
+    )
+    with pytest.raises(ConfigError, match="max_tokens_field"):
+        upstream_settings(ModelSpec("m", (deployment,)), deployment)

@@ -239,8 +239,11 @@ def completion_bound(body: CompletionRequest, spec: ModelSpec) -> tuple[int, int
             _bytes(p) + 8 if isinstance(p, str) else len(p)  # type: ignore[arg-type]
             for p in prompt
         ]
+    if body.suffix:  # fill-in-the-middle: the suffix is prompt too, once per prompt
+        sizes = [size + _bytes(body.suffix) + 8 for size in sizes]
     output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
-    choices = (body.n or 1) * max(1, len(sizes))
+    # best_of: the server generates that many per prompt (and bills them all), returns n.
+    choices = max(body.n or 1, body.best_of or 0) * max(1, len(sizes))
     return sum(sizes), output * choices, choices
 
 
