@@ -93,19 +93,29 @@ def _json_bytes(value: Any) -> int:
 
 
 def _message_bound(message: ChatMessage) -> int:
-    """A message's prompt tokens at most: its fields as JSON (role, name, text, tool calls,
-    tool call id, anything else it carries) with images counted by the tile rule."""
-    fields = message.model_dump(exclude_none=True, exclude={"content"})
-    total = TEMPLATE_PER_MESSAGE + _json_bytes(fields)
+    """A message's prompt tokens at most: its role, name, text, tool calls, tool call id and
+    anything else it carries, with images counted by the tile rule. (Each field is counted as
+    at least its compact JSON, without building the JSON where its bytes are known.)"""
+    total = TEMPLATE_PER_MESSAGE + len(message.role)
+    for text in (message.name, message.tool_call_id, message.refusal):
+        if text:
+            total += _bytes(text) + 16
+    if message.tool_calls:
+        total += _json_bytes(message.tool_calls)
+    if message.model_extra:
+        total += _json_bytes(message.model_extra)
     content = message.content
     if isinstance(content, str):
         total += _bytes(content)
     elif content is not None:
         for part in content:
+            extra = part.model_extra or {}
             if part.type == "image_url":
-                total += image_tokens((part.model_extra or {}).get("image_url"))
-            else:
-                total += _json_bytes(part.model_dump(exclude_none=True))
+                total += image_tokens(extra.get("image_url"))
+                continue
+            total += _bytes(part.type) + _bytes(part.text or "") + 16
+            if extra:
+                total += _json_bytes(extra)
     return total
 
 
