@@ -319,3 +319,19 @@ def test_max_tokens_field_is_checked() -> None:
     )
     with pytest.raises(ConfigError, match="max_tokens_field"):
         upstream_settings(ModelSpec("m", (deployment,)), deployment)
+
+
+@pytest.mark.parametrize("after", [0, 3])
+async def test_a_stream_that_breaks_is_billed_for_what_it_sent(kh: Keyhouse, after: int) -> None:
+    """Broken after its first chunk (too late for another deployment): nothing, if no output
+    came; else its prompt and the output sent, counted here — never the whole hold."""
+    member, key = await kh.member(PLENTY)
+    kh.fake.then(Behaviour(tokens=50, error_after=after))
+    body = {"model": "gpt-4o-mini", "messages": HI, "stream": True}
+    response = await kh.chat(key, body)
+    assert response.status_code == 200
+    assert "error" in response.text
+    (row,) = (await kh.rows(member)).values()
+    assert row.completion_tokens == after
+    assert row.cost == (price(row.prompt_tokens, after) if after else 0)
+    assert row.cost < held_for(body, DEFAULT_MAX_TOKENS)

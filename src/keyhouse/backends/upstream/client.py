@@ -189,7 +189,9 @@ class _Seen:
     #: Choices finished (by the upstream, or cut here); those cut here.
     done: set[int] = field(default_factory=set)
     cut: set[int] = field(default_factory=set)
-    #: The last chunk's id, object, created, model and fingerprint (for chunks made here).
+    #: A chunk came; the first one's id, object, created, model and fingerprint (for the
+    #: chunks made here).
+    started: bool = False
     base: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -523,7 +525,9 @@ class UpstreamBackend:
         usage = _usage(chunk.get("usage"))
         if usage is not None:
             seen.usage = usage
-        seen.base = {k: chunk[k] for k in _BASE if k in chunk}
+        if not seen.started:
+            seen.started = True
+            seen.base = {k: chunk[k] for k in _BASE if k in chunk}
         changed = False
         kept: list[Any] = []
         for choice in chunk.get("choices") or ():
@@ -590,7 +594,7 @@ class UpstreamBackend:
     def _broken(self, request: WireModel, call: Call, seen: _Seen) -> None:
         """A stream that failed after it began (no other deployment may answer now) is billed
         for what it sent: nothing, if no output came; its prompt and output if some did."""
-        if not seen.base:
+        if not seen.started:
             return  # failed before its first chunk: the router may try another deployment
         if seen.chunks or "".join(seen.text):
             call.meter.settle(self.estimate(request, seen.text))
