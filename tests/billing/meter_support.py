@@ -85,8 +85,9 @@ class Keyhouse:
     def db(self) -> Database:
         return self.svc.db
 
-    async def member(self, credit: int) -> tuple[str, str]:
-        """A new member with ``credit`` micro-units, and a key of theirs."""
+    async def member(self, credit: int, budget: int | None = None) -> tuple[str, str]:
+        """A new member with ``credit`` micro-units, and a key of theirs (with a monthly hard
+        ``budget``, and a soft one at half of it, if given)."""
         clock = FrozenClock(datetime.now(UTC))
         async with self.db.session() as session:
             member = await create_member(
@@ -95,7 +96,9 @@ class Keyhouse:
             if credit:
                 await ledger.grant(session, member.id, credit, clock.now())
             await ledger.ensure_balance(session, member.id, clock.now())
-            _, secret = await create_key(session, clock, RING, member, name="k")
+            row, secret = await create_key(session, clock, RING, member, name="k")
+            if budget is not None:
+                row.budget_period, row.budget_hard, row.budget_soft = "month", budget, budget // 2
             await session.commit()
         return member.id, secret
 

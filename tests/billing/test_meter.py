@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from keyhouse.api.estimate import chat_prompt_bound
 from keyhouse.api.protocol import ChatCompletionRequest
 from keyhouse.billing import reports
+from keyhouse.db.models import BudgetSpend, Event
 from tests.billing.meter_support import (
     DEFAULT_MAX_TOKENS,
     ORG_INPUT,
@@ -335,3 +337,22 @@ async def test_a_stream_that_breaks_is_billed_for_what_it_sent(kh: Keyhouse, aft
     assert row.completion_tokens == after
     assert row.cost == (price(row.prompt_tokens, after) if after else 0)
     assert row.cost < held_for(body, DEFAULT_MAX_TOKENS)
+
+
+async def test_budgets_see_the_true_figure(kh: Keyhouse) -> None:
+    body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 10}
+    hold = held_for(body, 10)
+    member, key = await kh.member(PLENTY, budget=2 * hold)
+    kh.fake.then(Behaviour(tokens=1000, ignore_limit=True))
+    assert (await kh.chat(key, body)).status_code == 200
+    (row,) = (await kh.rows(member)).values()
+    assert row.overshoot > 0
+    async with kh.db.session() as session:
+        spent = await session.scalar(
+            select(BudgetSpend.spent).where(BudgetSpend.account.like("bud:k:%"))
+        )
+        kinds = (await session.execute(select(Event.kind).where(Event.member_id == member))).all()
+    assert spent == row.cost > 2 * hold  # past its hard limit, by the overshoot
+    assert kinds == [("budget.soft_limit",)]
+    refused = await kh.chat(key, body)
+    assert refused.status_code == 429 and "spending limit" in refused.json()["error"]["message"]
