@@ -35,6 +35,7 @@ TABLES = {
     "budget_spend",
     "price_versions",
     "usage",
+    "usage_deployments",
     "usage_rollups",
     "redemption_codes",
     "events",

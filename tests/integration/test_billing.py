@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 
+from keyhouse.api.estimate import chat_prompt_bound
+from keyhouse.api.protocol import ChatCompletionRequest
 from tests.conftest import PG_URL, OpenAISpec, Server, pg_env, sse_events
 from tests.upstream.fake import Behaviour, FakeUpstream
 
@@ -190,7 +192,8 @@ def test_racing_requests_never_spend_more_than_the_balance(
 def test_no_max_tokens_on_a_small_balance_is_clamped(
     tmp_path: Path, upstreams: Callable[..., FakeUpstream]
 ) -> None:
-    fake = upstreams(words=tuple(["tok"] * 300))  # would answer 300 tokens if let
+    fake = upstreams()
+    fake.default = Behaviour(tokens=300)  # would answer 300 tokens if let
     srv = make_server(tmp_path / "clamp", fake, trial="0.5")
     srv.create_member(EMAIL)
     srv.start()
@@ -201,8 +204,10 @@ def test_no_max_tokens_on_a_small_balance_is_clamped(
         response = call(srv, key, body)  # no max_tokens: 512 by default, 1.02 M worst case
         assert response.status_code == 200
         sent = fake.seen[-1].body["max_tokens"]
-        # 500,000 held at most: the prompt's bound (50 tokens) leaves 225 output tokens
-        assert sent == (500_000 - 50 * 1000) // 2000
+        # 500,000 held at most: the prompt's bound leaves the rest for output tokens
+        bound = chat_prompt_bound(ChatCompletionRequest.model_validate(body))
+        assert sent == (500_000 - bound * 1000) // 2000
+        assert response.json()["usage"]["completion_tokens"] == sent
         settle(books, leases_gone=True)
         assert books.balance() >= 0
         books.check()
@@ -341,3 +346,69 @@ def test_budgets(tmp_path: Path, fake: FakeUpstream, openapi: OpenAISpec) -> Non
         books.check()
     finally:
         srv.stop()
+
+
+# ----------------------------------------------------------------------------- overshoot
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_an_overshoot_is_charged_refuses_the_next_request_and_is_reported(
+    tmp_path: Path, fake: FakeUpstream, database: str, openapi: OpenAISpec
+) -> None:
+    """An upstream that ignores max_tokens: its whole answer is charged, the balance goes below
+    zero by the overshoot, the member is refused until credit comes, and the administrators'
+    reports and `keyhouse usage --by deployment` show the overshoot and the margin."""
+    home = tmp_path / "over"
+    home.mkdir()
+    (home / "keyhouse.toml").write_text(
+        config(fake, trial="0.1").replace(
+            "timeouts = { drain = 5 } }",
+            'timeouts = { drain = 5 }, cost = { input = "500", output = "1000" } }',
+        )
+    )
+    srv = Server(home, env={"KEYHOUSE_CONFIG": str(home / "keyhouse.toml")})
+    schema = on_postgres(srv) if database == "postgresql" else None
+    srv.create_member(EMAIL)
+    srv.create_member("boss@example.org", "--admin")
+    srv.start()
+    try:
+        key = srv.create_key(EMAIL)
+        admin = srv.create_key("boss@example.org")
+        books = Books(srv)
+        fake.then(Behaviour(tokens=100, ignore_limit=True))
+        answer = call(srv, key, {**CHAT, "max_tokens": 10})
+        assert answer.status_code == 200
+        assert fake.seen[-1].body["max_tokens"] == 10
+        assert answer.json()["usage"]["completion_tokens"] == 100
+        settle(books)
+        cost = 11 * 1000 + 100 * 2000
+        (row,) = books.rows("select cost, overshoot, org_cost from usage")
+        assert row[0] == cost and 0 < row[1] < cost and row[2] == 11 * 500 + 100 * 1000
+        assert books.balance() == 100_000 - cost < 0
+        assert books.balance() >= -row[1]
+        refused = call(srv, key)
+        assert openapi.validate_error(refused, 429)["code"] == "insufficient_quota"
+        srv.cli("credit", "grant", "--user", EMAIL, "--amount", "1")
+        assert call(srv, key).status_code == 200  # back above zero: served again
+        report = httpx.get(
+            srv.url + "/api/admin/usage",
+            params={"group_by": "deployment"},
+            headers={"Authorization": f"Bearer {admin}"},
+        ).json()
+        (line,) = report["data"]
+        assert line["deployment"] == "gpt-4o-mini:openai" and line["model"] == "gpt-4o-mini"
+        assert (line["overshoot_micros"], line["overshoot_requests"]) == (row[1], 1)
+        assert line["margin_micros"] == line["cost_micros"] - line["org_cost_micros"] > 0
+        mine = httpx.get(srv.url + "/api/usage", headers={"Authorization": f"Bearer {key}"})
+        assert "org_cost" not in mine.text and "overshoot" not in mine.text
+        table = srv.cli("usage", "--by", "deployment").stdout.splitlines()
+        assert "ORG COST" in table[0] and "OVERSHOOT" in table[0]
+        assert table[1].startswith("gpt-4o-mini:openai (gpt-4o-mini)")
+        assert table[1].split()[-1] == "1"  # one request overshot
+        books.check()
+    finally:
+        srv.stop()
+        if schema:
+            from tests.conftest import _drop_schema
+
+            asyncio.run(_drop_schema(schema))

@@ -19,6 +19,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.upstream import openai_count
+
+#: The tokens of long answers (each one token in cl100k and o200k).
+TOKENS = (" the", " cat", " sat", " on", " a", " mat", " and", " slept", ".")
+
 
 @dataclass
 class Behaviour:
@@ -36,6 +41,14 @@ class Behaviour:
     error: dict[str, Any] | None = None
     #: Stream: send an ``{"error": …}`` event after this many content chunks.
     error_after: int | None = None
+    #: Answer with this many tokens (one stream chunk each) instead of ``words``. The fake then
+    #: stops at the request's ``max_tokens`` / ``max_completion_tokens`` (finish_reason
+    #: "length"), unless ``ignore_limit``: a server that writes past it.
+    tokens: int | None = None
+    ignore_limit: bool = False
+    #: Report this many completion tokens more than were written (a server that counts
+    #: differently).
+    extra_usage: int = 0
 
 
 @dataclass
@@ -60,6 +73,11 @@ class FakeUpstream:
     port: int = 0
     #: Streams that ran to their end (or were cut), for disconnect tests.
     finished_streams: int = 0
+    #: Report prompt tokens as OpenAI counts them (``openai_count``, o200k) instead of
+    #: ``prompt_tokens``.
+    count_prompt: bool = False
+    #: Streams the client (Keyhouse) closed before the fake had written them out.
+    abandoned_streams: int = 0
 
     # ------------------------------------------------------------------ control
 
@@ -79,12 +97,31 @@ class FakeUpstream:
     def _next(self) -> Behaviour:
         return self.queue.popleft() if self.queue else self.default
 
-    def _usage(self) -> dict[str, Any]:
-        completion = len(self.words)
+    def _answer(self, body: dict[str, Any], behaviour: Behaviour) -> tuple[list[str], str]:
+        """The answer's tokens and its finish reason."""
+        if behaviour.tokens is None:
+            return list(self.words), "stop"
+        words = [TOKENS[i % len(TOKENS)] for i in range(behaviour.tokens)]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and len(words) > limit and not behaviour.ignore_limit:
+            return words[:limit], "length"
+        return words, "stop"
+
+    def _usage(
+        self,
+        body: dict[str, Any] | None = None,
+        words: list[str] | None = None,
+        behaviour: Behaviour | None = None,
+    ) -> dict[str, Any]:
+        completion = len(self.words if words is None else words)
+        completion += behaviour.extra_usage if behaviour is not None else 0
+        prompt = self.prompt_tokens
+        if self.count_prompt and body is not None and "messages" in body:
+            prompt = openai_count.prompt_tokens(body)
         return {
-            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
@@ -162,15 +199,16 @@ class FakeUpstream:
         chat = request.path.endswith("/chat/completions")
         if body.get("stream"):
             return await self._stream(request, body, behaviour, chat)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        words, finish = self._answer(body, behaviour)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
             choice["message"] = {
                 "role": "assistant",
-                "content": "".join(self.words),
+                "content": "".join(words),
                 "refusal": None,
             }
         else:
-            choice["text"] = "".join(self.words)
+            choice["text"] = "".join(words)
         answer = {
             "id": "chatcmpl-fake" if chat else "cmpl-fake",
             "object": "chat.completion" if chat else "text_completion",
@@ -181,7 +219,7 @@ class FakeUpstream:
             "provider_extra": {"served_by": self.name},  # what Keyhouse must pass through
         }
         if behaviour.usage:
-            answer["usage"] = self._usage()
+            answer["usage"] = self._usage(body, words, behaviour)
         return web.json_response(answer, dumps=_dumps)
 
     async def _stream(
@@ -213,33 +251,56 @@ class FakeUpstream:
                 return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
 
+        words, finish = self._answer(body, behaviour)
+        try:
+            await self._write_stream(
+                request, body, response, send, choice, base, words, finish, behaviour, chat
+            )
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            self.abandoned_streams += 1
+        return response
+
+    async def _write_stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        response: web.StreamResponse,
+        send: Any,
+        choice: Any,
+        base: dict[str, Any],
+        words: list[str],
+        finish: str,
+        behaviour: Behaviour,
+        chat: bool,
+    ) -> None:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if chat:
             await send({**base, "choices": [choice(None, None, role=True)]})
-        for i, word in enumerate(self.words):
+        for i, word in enumerate(words):
             if behaviour.cut_after is not None and i >= behaviour.cut_after:
                 await asyncio.sleep(0.2)  # what was sent has arrived; then the line goes dead
                 self.finished_streams += 1
                 assert request.transport is not None
                 request.transport.close()  # mid-stream, no [DONE]
-                return response
+                return
             if behaviour.error_after is not None and i >= behaviour.error_after:
                 await response.write(
                     b'data: {"error": {"message": "upstream broke", "type": '
                     b'"server_error", "param": null, "code": null}}\n\n'
                 )
                 self.finished_streams += 1
-                return response
+                return
             if behaviour.chunk_delay:
                 await asyncio.sleep(behaviour.chunk_delay)
             await send({**base, "choices": [choice(word, None)]})
-        await send({**base, "choices": [choice(None, "stop")]})
+        await send({**base, "choices": [choice(None, finish)]})
         if include_usage and behaviour.usage:
+            usage = self._usage(body, words, behaviour)
             await response.write(
-                b"data: " + orjson.dumps({**base, "choices": [], "usage": self._usage()}) + b"\n\n"
+                b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
             )
         await response.write(b"data: [DONE]\n\n")
         self.finished_streams += 1
-        return response
 
 
 def _dumps(value: Any) -> str:

@@ -211,8 +211,10 @@ def report_response(
             "start": report.start.isoformat(),
             "end": report.end.isoformat(),
             "group_by": report.group_by,
-            "data": [reports.line_dict(line, report.group_by) for line in report.lines],
-            "total": reports.totals_dict(report.total),
+            "data": [
+                reports.line_dict(line, report.group_by, report.margins) for line in report.lines
+            ],
+            "total": reports.totals_dict(report.total, report.margins),
         }
     )
 
@@ -238,8 +240,9 @@ async def usage(request: Request) -> Response:
 
 
 async def admin_usage(request: Request) -> Response:
-    """``GET /api/admin/usage?start=&end=&group_by=day|model|key|member[&member=]``: every
-    member's usage together (or one member's)."""
+    """``GET /api/admin/usage?start=&end=&group_by=day|model|key|member|deployment[&member=]``:
+    every member's usage together (or one member's), with what it cost the organisation (the
+    margin) and what was charged above holds (overshoot)."""
     svc = services(request)
     principal = await reader(request)
     require_admin(principal)
@@ -256,6 +259,7 @@ async def admin_usage(request: Request) -> Response:
             timezone=svc.settings.timezone,
             group_by=group_by,
             member_id=member.id if member is not None else None,
+            margins=True,
         )
     return report_response(request, svc, report, member)
 

@@ -167,6 +167,9 @@ async def begin(
         svc.limiter.finish(admission, 0)
         raise
     deployments = route.spec.deployments
+    # Every backend gets the output allowance the hold pays for, per choice: the client's own
+    # cap or the model's default, lowered to what credit and budgets allow.
+    allowance = hold.max_output if hold.max_output is not None else output // max(choices, 1)
 
     def settle(usage: Usage | None) -> None:
         svc.limiter.finish(admission, usage.total_tokens if usage is not None else None)
@@ -175,17 +178,20 @@ async def begin(
                 request.scope, route.spec.name, usage.prompt_tokens, usage.completion_tokens
             )
         now = time.perf_counter()
+        name = meter.deployment or (deployments[0].name if len(deployments) == 1 else None)
+        answered = next((d for d in deployments if d.name == name), None)
         svc.wallet.settle(
             hold,
             usage,
-            deployment=meter.deployment or (deployments[0].name if len(deployments) == 1 else None),
+            deployment=name,
             latency_ms=round((now - started) * 1000),
             ttft_ms=round((meter.first_at - started) * 1000) if meter.first_at else None,
             status=meter.status,
+            org_prices=Prices.of_deployment(answered) if answered is not None else None,
         )
 
     meter = Meter(settle)
-    return Call(rid, principal.member_id, route.spec, meter, hold.max_output), admission
+    return Call(rid, principal.member_id, route.spec, meter, allowance), admission
 
 
 def status_of(error: BaseException) -> int:
@@ -194,6 +200,23 @@ def status_of(error: BaseException) -> int:
     if isinstance(error, GeneratorExit | asyncio.CancelledError | ClientGone):
         return 499  # the client went away
     return 500
+
+
+def unused(meter: Meter, error: BaseException) -> Usage | None:
+    """What a request that failed cost, when its backend reported nothing: nothing, if no
+    token reached it (refused or failed before the first — by Keyhouse, the local model or an
+    upstream's 4xx/5xx); else unknown, which costs the hold."""
+    if meter.first_at is None and status_of(error) != 499:
+        return NOTHING
+    return None
+
+
+def precheck(route: Route, body: p.ChatCompletionRequest | p.CompletionRequest) -> None:
+    """The backend's own refusals that need no model (parameters it cannot honour, more
+    output than its context), made before anything is held."""
+    check = getattr(route.backend, "check", None)
+    if check is not None:
+        check(body)
 
 
 async def observed(events: AsyncIterator[Event], meter: Meter) -> AsyncIterator[Event]:
@@ -227,16 +250,17 @@ async def run(
     meter = call.meter
     try:
         events = observed(start(), meter)
-    except BaseException:
+    except BaseException as exc:
+        meter.status = status_of(exc)
         meter.close(NOTHING)
         raise
     if renderer is not None:
         return await stream(request, events, renderer, admission.headers, meter)
     try:
         body = await unless_disconnected(request, collect(events))
-    except BaseException:
+    except BaseException as exc:
         await events.aclose()
-        meter.close(None)
+        meter.close(unused(meter, exc))
         raise
     meter.close(None)
     return Response(body, media_type="application/json", headers=admission.headers)
@@ -350,6 +374,7 @@ async def chat_completions(request: Request) -> Response:
     body = parse(p.ChatCompletionRequest, await read_body(request, svc.settings.max_body_bytes))
     check_chat(body)
     route = route_for(svc, principal, body.model, "chat.completions")
+    precheck(route, body)
     tokens = estimate.chat_tokens(body, route.spec)
     bound = estimate.chat_bound(body, route.spec)
     call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
@@ -374,6 +399,7 @@ async def completions(request: Request) -> Response:
     body = parse(p.CompletionRequest, await read_body(request, svc.settings.max_body_bytes))
     check_stream_options(body.stream, body.stream_options)
     route = route_for(svc, principal, body.model, "completions")
+    precheck(route, body)
     tokens = estimate.completion_tokens(body, route.spec)
     bound = estimate.completion_bound(body, route.spec)
     call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)

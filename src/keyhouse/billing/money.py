@@ -8,11 +8,12 @@ whole micro-unit, once.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 from keyhouse.backends.base import Usage
-from keyhouse.config import ModelSpec
+from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import InvalidRequest
 
 MICRO = 1_000_000
@@ -48,6 +49,25 @@ class Prices:
             model.cached_input_price if model.cached_input_price is not None else model.input_price
         )
         return cls(model.input_price, cached, model.output_price)
+
+    @classmethod
+    def of_deployment(cls, deployment: DeploymentSpec) -> Prices | None:
+        """What a deployment costs the organisation (its ``cost = {…}`` setting, per 1M tokens,
+        in the organisation's currency), for margin reports; None when it has none."""
+        raw = deployment.settings.get("cost")
+        if not isinstance(raw, Mapping) or not raw:
+            return None
+
+        def price(name: str) -> Decimal | None:
+            value = raw.get(name)
+            if value is None:
+                return None
+            return Decimal(repr(value) if isinstance(value, float) else str(value))
+
+        input_price = price("input") or Decimal(0)
+        cached = price("cached_input")
+        output = price("output") or Decimal(0)
+        return cls(input_price, cached if cached is not None else input_price, output)
 
     def cost(self, usage: Usage) -> int:
         cached = min(usage.cached_tokens, usage.prompt_tokens)

@@ -30,13 +30,13 @@ from keyhouse.billing.money import show
 from keyhouse.clock import Clock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
-from keyhouse.db.models import ApiKey, Member, UsageRecord, UsageRollup
+from keyhouse.db.models import ApiKey, DeploymentRollup, Member, UsageRecord, UsageRollup
 from keyhouse.errors import InvalidRequest
 
 log = logging.getLogger("keyhouse.billing")
 
-#: What a report may be grouped by (``member``: admins only, across members).
-GROUPS = ("day", "model", "key", "member")
+#: What a report may be grouped by (``member``, ``deployment``: admins only, across members).
+GROUPS = ("day", "model", "key", "member", "deployment")
 
 #: Roll-up columns by the name reports use for them.
 DIMENSIONS: dict[str, Any] = {
@@ -85,30 +85,58 @@ class Totals:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    #: Micro-units of the organisation's currency.
+    #: Micro-units of the organisation's currency: what members were charged.
     cost: int = 0
+    #: What it cost the organisation (its deployments' ``cost`` prices; none: 0).
+    org_cost: int = 0
+    #: Charged above the requests' holds, and in how many requests.
+    overshoot: int = 0
+    overshoots: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def margin(self) -> int:
+        return self.cost - self.org_cost
+
     def __add__(self, other: Totals) -> Totals:
         return Totals(
-            self.requests + other.requests,
-            self.prompt_tokens + other.prompt_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cost + other.cost,
+            *(
+                getattr(self, name) + getattr(other, name)
+                for name in (
+                    "requests",
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "completion_tokens",
+                    "cost",
+                    "org_cost",
+                    "overshoot",
+                    "overshoots",
+                )
+            )
         )
 
 
-SUMS = (
-    func.sum(UsageRollup.requests),
-    func.sum(UsageRollup.prompt_tokens),
-    func.sum(UsageRollup.cached_tokens),
-    func.sum(UsageRollup.completion_tokens),
-    func.sum(UsageRollup.cost),
-)
+def _sums(table: Any) -> tuple[Any, ...]:
+    return tuple(
+        func.sum(table.c[name])
+        for name in (
+            "requests",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "cost",
+            "org_cost",
+            "overshoot",
+            "overshoots",
+        )
+    )
+
+
+SUMS = _sums(UsageRollup.__table__)
+DEPLOYMENT_SUMS = _sums(DeploymentRollup.__table__)
 
 
 def _totals(values: Sequence[Any]) -> Totals:
@@ -161,6 +189,20 @@ async def aggregate(
     return out
 
 
+async def by_deployment(
+    session: AsyncSession, *, lo: datetime, hi: datetime
+) -> list[tuple[tuple[str, str], Totals]]:
+    """Daily roll-ups per (model, deployment) with ``lo <= bucket < hi``: margin and overshoot
+    per deployment (the organisation's view; no member in it)."""
+    table = DeploymentRollup
+    rows = await session.execute(
+        select(table.model, table.deployment, *DEPLOYMENT_SUMS)
+        .where(table.bucket >= lo, table.bucket < hi)
+        .group_by(table.model, table.deployment)
+    )
+    return [((str(r[0]), str(r[1])), _totals(r[2:])) for r in rows]
+
+
 async def spent(session: AsyncSession, member_id: str) -> int:
     """Everything the member has been charged for, ever (from the day roll-ups)."""
     value = (
@@ -196,6 +238,8 @@ class Report:
     member_id: str | None
     lines: list[Line]
     total: Totals
+    #: Show the organisation's cost, the margin and overshoot (administrators' reports).
+    margins: bool = False
 
 
 def check_group(group_by: str, *, across_members: bool) -> None:
@@ -227,12 +271,22 @@ async def usage_report(
     timezone: str,
     group_by: str = "day",
     member_id: str | None = None,
+    margins: bool = False,
 ) -> Report:
     """Usage and cost from ``start`` to ``end`` (both included, days in ``timezone``), per day,
-    model, key or (across members) member. By day, every day of the range has a line."""
+    model, key or (across members) member or deployment. By day, every day of the range has a
+    line. ``margins``: the report also shows what it cost the organisation (administrators)."""
     check_group(group_by, across_members=member_id is None)
     check_range(start, end)
     lo, hi = day_bounds(start, end, timezone)
+    if group_by == "deployment":
+        pairs = await by_deployment(session, lo=lo, hi=hi)
+        pairs.sort(key=lambda item: (-item[1].cost, -item[1].requests, item[0]))
+        lines = [
+            Line(deployment, totals, {"model": model}) for (model, deployment), totals in pairs
+        ]
+        total = sum((line.totals for line in lines), Totals())
+        return Report(group_by, start, end, timezone, member_id, lines, total, margins=True)
     dimension = "bucket" if group_by == "day" else group_by
     rows = await aggregate(session, period="day", lo=lo, hi=hi, by=[dimension], member_id=member_id)
     sums: dict[str, Totals] = {}
@@ -246,7 +300,7 @@ async def usage_report(
         order = sorted(sums.items(), key=lambda item: (-item[1].cost, -item[1].requests, item[0]))
         lines = [Line(group, totals, labels.get(group, {})) for group, totals in order]
     total = sum((line.totals for line in lines), Totals())
-    return Report(group_by, start, end, timezone, member_id, lines, total)
+    return Report(group_by, start, end, timezone, member_id, lines, total, margins=margins)
 
 
 async def _labels(
@@ -278,13 +332,31 @@ LABELS = {
     "model": (),
     "key": ("key_name", "key_redacted"),
     "member": ("email", "name"),
+    "deployment": ("model",),
 }
-GROUP_COLUMN = {"day": "day", "model": "model", "key": "key_id", "member": "member_id"}
+GROUP_COLUMN = {
+    "day": "day",
+    "model": "model",
+    "key": "key_id",
+    "member": "member_id",
+    "deployment": "deployment",
+}
 NUMBERS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens")
+#: Administrators' reports add these after ``cost``: what the organisation paid its providers,
+#: the difference, and what was charged above holds.
+MARGINS = (
+    "org_cost",
+    "org_cost_micros",
+    "margin",
+    "margin_micros",
+    "overshoot",
+    "overshoot_micros",
+    "overshoot_requests",
+)
 
 
-def totals_dict(totals: Totals) -> dict[str, Any]:
-    return {
+def totals_dict(totals: Totals, margins: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "requests": totals.requests,
         "prompt_tokens": totals.prompt_tokens,
         "cached_tokens": totals.cached_tokens,
@@ -293,13 +365,24 @@ def totals_dict(totals: Totals) -> dict[str, Any]:
         "cost": show(totals.cost),
         "cost_micros": totals.cost,
     }
+    if margins:
+        out.update(
+            org_cost=show(totals.org_cost),
+            org_cost_micros=totals.org_cost,
+            margin=show(totals.margin) if totals.margin >= 0 else "-" + show(-totals.margin),
+            margin_micros=totals.margin,
+            overshoot=show(totals.overshoot),
+            overshoot_micros=totals.overshoot,
+            overshoot_requests=totals.overshoots,
+        )
+    return out
 
 
-def line_dict(line: Line, group_by: str) -> dict[str, Any]:
+def line_dict(line: Line, group_by: str, margins: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {GROUP_COLUMN[group_by]: line.group}
     for name in LABELS[group_by]:
         out[name] = line.labels.get(name)
-    out.update(totals_dict(line.totals))
+    out.update(totals_dict(line.totals, margins))
     return out
 
 
@@ -318,15 +401,19 @@ def to_csv(report: Report, currency: str) -> str:
         *NUMBERS,
         "cost",
         "cost_micros",
+        *(MARGINS if report.margins else ()),
         "currency",
     ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for line in report.lines:
-        row = line_dict(line, report.group_by)
+        row = line_dict(line, report.group_by, report.margins)
         writer.writerow([_cell(row[c]) for c in columns[:-1]] + [currency])
-    total = {GROUP_COLUMN[report.group_by]: "total", **totals_dict(report.total)}
+    total = {
+        GROUP_COLUMN[report.group_by]: "total",
+        **totals_dict(report.total, report.margins),
+    }
     writer.writerow([total.get(c, "") for c in columns[:-1]] + [currency])
     return buffer.getvalue()
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import TextClause
 
 from keyhouse.billing.money import Prices
-from keyhouse.db.models import Event, PriceVersion, UsageRecord, UsageRollup
+from keyhouse.db.models import DeploymentRollup, Event, PriceVersion, UsageRecord, UsageRollup
 
 if TYPE_CHECKING:
     from keyhouse.billing.wallet import Settlement
@@ -55,13 +55,13 @@ async def price_version(
 #: loop after every step: a row-by-row executemany waited for it once per row, so a flush under
 #: load took seconds, and the settlements queued meanwhile piled up in memory. Few fixed sizes
 #: keep the statements each connection prepares (one per length) few and small.
-ROWS_PER_INSERT = 64  # x 15 columns: within SQLite's oldest limit of 999 parameters
+ROWS_PER_INSERT = 32  # x 17 columns: within SQLite's oldest limit of 999 parameters
 
 
 _COLUMNS = [column.name for column in UsageRecord.__table__.c if column.name != "id"]
 
 
-@lru_cache(maxsize=8)  # the sizes: 64, 32, … 1
+@lru_cache(maxsize=8)  # the sizes: 32, 16, … 1
 def _insert(rows: int) -> TextClause:
     """``INSERT … VALUES`` for ``rows`` rows, made (and compiled, as text is cacheable and a
     multi-row Core insert is not) once per size; parameters ``{column}_{row}``."""
@@ -113,64 +113,94 @@ async def record(session: AsyncSession, settled: list[Settlement], timezone: str
             "ttft_ms": s.ttft_ms,
             "status": s.status,
             "estimated": s.usage.estimated,
+            "overshoot": s.overshoot,
+            "org_cost": s.org_cost,
         }
         for s in settled
     ]
     await _insert_rows(session, rows)
-    sums: dict[tuple[str, datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * 5)
+    sums: dict[tuple[str, datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * 8)
+    margins: dict[tuple[datetime, str, str], list[int]] = defaultdict(lambda: [0] * 8)
     for s in settled:
+        figures = (
+            1,
+            s.usage.prompt_tokens,
+            s.usage.cached_tokens,
+            s.usage.completion_tokens,
+            s.cost,
+            s.org_cost or 0,
+            s.overshoot,
+            1 if s.overshoot else 0,
+        )
         hour, day = buckets(s.at, timezone)
-        for period, bucket in (("hour", hour), ("day", day)):
-            row = sums[(period, bucket, s.hold.member_id, s.hold.key_id, s.hold.model)]
-            row[0] += 1
-            row[1] += s.usage.prompt_tokens
-            row[2] += s.usage.cached_tokens
-            row[3] += s.usage.completion_tokens
-            row[4] += s.cost
+        for row in (
+            sums[("hour", hour, s.hold.member_id, s.hold.key_id, s.hold.model)],
+            sums[("day", day, s.hold.member_id, s.hold.key_id, s.hold.model)],
+            margins[(day, s.hold.model, s.deployment or "")],
+        ):
+            for i, value in enumerate(figures):
+                row[i] += value
     await upsert_rollups(session, sums)
+    await upsert_margins(session, margins)
+
+
+#: The summed columns of both roll-up tables, in the order ``record`` sums them.
+SUMMED = (
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost",
+    "org_cost",
+    "overshoot",
+    "overshoots",
+)
+
+
+def _dialect_insert(session: AsyncSession) -> Any:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+async def _upsert(
+    session: AsyncSession, table: Any, keys: tuple[str, ...], sums: dict[Any, list[int]]
+) -> None:
+    insert = _dialect_insert(session)
+    for key, figures in sums.items():
+        statement = insert(table).values(**dict(zip(keys, key, strict=True)))
+        statement = statement.values(**dict(zip(SUMMED, figures, strict=True)))
+        excluded = statement.excluded
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={name: table.c[name] + excluded[name] for name in SUMMED},
+            )
+        )
+
+
+async def upsert_margins(
+    session: AsyncSession, sums: dict[tuple[datetime, str, str], list[int]]
+) -> None:
+    """Add to the daily roll-ups per model and deployment (margin and overshoot reports)."""
+    await _upsert(session, DeploymentRollup.__table__, ("bucket", "model", "deployment"), sums)
 
 
 async def upsert_rollups(
     session: AsyncSession, sums: dict[tuple[str, datetime, str, str, str], list[int]]
 ) -> None:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    table = UsageRollup.__table__
-    for (period, bucket, member_id, key_id, model), (
-        n,
-        prompt,
-        cached,
-        completion,
-        cost,
-    ) in sums.items():
-        statement = dialect_insert(table).values(
-            period=period,
-            bucket=bucket,
-            member_id=member_id,
-            key_id=key_id,
-            model=model,
-            requests=n,
-            prompt_tokens=prompt,
-            cached_tokens=cached,
-            completion_tokens=completion,
-            cost=cost,
-        )
-        excluded = statement.excluded
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["period", "bucket", "member_id", "key_id", "model"],
-                set_={
-                    "requests": table.c.requests + excluded.requests,
-                    "prompt_tokens": table.c.prompt_tokens + excluded.prompt_tokens,
-                    "cached_tokens": table.c.cached_tokens + excluded.cached_tokens,
-                    "completion_tokens": table.c.completion_tokens + excluded.completion_tokens,
-                    "cost": table.c.cost + excluded.cost,
-                },
-            )
-        )
+    """Add to the hourly and daily roll-ups per member, key and model. Each value lists the
+    ``SUMMED`` figures; shorter lists (older callers) leave the rest at zero."""
+    full = {key: [*figures, *[0] * (len(SUMMED) - len(figures))] for key, figures in sums.items()}
+    await _upsert(
+        session,
+        UsageRollup.__table__,
+        ("period", "bucket", "member_id", "key_id", "model"),
+        full,
+    )
 
 
 async def event(

@@ -11,7 +11,10 @@ to the balance. A request's id is written with its charge, so it is never charge
 
 When a balance cannot cover a request's worst case, the request is held for what is there and
 its output clamped to what that pays for; when it cannot pay for one output token, it is
-refused with OpenAI's ``insufficient_quota``.
+refused with OpenAI's ``insufficient_quota``. A request is settled at its true cost even above
+its hold (an upstream that wrote past its allowance): the excess, its **overshoot**, is charged
+from the lease as far as it goes and from the balance beyond, so a balance can go below zero by
+the overshoot, and nothing more is held for it until it is back above zero.
 """
 
 from __future__ import annotations
@@ -112,6 +115,10 @@ class Settlement:
     latency_ms: int
     ttft_ms: int | None
     status: int
+    #: What was charged above the hold (0 when the hold covered it).
+    overshoot: int = 0
+    #: What the request cost the organisation (the deployment's ``cost`` prices); None: unknown.
+    org_cost: int | None = None
 
 
 #: Request ids are looked up this many at a time, the last lookup padded with repeats. Each
@@ -164,6 +171,9 @@ class Wallet:
         self._task: asyncio.Task[None] | None = None
         self._last_reap = 0.0
         self._flushing = asyncio.Lock()
+        #: Requests charged above their hold, and by how much in all (since this start).
+        self.overshoots = 0
+        self.overshoot_total = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -407,9 +417,14 @@ class Wallet:
         latency_ms: int,
         ttft_ms: int | None,
         status: int,
+        org_prices: Prices | None = None,
     ) -> int:
-        """The true cost, settled in memory now and written with the next batch. Exactly once
-        per hold; never more than was held. Unknown usage (nothing reported) costs the hold."""
+        """The true cost, settled in memory now and written with the next batch, exactly once
+        per hold. Unknown usage (nothing reported) costs the hold. A cost above the hold (an
+        upstream that wrote past its allowance, or counts differently) is charged in full: the
+        part above is the request's **overshoot**, recorded and counted, and may take the
+        balance below zero — which refuses the member's next request until it is back above.
+        ``org_prices``: what the deployment costs the organisation, for margin reports."""
         if hold.settled:
             return 0
         hold.settled = True
@@ -418,20 +433,35 @@ class Wallet:
             used = Usage(0, 0, estimated=True)
         else:
             cost = hold.prices.cost(used)
-            if hold.accounts and cost > hold.amount:
-                log.warning(
-                    "%s cost %d above its hold %d; charged the hold",
-                    hold.request_id,
-                    cost,
-                    hold.amount,
-                )
-                cost = hold.amount
+        overshoot = max(0, cost - hold.amount) if hold.accounts else 0
+        if overshoot:
+            self.overshoots += 1
+            self.overshoot_total += overshoot
+            log.warning(
+                "%s cost %d, %d above its hold (%d completion tokens reported); charged in full",
+                hold.request_id,
+                cost,
+                overshoot,
+                used.completion_tokens,
+            )
         for account in hold.accounts:
             account.held -= hold.amount
             account.pending += cost
             account.last_used = time.monotonic()
+        org_cost = org_prices.cost(used) if org_prices is not None else None
         self._queue.append(
-            Settlement(hold, cost, used, self.clock.now(), deployment, latency_ms, ttft_ms, status)
+            Settlement(
+                hold,
+                cost,
+                used,
+                self.clock.now(),
+                deployment,
+                latency_ms,
+                ttft_ms,
+                status,
+                overshoot,
+                org_cost,
+            )
         )
         return cost
 
@@ -485,14 +515,18 @@ class Wallet:
                 charged[account.name] += item.cost
         for account, release in queued.values():
             spent = charged.get(account.name, 0)
-            shrink = 0
-            if account.lease_id is not None and spent:
+            # The lease pays as far as it goes; an overshoot beyond it is charged to the
+            # balance (or budget) itself, never to a lease below zero.
+            shrink = min(spent, max(0, account.leased))
+            if account.lease_id is not None and shrink:
                 result = await session.execute(
                     update(Lease)
                     .where(Lease.id == account.lease_id)
-                    .values(amount=Lease.amount - spent)
+                    .values(amount=Lease.amount - shrink)
                 )
-                shrink = spent if result.rowcount == 1 else 0
+                shrink = shrink if result.rowcount == 1 else 0
+            else:
+                shrink = 0
             if account.is_budget:
                 await session.execute(
                     update(BudgetSpend)

@@ -274,6 +274,10 @@ class UsageRecord(Base):
     ttft_ms: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[int] = mapped_column(Integer)
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Charged above the request's hold (migration 0008): an upstream wrote past its allowance.
+    overshoot: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: What the request cost the organisation (the deployment's ``cost``); None: not configured.
+    org_cost: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class UsageRollup(Base):
@@ -295,6 +299,31 @@ class UsageRollup(Base):
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Migration 0008: what the requests cost the organisation, and what was charged above holds
+    #: (in how many requests).
+    org_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    overshoot: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    overshoots: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class DeploymentRollup(Base):
+    """Usage per day, model and deployment: what members paid beside what it cost the
+    organisation (margin), and the overshoot each deployment caused (migration 0008)."""
+
+    __tablename__ = "usage_deployments"
+
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    #: ``""`` when no deployment answered (refused before one was chosen).
+    deployment: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    org_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    overshoot: Mapped[int] = mapped_column(BigInteger, default=0)
+    overshoots: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class RedemptionCode(Base):

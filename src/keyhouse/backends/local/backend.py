@@ -164,6 +164,25 @@ class LocalChatBackend:
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings:
         raise InvalidRequest(f"{self.spec.name} is not an embedding model.", param="model")
 
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """The refusals that need no model, made before any credit is held: parameters this
+        model cannot honour, and an output cap that no prompt leaves room for."""
+        if isinstance(request, ChatCompletionRequest):
+            self.chat_job(request)
+            asked, param = request.output_limit, "messages"
+        else:
+            self.completion_job(request)
+            asked, param = request.max_tokens, "prompt"
+        context = self.settings.context_length
+        if asked is not None and asked >= context:
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens. However, you "
+                f"requested more than {asked} tokens ({asked} in the completion, and the "
+                f"{param}). Please reduce the length of the {param} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     # ------------------------------------------------------------------ translation
 
     def chat_job(self, request: ChatCompletionRequest) -> GenerateJob:

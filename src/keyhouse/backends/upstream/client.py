@@ -70,7 +70,10 @@ _KEYS = {
     "auth_cooldown",
     "breaker",
     "max_connections",
+    "max_tokens_field",
 }
+#: The fields an upstream may take the output allowance in (servers that know only one).
+_MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 #: connect; first_byte (the wait for the answer to start, and for each chunk after);
 #: total (the whole answer); drain (reading on after the client left, for the usage).
 _TIMEOUTS = {"connect": 5.0, "first_byte": 60.0, "total": 600.0, "drain": 30.0}
@@ -95,6 +98,8 @@ class UpstreamSettings:
     auth_cooldown: float = 600.0
     breaker: dict[str, float] = field(default_factory=dict)
     max_connections: int = 256
+    #: Where chat requests carry their output allowance (completions: always ``max_tokens``).
+    max_tokens_field: str = "max_tokens"
 
 
 def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSettings:
@@ -130,6 +135,11 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         if name not in ("input", "cached_input", "output"):
             raise ConfigError(f"{where}: cost takes input, cached_input and output")
         cost[name] = Decimal(repr(value) if isinstance(value, float) else str(value))
+    max_tokens_field = str(raw.get("max_tokens_field", "max_tokens"))
+    if max_tokens_field not in _MAX_TOKENS_FIELDS:
+        raise ConfigError(
+            f"{where}: max_tokens_field must be one of {', '.join(_MAX_TOKENS_FIELDS)}"
+        )
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None:
         # Checked now: an unknown name would otherwise fail each answer that lacks usage.
@@ -153,6 +163,7 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         auth_cooldown=float(raw.get("auth_cooldown", 600)),
         breaker={k: float(v) for k, v in (raw.get("breaker") or {}).items()},
         max_connections=int(raw.get("max_connections", 256)),
+        max_tokens_field=max_tokens_field,
         **timeouts,
     )
 
@@ -162,10 +173,42 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
 
 @dataclass
 class _Seen:
-    """What a relayed answer said, for the meter."""
+    """What a relayed answer said, for the meter — and how far each choice has gone, to cut a
+    stream that goes past its allowance."""
 
     usage: Usage | None = None
     text: list[str] = field(default_factory=list)
+    #: The output allowance of each choice (None: no cut), the choices asked for, and the
+    #: endpoint's shape (chat or legacy completions).
+    limit: int | None = None
+    choices: int = 1
+    chat: bool = True
+    #: Chunks that carried generated output, per choice: every one holds at least one token.
+    chunks: dict[int, int] = field(default_factory=dict)
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    #: Choices finished (by the upstream, or cut here); those cut here.
+    done: set[int] = field(default_factory=set)
+    cut: set[int] = field(default_factory=set)
+    #: A chunk came; the first one's id, object, created, model and fingerprint (for the
+    #: chunks made here).
+    started: bool = False
+    base: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> bool:
+        """Cut here, and every choice done: nothing more is wanted from the upstream."""
+        return bool(self.cut) and len(self.done) >= self.choices
+
+
+_GENERATED = ("content", "refusal", "reasoning_content", "reasoning", "tool_calls", "function_call")
+
+
+def _generated(choice: dict[str, Any], chat: bool) -> bool:
+    """Does this chunk's choice carry output (and so at least one token)?"""
+    if not chat:
+        return bool(choice.get("text"))
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(delta.get(name) for name in _GENERATED)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -228,12 +271,17 @@ class UpstreamBackend:
 
     def payload(self, request: WireModel, stream: bool, max_output: int | None = None) -> bytes:
         body = dict(request.raw)
-        if max_output is not None:  # no more output than the held credit pays for
+        if max_output is not None:
+            # The allowance the hold pays for (never more than the client asked), in the one
+            # field this deployment takes: a server given no cap could write without end.
             field_name = (
-                "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+                self.settings.max_tokens_field
+                if isinstance(request, ChatCompletionRequest)
+                else "max_tokens"
             )
-            asked = body.get(field_name)
-            body[field_name] = min(asked, max_output) if isinstance(asked, int) else max_output
+            for name in _MAX_TOKENS_FIELDS:
+                body.pop(name, None)
+            body[field_name] = max_output
         for name in self.settings.refuse_fields:
             if name in body:
                 raise InvalidRequest(
@@ -346,6 +394,15 @@ class UpstreamBackend:
         body = self.payload(request, bool(request.stream), call.max_output)
         return self._generate("/completions", body, request, call)
 
+    @staticmethod
+    def _choices(request: ChatCompletionRequest | CompletionRequest) -> int:
+        n = request.n or 1
+        if isinstance(request, ChatCompletionRequest):
+            return n
+        prompt = request.prompt
+        many = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+        return n * (len(prompt) if many else 1)
+
     async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
         body = self.payload(request, stream=False)
         response = await self.post("/embeddings", body)
@@ -385,7 +442,11 @@ class UpstreamBackend:
             yield _usage(answer.get("usage")) or self.estimate(request, _texts(answer))
             return
         wanted = bool(request.stream_options and request.stream_options.include_usage)
-        seen = _Seen()
+        seen = _Seen(
+            limit=call.max_output,
+            choices=self._choices(request),
+            chat=isinstance(request, ChatCompletionRequest),
+        )
         lines = _sse(response)
         left_early = False  # the client went away before the upstream was done
         try:
@@ -403,15 +464,33 @@ class UpstreamBackend:
             if first is not None:
                 for event in self._relay(first, seen, wanted):
                     yield event
-                async for data in lines:
-                    for event in self._relay(data, seen, wanted):
-                        yield event
+                if not seen.stopped:
+                    async for data in lines:
+                        for event in self._relay(data, seen, wanted):
+                            yield event
+                        if seen.stopped:
+                            break
+            if seen.stopped:
+                # Cut at the allowance: the connection is dropped (the server stops writing)
+                # and the answer is billed for what the client was sent, at most its allowance.
+                response.close()
+                usage = self.cut_usage(request, seen)
+                if wanted:
+                    yield Relayed(
+                        orjson.dumps({**seen.base, "choices": [], "usage": _usage_out(usage)})
+                    )
+                yield usage
+                return
             yield seen.usage or self.estimate(request, seen.text)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._broken(request, call, seen)
             raise UpstreamFailure(
                 f"The upstream deployment {self.deployment.name} broke off the stream: "
                 f"{type(exc).__name__}."
             ) from None
+        except KeyhouseError:
+            self._broken(request, call, seen)
+            raise
         except (GeneratorExit, asyncio.CancelledError):
             left_early = True
             raise
@@ -446,12 +525,40 @@ class UpstreamBackend:
         usage = _usage(chunk.get("usage"))
         if usage is not None:
             seen.usage = usage
+        if not seen.started:
+            seen.started = True
+            seen.base = {k: chunk[k] for k in _BASE if k in chunk}
+        changed = False
+        kept: list[Any] = []
         for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict):
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str):
-                    seen.text.append(text)
+            if not isinstance(choice, dict):
+                kept.append(choice)
+                continue
+            index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+            if index in seen.cut:  # cut here already: nothing more of it goes out
+                changed = True
+                continue
+            if seen.limit is not None and _generated(choice, seen.chat):
+                count = seen.chunks[index] = seen.chunks.get(index, 0) + 1
+                if count > seen.limit:  # past its allowance: end it here, as "length"
+                    seen.cut.add(index)
+                    seen.done.add(index)
+                    kept.append(self._cut_choice(index, seen.chat))
+                    changed = True
+                    continue
+            if choice.get("finish_reason"):
+                seen.done.add(index)
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                seen.text.append(text)
+                seen.texts.setdefault(index, []).append(text)
+            kept.append(choice)
+        if changed:
+            chunk["choices"] = kept
+            if "usage" in chunk and not wanted:
+                del chunk["usage"]
+            return [Relayed(orjson.dumps(chunk))] if kept else []
         if wanted:
             return [Relayed(data)]
         if usage is not None and not chunk.get("choices"):
@@ -484,6 +591,34 @@ class UpstreamBackend:
             response.release()
             call.meter.settle(seen.usage or self.estimate(request, seen.text))
 
+    def _broken(self, request: WireModel, call: Call, seen: _Seen) -> None:
+        """A stream that failed after it began (no other deployment may answer now) is billed
+        for what it sent: nothing, if no output came; its prompt and output if some did."""
+        if not seen.started:
+            return  # failed before its first chunk: the router may try another deployment
+        if seen.chunks or "".join(seen.text):
+            call.meter.settle(self.estimate(request, seen.text))
+        else:
+            call.meter.settle(Usage(0, 0, estimated=True))
+
+    @staticmethod
+    def _cut_choice(index: int, chat: bool) -> dict[str, Any]:
+        if chat:
+            return {"index": index, "delta": {}, "logprobs": None, "finish_reason": "length"}
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": "length"}
+
+    def cut_usage(self, request: WireModel, seen: _Seen) -> Usage:
+        """A stream cut at its allowance: the prompt counted here, and each choice's output as
+        its tokens (or chunks, if more), never more than the allowance."""
+        limit = seen.limit or 0
+        completion = 0
+        for index in set(seen.chunks) | set(seen.texts):
+            text = "".join(seen.texts.get(index, ()))
+            counted = tokens.count(text, self.settings.model, self.settings.tokenizer)
+            completion += min(limit, max(seen.chunks.get(index, 0), counted))
+        prompt = self.estimate(request, []).prompt_tokens
+        return Usage(prompt, completion, estimated=True)
+
     def estimate(self, request: WireModel, outputs: list[str]) -> Usage:
         model, tokenizer = self.settings.model, self.settings.tokenizer
         raw = request.raw
@@ -514,6 +649,17 @@ async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             buffer.append(line[5:].lstrip(b" "))
     if buffer and (data := b"\n".join(buffer)) != b"[DONE]":
         yield data
+
+
+_BASE = ("id", "object", "created", "model", "system_fingerprint")
+
+
+def _usage_out(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 def _loads(data: bytes) -> dict[str, Any]:
