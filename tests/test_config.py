@@ -194,6 +194,10 @@ def test_default_models(tmp_path: Path) -> None:
     assert chat.kinds == {"local"}
     assert chat.endpoints == {"chat.completions", "completions"}
     assert chat.names[:3] == ("smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini")
+    # brief and greedy by default: a 135M model sampled at temperature 1 rambles
+    assert chat.system_prompt and chat.default_temperature == 0.0
+    assert chat.added_system_prompt(["user"]) == chat.system_prompt
+    assert chat.added_system_prompt(["developer", "user"]) is None
     embed = models["multilingual-e5-small"]
     assert embed.aliases == ("text-embedding-3-small",)
     assert embed.endpoints == {"embeddings"}
@@ -279,6 +283,14 @@ def test_bad_prices_are_refused(tmp_path: Path, value: str) -> None:
         model_settings(tmp_path, f"input_price = {value}\n")
 
 
+def test_a_models_own_defaults(tmp_path: Path) -> None:
+    body = 'system_prompt = "Answer in French."\ndefault_temperature = 0.3\n'
+    (spec,) = model_settings(tmp_path, body).models
+    assert spec.system_prompt == "Answer in French." and spec.default_temperature == 0.3
+    (plain,) = model_settings(tmp_path / "plain", "").models
+    assert plain.system_prompt is None and plain.default_temperature is None
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -290,6 +302,10 @@ def test_bad_prices_are_refused(tmp_path: Path, value: str) -> None:
         (MODEL + 'settings = "x"\n', "'settings' must be a table"),
         (MODEL + "context_length = 8\n", "context_length"),
         (MODEL + "default_max_tokens = -1\n", "default_max_tokens"),
+        (MODEL + 'system_prompt = ""\n', "system_prompt"),
+        (MODEL + "system_prompt = 3\n", "system_prompt"),
+        (MODEL + "default_temperature = 3\n", "default_temperature"),
+        (MODEL + 'default_temperature = "warm"\n', "default_temperature"),
         (MODEL + "context_length = 1.5\n", "context_length"),
         (MODEL + 'aliases = ["a", ""]\n', "aliases"),
         (MODEL + "aliases = [1]\n", "aliases"),

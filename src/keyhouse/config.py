@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -112,6 +112,11 @@ class ModelSpec:
     created: int = 0
     #: A ceiling across all members (protects a small local model).
     limits: LimitSet = NO_LIMITS
+    #: Sent first when a chat request has no system or developer message of its own (billed as
+    #: prompt tokens, like any message: the hold counts it).
+    system_prompt: str | None = None
+    #: The temperature of requests that give none (None: the backend's own, 1 for OpenAI's).
+    default_temperature: float | None = None
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -124,6 +129,13 @@ class ModelSpec:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
+
+    def added_system_prompt(self, roles: Iterable[str]) -> str | None:
+        """The system prompt to send first, for a chat whose messages have these roles: the
+        model's default, unless the request brings instructions of its own."""
+        if self.system_prompt is None or any(r in ("system", "developer") for r in roles):
+            return None
+        return self.system_prompt
 
 
 @dataclass(frozen=True)
@@ -388,16 +400,28 @@ def bundled_gguf_path() -> Path | None:
     return None
 
 
+BUNDLED_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
+
+
 def default_models() -> tuple[ModelSpec, ...]:
     """What Keyhouse serves with no ``[[models]]``: the bundled chat and embedding models."""
     return (
         ModelSpec(
             name=DEFAULT_CHAT_MODEL,
-            deployments=(DeploymentSpec(f"{DEFAULT_CHAT_MODEL}:local", "local"),),
+            deployments=(
+                DeploymentSpec(
+                    f"{DEFAULT_CHAT_MODEL}:local", "local", settings={"repeat_penalty": 1.1}
+                ),
+            ),
             aliases=("gpt-3.5-turbo", "gpt-4o-mini", "gpt-3.5-turbo-instruct"),
             input_price=Decimal("0.10"),
             output_price=Decimal("0.20"),
             default_max_tokens=512,
+            # A 135M model sampled at OpenAI's default temperature of 1 rambles for hundreds of
+            # tokens; asked for brevity and decoded greedily it answers the seed's "Say this is
+            # a test!" with "This is a test!". Requests that set their own still get them.
+            system_prompt=BUNDLED_SYSTEM_PROMPT,
+            default_temperature=0.0,
             context_length=8192,
             created=1730332800,  # SmolLM2's release, 2024-10-31
         ),
@@ -427,6 +451,8 @@ _MODEL_KEYS = {
     "created",
     "limits",
     "deployments",
+    "system_prompt",
+    "default_temperature",
 }
 _DEPLOYMENT_KEYS = {"name", "backend", "weight", "priority"}
 
@@ -556,12 +582,26 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         owned_by=str(raw.get("owned_by", "keyhouse")),
         created=_coerce(f"{name}.created", raw.get("created", default_created), int),
         limits=parse_limits(raw.get("limits"), f"{name}.limits"),
+        system_prompt=_optional_str(raw.get("system_prompt"), f"{where} ({name}).system_prompt"),
+        default_temperature=None
+        if raw.get("default_temperature") is None
+        else _coerce(f"{name}.default_temperature", raw["default_temperature"], float),
     )
+    if spec.default_temperature is not None and not 0 <= spec.default_temperature <= 2:
+        raise ConfigError(f"{where} ({name}): default_temperature must be between 0 and 2")
     if spec.context_length < 16:
         raise ConfigError(f"{where} ({name}): context_length must be ≥ 16")
     if spec.default_max_tokens < 0:
         raise ConfigError(f"{where} ({name}): default_max_tokens must be ≥ 0")
     return spec
+
+
+def _optional_str(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a non-empty string")
+    return value
 
 
 def check_unique_names(models: tuple[ModelSpec, ...]) -> None:

@@ -41,6 +41,10 @@ def test_seed_curl_gets_a_real_answer(server: Server, key: str, openapi: OpenAIS
     assert body["model"] == "smollm2-135m-instruct"  # the model actually served
     assert body["choices"][0]["message"]["content"].strip()
     assert body["usage"]["completion_tokens"] > 0
+    # A first answer that looks right: brief and to the point, not 512 tokens of rambling.
+    assert body["choices"][0]["finish_reason"] == "stop", body
+    assert body["usage"]["completion_tokens"] < 32, body
+    assert "test" in body["choices"][0]["message"]["content"].lower(), body
 
 
 def test_seed_legacy_python_snippet(server: Server, key: str) -> None:

@@ -24,7 +24,7 @@ CHAT = "gpt-3.5-turbo"
 SERVED = "smollm2-135m-instruct"
 EMBED = "text-embedding-3-small"
 SERVED_EMBED = "multilingual-e5-small"
-ALL_NAMES = [SERVED, "gpt-3.5-turbo", "gpt-4o-mini", SERVED_EMBED, EMBED]
+ALL_NAMES = [SERVED, "gpt-3.5-turbo", "gpt-4o-mini", "gpt-3.5-turbo-instruct", SERVED_EMBED, EMBED]
 DIMS = 384
 REQUEST_ID = re.compile(r"^req_[0-9A-Za-z]{24}$")
 

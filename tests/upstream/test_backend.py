@@ -193,6 +193,31 @@ async def test_model_defaults_to_the_public_name(fake: FakeUpstream) -> None:
     assert fake.seen[0].body["model"] == "public-name"
 
 
+async def test_the_models_defaults_fill_only_what_the_request_leaves_out(
+    fake: FakeUpstream,
+) -> None:
+    deployment = DeploymentSpec("a", "openai", {"base_url": fake.url})
+    spec = ModelSpec(
+        "gpt-4o-mini", (deployment,), system_prompt="Answer briefly.", default_temperature=0.2
+    )
+    async with started(deployment, spec) as backend:
+        await collect(backend.chat(chat_request(), metered(spec)[0]))
+        own = chat_request(
+            messages=[
+                {"role": "developer", "content": "Be verbose."},
+                {"role": "user", "content": "Say hi."},
+            ],
+            temperature=1.3,
+        )
+        await collect(backend.chat(own, metered(spec)[0]))
+    added, kept = fake.seen[0].body, fake.seen[1].body
+    assert added["messages"][0] == {"role": "system", "content": "Answer briefly."}
+    assert added["messages"][1:] == [{"role": "user", "content": "Say hi."}]
+    assert added["temperature"] == 0.2
+    assert [m["role"] for m in kept["messages"]] == ["developer", "user"]
+    assert kept["temperature"] == 1.3
+
+
 async def test_drop_fields_are_removed(fake: FakeUpstream) -> None:
     async with started(openai(fake, drop_fields=["user", "store", "absent"])) as backend:
         request = chat_request(user="u-1", store=True, seed=7)

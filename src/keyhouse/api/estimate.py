@@ -32,6 +32,9 @@ def _text_tokens(chars: int) -> int:
 
 def chat_tokens(body: ChatCompletionRequest, spec: ModelSpec) -> int:
     prompt = sum(_text_tokens(len(m.text())) + PER_MESSAGE for m in body.messages)
+    added = spec.added_system_prompt(m.role for m in body.messages)
+    if added is not None:
+        prompt += _text_tokens(len(added)) + PER_MESSAGE
     output = body.output_limit or spec.default_max_tokens
     return prompt + output * (body.n or 1)
 
@@ -142,7 +145,11 @@ def chat_output(body: ChatCompletionRequest, spec: ModelSpec) -> int:
 def chat_bound(body: ChatCompletionRequest, spec: ModelSpec) -> tuple[int, int, int]:
     """(prompt tokens at most, output tokens at most over all choices, choices)."""
     choices = body.n or 1
-    return chat_prompt_bound(body), chat_output(body, spec) * choices, choices
+    prompt = chat_prompt_bound(body)
+    added = spec.added_system_prompt(m.role for m in body.messages)
+    if added is not None:
+        prompt += _bytes(added) + TEMPLATE_PER_MESSAGE
+    return prompt, chat_output(body, spec) * choices, choices
 
 
 # ----------------------------------------------------------------------------- images

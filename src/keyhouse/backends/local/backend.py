@@ -185,6 +185,13 @@ class LocalChatBackend:
 
     # ------------------------------------------------------------------ translation
 
+    def temperature(self, asked: float | None) -> float:
+        """The request's own, else the model's default, else OpenAI's 1."""
+        if asked is not None:
+            return asked
+        default = self.spec.default_temperature
+        return 1.0 if default is None else default
+
     def chat_job(self, request: ChatCompletionRequest) -> GenerateJob:
         refuse_unknown(request)
         name = self.spec.name
@@ -208,6 +215,9 @@ class LocalChatBackend:
             if getattr(request, field_name) is not None:
                 raise unsupported(field_name, name)
         messages: list[dict[str, str]] = []
+        added = self.spec.added_system_prompt(m.role for m in request.messages)
+        if added is not None:
+            messages.append({"role": "system", "content": added})
         for i, message in enumerate(request.messages):
             if message.role in ("tool", "function") or message.tool_calls:
                 raise unsupported(f"messages[{i}]", name, "it cannot call tools")
@@ -249,7 +259,7 @@ class LocalChatBackend:
             n=request.n or 1,
             max_tokens=request.output_limit,
             default_max_tokens=self.spec.default_max_tokens,
-            temperature=1.0 if request.temperature is None else request.temperature,
+            temperature=self.temperature(request.temperature),
             top_p=1.0 if request.top_p is None else request.top_p,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
@@ -287,7 +297,7 @@ class LocalChatBackend:
             n=request.n or 1,
             max_tokens=request.max_tokens,
             default_max_tokens=self.spec.default_max_tokens,
-            temperature=1.0 if request.temperature is None else request.temperature,
+            temperature=self.temperature(request.temperature),
             top_p=1.0 if request.top_p is None else request.top_p,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,

@@ -292,6 +292,7 @@ class UpstreamBackend:
         for name in self.settings.drop_fields:
             body.pop(name, None)
         body["model"] = self.settings.model
+        self.apply_model_defaults(request, body)
         if stream:
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -299,6 +300,18 @@ class UpstreamBackend:
                 "include_usage": True,
             }
         return orjson.dumps(body)
+
+    def apply_model_defaults(self, request: WireModel, body: dict[str, Any]) -> None:
+        """The model's default system prompt (chat) and temperature, where the request has
+        none; embeddings have neither."""
+        if isinstance(request, ChatCompletionRequest):
+            added = self.spec.added_system_prompt(m.role for m in request.messages)
+            if added is not None and isinstance(body.get("messages"), list):
+                body["messages"] = [{"role": "system", "content": added}, *body["messages"]]
+        elif not isinstance(request, CompletionRequest):
+            return
+        if self.spec.default_temperature is not None and body.get("temperature") is None:
+            body["temperature"] = self.spec.default_temperature
 
     async def post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
         """POST with the next usable key; keys refused (401/403) or throttled (429) are benched
