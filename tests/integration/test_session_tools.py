@@ -159,12 +159,13 @@ def test_usage_and_balance_with_the_session_alone(setup: Setup) -> None:
     assert rows[0][0] == "day" and rows[-1][0] == "total"
 
     # Another member's figures stay out of reach; an administrator's session may read them.
-    refused(pat.get("/api/billing/balance", params={"member": OTHER}), 403, "insufficient_permissions")
-    refused(pat.get("/api/usage", params={"member": ADMIN}), 403, "insufficient_permissions")
+    denied = "insufficient_permissions"
+    refused(pat.get("/api/billing/balance", params={"member": OTHER}), 403, denied)
+    refused(pat.get("/api/usage", params={"member": ADMIN}), 403, denied)
     boss = setup.browser(ADMIN)
     assert boss.get("/api/billing/balance", params={"member": MEMBER}).json()["email"] == MEMBER
     assert boss.get("/api/admin/usage").status_code == 200
-    refused(pat.get("/api/admin/usage"), 403, "insufficient_permissions")
+    refused(pat.get("/api/admin/usage"), 403, denied)
 
 
 def test_without_a_session_or_key_usage_is_refused(setup: Setup) -> None:
@@ -231,7 +232,8 @@ def test_playground_chat_is_billed_limited_and_recorded(setup: Setup) -> None:
 def test_playground_obeys_the_key_and_the_account(setup: Setup) -> None:
     olga = setup.browser(OTHER)
     assert olga.post("/api/playground/chat/completions", json=CHAT).status_code == 200
-    key_id = next(k["id"] for k in olga.get("/api/keys").json()["data"] if k["name"] == "Playground")
+    keys = olga.get("/api/keys").json()["data"]
+    key_id = next(k["id"] for k in keys if k["name"] == "Playground")
 
     # The member limits the playground key like any key: one request a minute.
     assert olga.patch(f"/api/keys/{key_id}", json={"rpm": 1}).status_code == 200
