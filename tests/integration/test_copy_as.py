@@ -1,4 +1,4 @@
-""""Copy as" snippets run for real against a Keyhouse server with the bundled model: the curl
+""" "Copy as" snippets run for real against a Keyhouse server with the bundled model: the curl
 (``--http1.1``, as the seed), Python with the current SDK, Python with the legacy 0.28 SDK
 (``openai.api_base``), and JavaScript (Node's ``fetch``) — each printing an answer.
 """
