@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from keyhouse import __version__
+from keyhouse import __version__, web
 from keyhouse.accounts import flows
 from keyhouse.accounts.oidc import OidcClient
 from keyhouse.api import errors, manage, usage, v1
@@ -236,6 +236,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             *usage.routes,
             Route("/health", health, methods=["GET"]),
             Mount("/api", api),
+            # The member web app: last, so it never shadows the API.
+            *web.routes(),
         ],
         middleware=[Middleware(RequestIds)],
         lifespan=lifespan,
@@ -243,6 +245,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # /v1/chat/completions/ is "Invalid URL", as at OpenAI, not a redirect.
     app.router.redirect_slashes = False
     errors.install(app)
+    web.install(app)
     return app
 
 

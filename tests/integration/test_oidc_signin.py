@@ -89,7 +89,7 @@ def test_a_new_member_signs_in_and_comes_back(server: Server, provider: OidcProv
     provider.set_user("sub-ada", "ada@example.org", True, "Ada")
     first = sign_in(server)
     assert first.status_code == 302, first.text
-    assert first.headers["location"] == f"{server.url}/"
+    assert first.headers["location"] == f"{server.url}/signup/continue?next=/"
     set_cookie = first.headers.get_list("set-cookie")
     session_cookie = next(c for c in set_cookie if c.startswith("keyhouse_session="))
     assert "HttpOnly" in session_cookie and "SameSite=lax" in session_cookie

@@ -116,9 +116,12 @@ def _in_state(member: Member, allowed: tuple[str, ...], action: str) -> None:
         )
 
 
-async def _keep_an_admin(session: AsyncSession, member: Member, actor: str, action: str) -> None:
-    """Nobody locks themselves out, and the organisation always keeps an active administrator."""
-    if member.id == actor:
+async def _keep_an_admin(
+    session: AsyncSession, member: Member, actor: str, action: str, *, allow_self: bool = False
+) -> None:
+    """Nobody locks themselves out (unless closing their own account on purpose), and the
+    organisation always keeps an active administrator."""
+    if member.id == actor and not allow_self:
         raise PermissionDenied(f"you cannot {action} yourself", code="self_action")
     if not (member.is_admin and member.status == "active" and member.deleted_at is None):
         return
@@ -353,15 +356,17 @@ async def delete_member(
     actor: str,
     ip: str | None,
     reason: str,
+    by_member: bool = False,
 ) -> None:
-    """Erase the member's personal data and close the account for good.
+    """Erase the member's personal data and close the account for good (``by_member``: the
+    member closes their own account from the settings page).
 
     The ledger, lots, balance, usage rows and roll-ups stay as they are: they name only the
     opaque member id, which no longer leads to a person, so the books still balance.
     """
     text = clean_reason(reason, required=True)
     _alive(member)
-    await _keep_an_admin(session, member, actor, "delete")
+    await _keep_an_admin(session, member, actor, "delete", allow_self=by_member)
     now = clock.now()
     revoked = 0
     for key in await list_keys(session, member.id):

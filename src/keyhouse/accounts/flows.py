@@ -783,3 +783,62 @@ async def current_member(deps: Deps, member_id: str) -> Member:
         if member.status == "unverified":
             await policy.refresh_status(session, deps.clock, deps.settings, member)
     return member
+
+
+# ----------------------------------------------------------------------------- sessions, deletion
+
+
+async def list_sessions(deps: Deps, member_id: str) -> list[WebSession]:
+    """The member's live browser sessions, the most recently used first."""
+    async with deps.db.session() as session:
+        rows = (
+            await session.execute(
+                select(WebSession)
+                .where(
+                    WebSession.member_id == member_id,
+                    WebSession.expires_at > deps.clock.now(),
+                )
+                .order_by(WebSession.last_seen_at.desc())
+            )
+        ).scalars()
+        return list(rows)
+
+
+async def end_own_session(deps: Deps, member_id: str, session_id: str) -> bool:
+    """Sign one of the member's own browsers out; False if no such session of theirs."""
+    async with deps.db.session() as session, session.begin():
+        result = await session.execute(
+            delete(WebSession).where(WebSession.id == session_id, WebSession.member_id == member_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_account(
+    deps: Deps, member_id: str, *, password: str | None, ip: str | None
+) -> None:
+    """The member closes their own account: the password (if they have one) confirms it; the
+    personal data is erased as when an administrator deletes a member (keys revoked, sessions
+    ended, the books kept under the opaque id)."""
+    from keyhouse.accounts import admin
+
+    await throttle_signins(deps, ip)
+    async with deps.db.session() as session:
+        member = await _own(session, deps, member_id)
+    if (
+        member.password_hash is not None
+        and not (await verify_password(member.password_hash, password or "")).ok
+    ):
+        raise Refused("invalid_credentials", status=403, param="password")
+    async with deps.db.session() as session, session.begin():
+        member = await _own(session, deps, member_id)
+        await admin.delete_member(
+            session,
+            deps.clock,
+            deps.settings,
+            member,
+            actor=member.id,
+            ip=ip,
+            reason="closed by the member",
+            by_member=True,
+        )
+    log.info("member %s closed their account", member_id)

@@ -444,3 +444,72 @@ async def verify_email_change(request: Request, body: CodeIn, actor: CurrentActo
     svc = services(request)
     member = await flows.verify_email_change(svc, actor.member_id, body.code, ip=ip_of(request))
     return me_view(member, svc.settings)
+
+
+# ----------------------------------------------------------------------------- sessions, closing
+
+
+class SessionOut(BaseModel):
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool = Field(description="The session making this request.")
+
+
+class SessionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SessionOut]
+
+
+class CloseIn(Strict):
+    password: str | None = Field(
+        None, max_length=1024, description="Your password (if you have one)."
+    )
+
+
+@router.get("/me/sessions", response_model=SessionList, summary="Your signed-in browsers")
+async def list_sessions(request: Request, actor: CurrentActor) -> SessionList:
+    rows = await flows.list_sessions(services(request), actor.member_id)
+    return SessionList(
+        data=[
+            SessionOut(
+                id=row.id,
+                created_at=row.created_at,
+                last_seen_at=row.last_seen_at,
+                expires_at=row.expires_at,
+                ip=row.ip,
+                user_agent=row.user_agent,
+                current=row.id == actor.session_id,
+            )
+            for row in rows
+        ]
+    )
+
+
+@router.delete(
+    "/me/sessions/{session_id}", response_model=Ended, summary="Sign one of your browsers out"
+)
+async def end_session(request: Request, session_id: str, actor: CurrentActor) -> Ended:
+    ended = await flows.end_own_session(services(request), actor.member_id, session_id)
+    return Ended(sessions_ended=int(ended))
+
+
+@router.post(
+    "/me/close",
+    response_model=Done,
+    summary="Close your account for good (your password confirms it)",
+    description=(
+        "Keys are revoked, every session ends and the personal data is erased; the usage and "
+        "ledger stay under the account's opaque id. Refusals: `invalid_credentials`."
+    ),
+)
+async def close_account(
+    request: Request, response: Response, body: CloseIn, actor: CurrentActor
+) -> Done:
+    svc = services(request)
+    await flows.delete_account(svc, actor.member_id, password=body.password, ip=ip_of(request))
+    clear_session_cookies(response, svc.settings)
+    return Done()

@@ -127,7 +127,10 @@ async def callback(request: Request) -> Response:
             ip=ip_of(request),
             user_agent=request.headers.get("user-agent"),
         )
-    response = RedirectResponse(f"{svc.settings.public_url.rstrip('/')}/", status_code=302)
+    # The web app's sign-up continues from here: the steps still owed, else the home page.
+    response = RedirectResponse(
+        f"{svc.settings.public_url.rstrip('/')}/signup/continue?next=/", status_code=302
+    )
     set_session_cookies(response, svc.settings, new)
     response.delete_cookie(oidc.COOKIE_NAME, path=oidc.COOKIE_PATH)
     return response
