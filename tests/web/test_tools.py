@@ -127,3 +127,134 @@ def test_billing_redeems_a_code_and_refuses_a_bad_one(
         assert again.status_code == 400 and 'aria-invalid="true"' in again.text
         no_token = http.post("/account/billing/redeem", data={"code": code})
         assert no_token.status_code == 403
+
+
+# ----------------------------------------------------------------------------- in the browser
+
+
+@pytest.fixture(scope="module")
+def busy_member(web: WebSetup) -> Member:
+    """A member with some history: two keys' calls on the chart, a redeemed code."""
+    from tests.web.conftest import sign_up
+
+    member = sign_up(web, name="Lin Wei")
+    for name in ("notebook", "script"):
+        key = make_key(member, name)
+        assert chat(web, key).status_code == 200
+    code = web.server.cli("codes", "create", "--amount", "5", "--count", "1").stdout.strip()
+    with member.http() as http:
+        assert http.post("/billing/redeem", json={"code": code}).status_code == 200
+        wait_for(lambda: http.get("/usage").json()["total"]["requests"] >= 2)
+    return member
+
+
+BOTH = [
+    pytest.param(width, language, id=f"{width}-{language}")
+    for width in ("desktop", "phone")
+    for language in ("en", "zh-CN")
+]
+
+
+def signed_in_page(browser_page: Any, member: Member, width: str, language: str) -> Any:
+    page = browser_page(width, language)
+    member.sign_in(page)
+    page.context.add_cookies([{"name": "kh_lang", "value": language, "url": member.url}])
+    return page
+
+
+def top_and_shoot(page: Any, shoot: Any, name: str) -> None:
+    page.evaluate("() => window.scrollTo(0, 0)")
+    shoot(page, name)
+
+
+@pytest.mark.parametrize(("width", "language"), BOTH)
+def test_every_page_in_both_languages_and_widths(
+    browser_page: Any, shoot: Any, axe: Any, busy_member: Member, width: str, language: str
+) -> None:
+    page = signed_in_page(browser_page, busy_member, width, language)
+    for path in PAGES:
+        if path == "/playground":
+            continue  # shot with a reply in it, below
+        page.goto(path)
+        assert page.locator("html").get_attribute("lang") == language
+        assert page.locator("h1").count() == 1
+        if path == "/account/usage":
+            assert page.locator("svg.chart rect").count() > 0, "an empty chart"
+            page.locator("details.chart-table summary").first.click()
+        if path == "/tester":
+            page.wait_for_function(
+                "() => document.getElementById('snippet').textContent.includes('curl --http1.1')"
+            )
+        axe(page)
+        top_and_shoot(page, shoot, SHOT_NAMES[path])
+
+
+@pytest.mark.parametrize(("width", "language"), BOTH)
+def test_playground_streams_an_answer_and_shows_its_cost(
+    browser_page: Any, shoot: Any, axe: Any, busy_member: Member, width: str, language: str
+) -> None:
+    page = signed_in_page(browser_page, busy_member, width, language)
+    page.goto("/playground")
+    page.locator("#f-system").fill("Answer in one short sentence.")
+    page.locator("#f-max-tokens").fill("24")
+    page.locator("#f-message").fill("Say this is a test!")
+    assert page.locator("#transcript").get_attribute("aria-live") == "polite"
+    page.locator("#f-message").press("Control+Enter")
+    reply = page.locator(".message.assistant").last
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.message.assistant .meta');"
+        " return m && m.hasAttribute('data-cost-micros'); }",
+        timeout=60_000,
+    )
+    assert reply.locator(".text").inner_text().strip()
+    meta = reply.locator(".meta").inner_text()
+    if language == "en":
+        assert re.search(r"\d+ \+ \d+ tokens · Cost: \S", meta), meta
+    else:
+        assert re.search(r"\d+ \+ \d+ 个 Token · 费用：\S", meta), meta
+    assert page.locator("#stop").is_disabled() and page.locator("#send").is_enabled()
+    axe(page)
+    top_and_shoot(page, shoot, "playground")
+
+
+def test_playground_stop_ends_the_stream(browser_page: Any, busy_member: Member) -> None:
+    page = signed_in_page(browser_page, busy_member, "desktop", "en")
+    page.goto("/playground")
+    page.locator("#f-max-tokens").fill("400")
+    page.locator("#f-message").fill("Write a long story about a lighthouse keeper.")
+    page.locator("#send").click()
+    page.wait_for_function("() => !document.getElementById('stop').disabled")
+    page.locator("#stop").click()
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.message.assistant .meta');"
+        " return m && m.textContent.startsWith('Stopped.'); }"
+    )
+    assert page.locator("#send").is_enabled()
+
+
+def test_tester_sends_a_call_and_its_curl_runs(
+    browser_page: Any, web: WebSetup, busy_member: Member
+) -> None:
+    key = make_key(busy_member, "tester")
+    page = browser_page("desktop", "en")
+    busy_member.sign_in(page)
+    page.goto("/tester")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => /^200/.test(document.getElementById('status').textContent)")
+    assert page.locator("tr.rate-limit th", has_text="x-ratelimit-limit-requests").count() == 1
+    assert '"chat.completion"' in page.locator("#response-body").inner_text()
+    assert re.search(r"\d+ ms", page.locator("#timing").inner_text())
+    # Copy as curl: the command carries the key typed above, and runs.
+    page.get_by_role("tab", name="curl").click()
+    page.wait_for_function(
+        "key => document.getElementById('snippet').textContent.includes(key)", arg=key
+    )
+    command = page.locator("#snippet").inner_text()
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and '"chat.completion"' in result.stdout, result.stderr
+    # The other languages are one tab away (arrow keys move between tabs).
+    page.get_by_role("tab", name="curl").press("ArrowRight")
+    page.wait_for_function(
+        "() => document.getElementById('snippet').textContent.includes('from openai import OpenAI')"
+    )

@@ -18,7 +18,7 @@ from html import escape
 #: Series beyond this many are summed as one "other" series.
 MAX_SERIES = 7
 WIDTH, HEIGHT = 720, 240
-LEFT, RIGHT, TOP, BOTTOM = 64, 8, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 76, 8, 12, 28
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,16 @@ def build(
 
 
 def nice_ceiling(value: int) -> int:
-    """A round number at or above ``value`` (1, 2, 2.5 or 5 times a power of ten)."""
+    """The top of the axis: four equal whole steps, each 1, 2, 2.5 or 5 times a power of
+    ten, together at or above ``value``."""
     if value <= 0:
-        return 1
-    power = 10 ** math.floor(math.log10(value))
+        return 4
+    power = 10 ** max(0, math.floor(math.log10(value / 4)))
     for step in (1, 2, 2.5, 5, 10):
-        top = step * power
-        if top >= value:
-            return max(1, math.ceil(top))
-    return value  # pragma: no cover
+        size = step * power
+        if size == int(size) and size * 4 >= value:
+            return int(size * 4)
+    return int(40 * power)  # pragma: no cover
 
 
 def svg(
@@ -91,6 +92,7 @@ def svg(
     value_label: Callable[[int], str],
     day_label: Callable[[date], str],
     chart_id: str,
+    tip_label: Callable[[int], str] | None = None,
 ) -> str:
     """The chart as an ``<svg>`` element: gridlines, y labels, stacked bars, a few day labels.
     Every bar has a ``<title>`` (the day, its total) for pointer users."""
@@ -117,7 +119,7 @@ def svg(
     for index, day in enumerate(chart.days):
         x = LEFT + slot * index + (slot - bar) / 2
         base = TOP + plot_h
-        tip = f"{day_label(day)}: {value_label(totals[index])}"
+        tip = f"{day_label(day)}: {(tip_label or value_label)(totals[index])}"
         out.append(f"<g><title>{escape(tip)}</title>")
         for series in chart.series:
             value = series.values[index]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyhouse.billing import reports
+from keyhouse.billing.money import MICRO
 from keyhouse.config import LimitSet
 from keyhouse.errors import InvalidRequest
 from keyhouse.keys import store
@@ -82,6 +84,15 @@ def token_label(value: int) -> str:
     return i18n.number(value)
 
 
+def money_axis(micros: int) -> str:
+    """An amount for the cost axis: the number alone (the currency is in the title)."""
+    return i18n.number(Decimal(micros) / MICRO)
+
+
+def currency_name(currency: str) -> str:
+    return _("credits") if currency == "credits" else currency
+
+
 async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
     """Everything the usage page shows."""
     svc = services(request)
@@ -113,11 +124,13 @@ async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
     labels = {key.id: f"{key.name} ({key.redacted})" for key in keys}
     other = _("Other")
     titles = {
-        "cost": _("Cost per day"),
+        "cost": _("Cost per day (%(currency)s)")
+        % {"currency": currency_name(svc.settings.currency)},
         "tokens": _("Tokens per day"),
         "requests": _("Requests per day"),
     }
     formats = {"cost": i18n.money, "tokens": token_label, "requests": i18n.number}
+    axes = {"cost": money_axis, "tokens": token_label, "requests": i18n.number}
     shown = []
     for name in ("cost", "tokens", "requests"):
         chart = charts.build(days, metrics[name], labels, other)
@@ -129,7 +142,8 @@ async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
                 "svg": charts.svg(
                     chart,
                     title=titles[name],
-                    value_label=formats[name],
+                    value_label=axes[name],
+                    tip_label=formats[name],
                     day_label=day_label,
                     chart_id=f"chart-{name}",
                 ),
