@@ -33,6 +33,7 @@ def device_of(user_agent: str | None) -> str:
                 ("Chromium/", "Chromium"),
                 ("Safari/", "Safari"),
                 ("curl/", "curl"),
+                ("python-httpx/", "Python (httpx)"),
             )
             if token in text
         ),
