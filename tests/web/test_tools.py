@@ -241,7 +241,9 @@ def test_tester_sends_a_call_and_its_curl_runs(
     page.goto("/tester")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Send").click()
-    page.wait_for_function("() => /^200/.test(document.getElementById('status').textContent)")
+    page.wait_for_function(
+        "() => /^200/.test(document.getElementById('status').textContent)", timeout=60_000
+    )
     assert page.locator("tr.rate-limit th", has_text="x-ratelimit-limit-requests").count() == 1
     assert '"chat.completion"' in page.locator("#response-body").inner_text()
     assert re.search(r"\d+ ms", page.locator("#timing").inner_text())

@@ -18,7 +18,7 @@ from html import escape
 #: Series beyond this many are summed as one "other" series.
 MAX_SERIES = 7
 WIDTH, HEIGHT = 720, 240
-LEFT, RIGHT, TOP, BOTTOM = 76, 8, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 96, 8, 14, 34
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,11 @@ def svg(
         out.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
         )
-        out.append(
-            f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{escape(value_label(round(top * i / 4)))}</text>"
-        )
+        if i % 2 == 0:  # three labels (0, half, top): short enough for a phone's width
+            out.append(
+                f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                f"{escape(value_label(round(top * i / 4)))}</text>"
+            )
     totals = chart.totals
     for index, day in enumerate(chart.days):
         x = LEFT + slot * index + (slot - bar) / 2
@@ -133,16 +134,18 @@ def svg(
             )
         out.append("</g>")
     for index in label_positions(n):
-        x = LEFT + slot * index + slot / 2
+        x, anchor = LEFT + slot * index + slot / 2, "middle"
+        if index == n - 1 and n > 1:
+            x, anchor = WIDTH - RIGHT, "end"  # the last day's label stays inside the chart
         out.append(
-            f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
+            f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
             f"{escape(day_label(chart.days[index]))}</text>"
         )
     out.append("</svg>")
     return "".join(out)
 
 
-def label_positions(n: int, most: int = 6) -> list[int]:
+def label_positions(n: int, most: int = 5) -> list[int]:
     """Which days get a label under the axis: at most ``most``, evenly spaced, ends included."""
     if n <= most:
         return list(range(n))

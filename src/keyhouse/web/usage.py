@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from babel.dates import format_skeleton
+from babel.numbers import format_decimal
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -86,7 +87,7 @@ def token_label(value: int) -> str:
 
 def money_axis(micros: int) -> str:
     """An amount for the cost axis: the number alone (the currency is in the title)."""
-    return i18n.number(Decimal(micros) / MICRO)
+    return format_decimal(Decimal(micros) / MICRO, format="#,##0.######", locale=i18n.locale())
 
 
 def currency_name(currency: str) -> str:
