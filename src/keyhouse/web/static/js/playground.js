@@ -32,7 +32,7 @@
       }).format(amount);
     }
     return new Intl.NumberFormat(data.locale, { minimumFractionDigits: 2, maximumFractionDigits: 6 })
-      .format(amount) + " " + currency;
+      .format(amount) + " " + (data.currencyName || currency);
   }
   function bubble(role, text) {
     var empty = document.getElementById("empty-chat");
