@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from html import escape
 
 #: Series beyond this many are summed as one "other" series.
@@ -30,7 +31,7 @@ class Series:
     #: Colour class (``s0``… ``s7``).
     css: str
 
-    @property
+    @cached_property
     def total(self) -> int:
         return sum(self.values)
 
@@ -40,9 +41,11 @@ class Chart:
     days: tuple[date, ...]
     series: tuple[Series, ...]
 
-    @property
+    @cached_property  # the template reads it once per table cell
     def totals(self) -> tuple[int, ...]:
-        return tuple(sum(s.values[i] for s in self.series) for i in range(len(self.days)))
+        return tuple(
+            sum(column) for column in zip(*(s.values for s in self.series), strict=True)
+        ) or ((0,) * len(self.days))
 
     @property
     def empty(self) -> bool:

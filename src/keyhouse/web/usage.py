@@ -14,6 +14,7 @@ period has spent, and the balance.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -81,6 +82,20 @@ def day_label(day: date) -> str:
     return format_skeleton("MMMd", day, locale=i18n.locale())
 
 
+def memo(format: Callable[[Any], str]) -> Callable[[Any], str]:
+    """``format``, remembering its answers for one page (the same days and amounts come up
+    in the charts, their tips and their tables; Babel's formatting is the page's main cost)."""
+    seen: dict[Any, str] = {}
+
+    def remembered(value: Any) -> str:
+        text = seen.get(value)
+        if text is None:
+            text = seen[value] = format(value)
+        return text
+
+    return remembered
+
+
 def token_label(value: int) -> str:
     return i18n.number(value)
 
@@ -130,13 +145,24 @@ async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
         "tokens": _("Tokens per day"),
         "requests": _("Requests per day"),
     }
-    formats = {"cost": i18n.money, "tokens": token_label, "requests": i18n.number}
-    axes = {"cost": money_axis, "tokens": token_label, "requests": i18n.number}
+    number = memo(i18n.number)
+    formats = {"cost": memo(i18n.money), "tokens": number, "requests": number}
+    axes = {"cost": money_axis, "tokens": number, "requests": number}
+    days_shown = memo(day_label)
+    day_date = memo(i18n.date)
     shown = []
     for name in ("cost", "tokens", "requests"):
         chart = charts.build(days, metrics[name], labels, other)
+        fmt = formats[name]
+        table = [
+            (day_date(day), [fmt(s.values[i]) for s in chart.series], fmt(chart.totals[i]))
+            for i, day in enumerate(chart.days)
+            if chart.totals[i]
+        ]
         shown.append(
             {
+                "table": table,
+                "legend": [(s.css, s.label, fmt(s.total)) for s in chart.series],
                 "name": name,
                 "title": titles[name],
                 "chart": chart,
@@ -145,7 +171,7 @@ async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
                     title=titles[name],
                     value_label=axes[name],
                     tip_label=formats[name],
-                    day_label=day_label,
+                    day_label=days_shown,
                     chart_id=f"chart-{name}",
                 ),
                 "format": formats[name],
@@ -158,7 +184,6 @@ async def usage_view(request: Request, current: Viewer) -> dict[str, Any]:
         "presets": PRESETS,
         "charts": shown,
         "total": total,
-        "day_label": day_label,
         "csv": {
             group: "/api/usage?" + urlencode({**base, "group_by": group, "format": "csv"})
             for group in ("day", "model", "key")
