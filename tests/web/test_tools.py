@@ -260,3 +260,25 @@ def test_tester_sends_a_call_and_its_curl_runs(
     page.wait_for_function(
         "() => document.getElementById('snippet').textContent.includes('from openai import OpenAI')"
     )
+
+
+def test_api_docs_render_offline(browser_page: Any, web: WebSetup) -> None:
+    """Swagger UI at /api/docs draws the management API from Keyhouse alone: every request
+    the page makes stays on this server, and the CSP holds (the fixture checks)."""
+    page = browser_page("desktop", "en")
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith(web.url) or request.url.startswith("data:")
+            else elsewhere.append(request.url)
+        ),
+    )
+    page.goto("/api/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert "Keyhouse management API" in page.locator(".swagger-ui .info .title").inner_text()
+    assert page.locator(
+        ".opblock-summary-path", has_text="/playground/chat/completions"
+    ).count()
+    assert not elsewhere, elsewhere
