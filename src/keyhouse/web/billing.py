@@ -8,6 +8,7 @@ conditional claim), then shows its refusals in the page's language.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -78,7 +79,7 @@ async def billing_view(request: Request, current: Viewer) -> dict[str, Any]:
     lots = []
     for lot in view.lots:
         state = "expired" if lot.expired else ("used" if lot.remaining <= 0 else "active")
-        lots.append({"lot": lot, "state": state})
+        lots.append({"lot": lot, "state": state, "detail": lot_detail(lot.kind, lot.note)})
     trial = [lot for lot in view.lots if lot.kind == "trial"]
     free_left = sum(lot.remaining for lot in trial if not lot.expired)
     free_expiry = min(
@@ -94,6 +95,21 @@ async def billing_view(request: Request, current: Viewer) -> dict[str, Any]:
         "free_left": free_left,
         "free_expiry": free_expiry,
     }
+
+
+CODE_TAIL = re.compile(r"KH-…-[0-9A-Z]{4}")
+
+
+def lot_detail(kind: str, note: str | None) -> str | None:
+    """What to show beside a lot's kind: an administrator's own note (grants, corrections),
+    the last group of a redeemed code; the notes Keyhouse writes itself (in English) are
+    said by the kind already."""
+    if not note or kind == "trial":
+        return None
+    if kind == "code":
+        found = CODE_TAIL.search(note)
+        return found.group(0) if found else None
+    return note
 
 
 def kind_labels() -> dict[str, str]:
