@@ -263,14 +263,14 @@ def browser_page(browser: Any, web: WebSetup) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-def shoot() -> Callable[[Any, str], Path]:
-    """``shoot(page, name)``: a full-page screenshot under docs/screenshots/."""
+def shoot() -> Callable[..., Path]:
+    """``shoot(page, name, full_page=True)``: a screenshot under docs/screenshots/."""
 
-    def take(page: Any, name: str) -> Path:
+    def take(page: Any, name: str, full_page: bool = True) -> Path:
         info = _pages[id(page)]
         SHOTS.mkdir(parents=True, exist_ok=True)
         path = SHOTS / f"{name}-{info.kind}-{info.language}.png"
-        page.screenshot(path=str(path), full_page=True, animations="disabled")
+        page.screenshot(path=str(path), full_page=full_page, animations="disabled")
         return path
 
     return take

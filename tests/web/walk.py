@@ -89,4 +89,5 @@ def sign_up_in_browser(web: WebSetup, page: Any, language: str, axe: Any, shoot:
     page.get_by_role("button", name=w["confirm"], exact=True).click()
     finish_sign_up(web, page, w, phone, axe, shoot)
     page.wait_for_url("**/account/api-keys")
+    shoot(page, "api-keys-empty")
     return email

@@ -22,7 +22,7 @@ from keyhouse.accounts.members import create_member
 from keyhouse.accounts.policy import check_email_domain, paused, refresh_status
 from keyhouse.accounts.refusals import Refused
 from keyhouse.api.accounts import set_session_cookies
-from keyhouse.api.manage import ip_of, services
+from keyhouse.api.manage import ip_of, language_of, services
 from keyhouse.db.models import Member, OidcIdentity
 
 router = APIRouter(prefix="/auth/oidc", tags=["sign-in with OpenID Connect"])
@@ -89,7 +89,7 @@ async def member_for(request: Request, claims: oidc.OidcClaims) -> Member:
                 member = await create_member(
                     session, svc.clock, email=email, name=claims.name, status="unverified"
                 )
-                member.language = svc.settings.accounts.default_language
+                member.language = language_of(request)  # the browser's, as for sign-up
             session.add(
                 OidcIdentity(
                     issuer=claims.issuer,

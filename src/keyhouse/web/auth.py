@@ -171,6 +171,7 @@ async def signup_form(request: Request, *, status: int = 200, **context: Any) ->
             "oidc_name": oidc.settings.name if oidc is not None else None,
             "closed": settings.signup == "invite" and not context.get("invitation"),
             "min_length": settings.password_min_length,
+            **_progress(request, "account"),
             **context,
         },
         status=status,
@@ -222,8 +223,18 @@ async def continue_page(request: Request) -> Response:
     return redirect(request, next_step(current, done))
 
 
-def _progress(step: str) -> dict[str, Any]:
-    order = ["account", "email", "profile", "phone"]
+def _progress(request: Request, step: str) -> dict[str, Any]:
+    """Where this step stands among those the policy asks for ("Step 2 of 4")."""
+    policy = services(request).settings.accounts
+    order = ["account"] + [
+        name
+        for name, required in (
+            ("email", policy.require_email),
+            ("profile", policy.require_profile),
+            ("phone", policy.require_phone),
+        )
+        if required or name == step
+    ]
     return {"step": step, "step_number": order.index(step) + 1, "step_count": len(order)}
 
 
@@ -241,7 +252,7 @@ async def email_page(request: Request, *, status: int = 200, **context: Any) -> 
             "bare": True,
             "email": current.email,
             "not_sent": sent == "0",
-            **_progress("email"),
+            **_progress(request, "email"),
             **context,
         },
         status=status,
@@ -278,7 +289,7 @@ async def profile_page(request: Request, *, status: int = 200, **context: Any) -
     return await page(
         request,
         "auth/profile.html",
-        {"bare": True, **_progress("profile"), **context},
+        {"bare": True, **_progress(request, "profile"), **context},
         status=status,
     )
 
@@ -309,9 +320,8 @@ async def phone_page(request: Request, *, status: int = 200, **context: Any) -> 
     current = await viewer(request)
     if "phone" not in current.missing_steps and not context:
         return redirect(request, next_step(current, AFTER_SIGNUP))
-    return await page(
-        request, "auth/phone.html", {"bare": True, **_progress("phone"), **context}, status=status
-    )
+    context = {"bare": True, **_progress(request, "phone"), **context}
+    return await page(request, "auth/phone.html", context, status=status)
 
 
 async def phone_post(request: Request) -> Response:
@@ -342,7 +352,7 @@ async def phone_code_page(request: Request, *, status: int = 200, **context: Any
     return await page(
         request,
         "auth/phone_code.html",
-        {"bare": True, "phone": phone, **_progress("phone"), **context},
+        {"bare": True, "phone": phone, **_progress(request, "phone"), **context},
         status=status,
     )
 

@@ -339,7 +339,34 @@ async def on_csrf_failed(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """A page that does not exist, asked for by a browser: a page saying so. Everything else
+    (the API, scripts) keeps the OpenAI-shaped JSON error."""
+    from starlette.exceptions import HTTPException
+
+    from keyhouse.api import errors
+
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    browser = "text/html" in request.headers.get("accept", "")
+    if exc.status_code != 404 or not browser or path.startswith(("/v1", "/api", "/static")):
+        return await errors.on_http_error(request, exc)
+    await optional_viewer(request)
+    return await page(
+        request,
+        "error.html",
+        {
+            "heading": _("Page not found"),
+            "message": _("There is no page at this address. Check the link, or start again."),
+        },
+        status=404,
+    )
+
+
 def install(app: Any) -> None:
-    """The web app's exception handlers (``app.create_app`` calls it)."""
+    """The web app's exception handlers (``app.create_app`` calls it after ``errors.install``)."""
+    from starlette.exceptions import HTTPException
+
     app.add_exception_handler(SignInRequired, on_signin_required)
     app.add_exception_handler(CsrfFailed, on_csrf_failed)
+    app.add_exception_handler(HTTPException, on_http_error)

@@ -250,6 +250,17 @@ async def _own(request: Request, current: Viewer, key_id: str) -> member_keys.Ke
     return await member_keys.get_key(request, key_id, actor_of(request, current))  # type: ignore[arg-type]
 
 
+def keep_soft_limit(body: dict[str, Any], key: member_keys.KeyOut) -> None:
+    """The form has no field for a budget's soft limit (an alert set through the API): an
+    edit keeps it as it was."""
+    soft = key.budget.soft if key.budget is not None else None
+    if soft is None:
+        return
+    if body.get("budget") is None:
+        body["budget"] = {"period": key.budget.period, "hard": None}  # type: ignore[union-attr]
+    body["budget"]["soft"] = soft
+
+
 def values_of(key: member_keys.KeyOut) -> dict[str, list[str]]:
     """An existing key as the edit form's values."""
     budget = key.budget
@@ -288,6 +299,7 @@ async def edit(request: Request) -> Response:
         body = parse_key_form(fields, svc.clock.now())
         if one(fields, "expires") == "keep":
             body.pop("expires_at")
+        keep_soft_limit(body, key)
         await member_keys.update_key(
             request,  # type: ignore[arg-type]
             key_id,

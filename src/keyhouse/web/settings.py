@@ -97,8 +97,12 @@ async def profile(request: Request) -> Response:
     fields = await form(request)
     current = await viewer(request)
     name = fields.get("name", "").strip()
+    if not name:
+        return await settings_page(
+            request, status=400, section="profile", param="name", error=_("Enter your name.")
+        )
     try:
-        await flows.update_profile(services(request), current.member_id, name=name or None)
+        await flows.update_profile(services(request), current.member_id, name=name)
     except KeyhouseError as exc:
         return await settings_page(request, status=exc.status, section="profile", **refusal(exc))
     return redirect(request, "/settings?done=saved")

@@ -4,6 +4,9 @@
   "use strict";
   document.documentElement.classList.add("js");
   document.addEventListener("DOMContentLoaded", function () {
+    // After a refused form, the field to fix has the focus (unless a dialog takes it).
+    var invalid = document.querySelector("main [aria-invalid='true']");
+    if (invalid && !document.getElementById("dialog")) invalid.focus();
     var button = document.getElementById("menu-button");
     var nav = document.getElementById("nav");
     if (button && nav) {
