@@ -278,7 +278,5 @@ def test_api_docs_render_offline(browser_page: Any, web: WebSetup) -> None:
     page.goto("/api/docs")
     page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
     assert "Keyhouse management API" in page.locator(".swagger-ui .info .title").inner_text()
-    assert page.locator(
-        ".opblock-summary-path", has_text="/playground/chat/completions"
-    ).count()
+    assert page.locator(".opblock-summary-path", has_text="/playground/chat/completions").count()
     assert not elsewhere, elsewhere
