@@ -280,3 +280,26 @@ def test_api_docs_render_offline(browser_page: Any, web: WebSetup) -> None:
     assert "Keyhouse management API" in page.locator(".swagger-ui .info .title").inner_text()
     assert page.locator(".opblock-summary-path", has_text="/playground/chat/completions").count()
     assert not elsewhere, elsewhere
+
+
+def test_snippets_endpoint_needs_the_session_and_its_token(
+    web: WebSetup, member_session: Member
+) -> None:
+    asked = {"method": "GET", "path": "/v1/models", "body": None, "key": "sk-kh-typed"}
+    assert httpx.post(web.url + "/tester/snippets", json=asked).status_code == 401
+    with httpx.Client(base_url=web.url, cookies=member_session.cookies, timeout=30) as http:
+        assert http.post("/tester/snippets", json=asked).status_code == 403
+        made = http.post(
+            "/tester/snippets", json=asked, headers={"X-CSRF-Token": member_session.csrf}
+        )
+        assert made.status_code == 200
+        texts = made.json()
+        assert set(texts) == {"curl", "python", "python-legacy", "javascript"}
+        assert 'OPENAI_API_KEY="sk-kh-typed"' in texts["curl"]
+        assert f"{web.url}/v1/models" in texts["curl"]
+        bad = http.post(
+            "/tester/snippets",
+            json={**asked, "method": "POST", "body": "[1, 2"},
+            headers={"X-CSRF-Token": member_session.csrf},
+        )
+        assert bad.status_code == 400
