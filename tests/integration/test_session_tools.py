@@ -14,6 +14,7 @@ import io
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class Setup:
             finally:
                 await conn.close()
 
-        return asyncio.run(run())
+        return run_async(run())
 
     def browser(self, email: str) -> httpx.Client:
         """Signed in through ``POST /api/auth/signin``: the cookie jar and the CSRF header."""
@@ -107,7 +108,7 @@ def setup(
             ADMIN: srv.create_member(ADMIN, "--admin"),
         }
         setup = Setup(srv, schema, ids)
-        password = asyncio.run(hash_password(PASSWORD))
+        password = run_async(hash_password(PASSWORD))
         for email in ids:
             setup.sql("update members set password_hash = $1 where email = $2", password, email)
         srv.start()
@@ -116,7 +117,14 @@ def setup(
         srv.stop()
         running.stop()
         if schema is not None:
-            asyncio.run(_drop_schema(schema))
+            run_async(_drop_schema(schema))
+
+
+def run_async(coroutine: Any) -> Any:
+    """``asyncio.run`` in a thread of its own: works even when the session's Playwright (in
+    tests/web) already runs an event loop in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def refused(response: httpx.Response, status: int, code: str | None) -> dict[str, Any]:
