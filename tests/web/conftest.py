@@ -6,8 +6,9 @@ Fixtures (for every tests/web module):
 - ``web`` — the running ``WebSetup``: ``url``, ``server`` (tests.conftest.Server: ``cli()``),
   ``smtp``, ``sms``, ``admin`` (an httpx client holding an admin token), and
   ``next_code(email)`` / ``next_text(phone)`` reading the codes Keyhouse sent.
-- ``browser_page(width="desktop"|"phone"|<px>, language="en"|"zh-CN")`` — a new page in a
-  fresh context (its own cookies) with that viewport and ``Accept-Language``. Every page is
+- ``browser_page(width="desktop"|"phone"|<px>, language="en"|"zh-CN", dark=False)`` — a new
+  page in a fresh context (its own cookies) with that viewport, ``Accept-Language`` and colour
+  scheme. Every page is
   checked at teardown for Content-Security-Policy violations and script errors.
 - ``shoot(page, name)`` — ``docs/screenshots/<name>-<desktop|phone>-<en|zh-CN>.png``.
 - ``axe(page)`` — the vendored axe-core; fails on a serious or critical violation.
@@ -226,10 +227,10 @@ _pages: dict[int, PageInfo] = {}
 
 @pytest.fixture
 def browser_page(browser: Any, web: WebSetup) -> Iterator[Callable[..., Any]]:
-    """``browser_page(width, language)``: a page in a fresh context."""
+    """``browser_page(width, language, dark=False)``: a page in a fresh context."""
     contexts: list[Any] = []
 
-    def make(width: str | int = "desktop", language: str = "en") -> Any:
+    def make(width: str | int = "desktop", language: str = "en", dark: bool = False) -> Any:
         size = WIDTHS.get(str(width)) or (int(width), 860)
         kind = width if isinstance(width, str) else ("phone" if width < 700 else "desktop")
         context = browser.new_context(
@@ -237,6 +238,7 @@ def browser_page(browser: Any, web: WebSetup) -> Iterator[Callable[..., Any]]:
             locale=language,
             extra_http_headers={"Accept-Language": f"{language},en;q=0.5"},
             base_url=web.url,
+            color_scheme="dark" if dark else "light",
         )
         context.set_default_timeout(10_000)
         contexts.append(context)

@@ -1,5 +1,6 @@
-"""From the keyboard alone: the skip link, the create dialog (focus lands in it, Enter submits,
-Escape closes), and a focus ring that can be seen."""
+"""Access beyond the mouse and the light theme: from the keyboard alone (the skip link, the
+create dialog — focus lands in it, Enter submits, Escape closes — and a focus ring that can be
+seen), and the dark colour scheme scanned for contrast."""
 
 from __future__ import annotations
 
@@ -33,3 +34,16 @@ def test_create_a_key_from_the_keyboard(browser_page, member_session) -> None:
     page.wait_for_url("**/account/api-keys")
     assert page.locator("#secret").count() == 0
     assert "from the keyboard" in page.content()
+
+
+def test_the_dark_scheme_keeps_its_contrast(browser_page, member_session, axe, shoot) -> None:
+    page = browser_page("desktop", "en", dark=True)
+    page.goto("/signup")
+    page.get_by_label("Password", exact=True).fill("short")
+    page.get_by_label("Email address").fill("dark@example.org")
+    page.get_by_role("button", name="Continue", exact=True).click()
+    axe(page)  # an error message, hints and links on the dark surface
+    member_session.sign_in(page)
+    page.goto("/account/api-keys/new")
+    axe(page)
+    shoot(page, "api-keys-create-dark")
