@@ -303,3 +303,45 @@ def test_snippets_endpoint_needs_the_session_and_its_token(
             headers={"X-CSRF-Token": member_session.csrf},
         )
         assert bad.status_code == 400
+
+
+def test_the_dark_scheme_keeps_its_contrast(
+    browser_page: Any, axe: Any, shoot: Any, busy_member: Member
+) -> None:
+    page = browser_page("desktop", "en", dark=True)
+    busy_member.sign_in(page)
+    for path in PAGES:
+        page.goto(path)
+        if path == "/account/usage":
+            page.locator("details.chart-table summary").first.click()
+        axe(page)
+    page.goto("/account/usage")
+    top_and_shoot(page, shoot, "usage-dark")
+
+
+def test_the_tester_from_the_keyboard(
+    browser_page: Any, web: WebSetup, busy_member: Member
+) -> None:
+    """Example, key and send without a pointer; the copy tabs move with the arrow keys."""
+    key = make_key(busy_member, "keyboard")
+    page = signed_in_page(browser_page, busy_member, "desktop", "en")
+    page.goto("/tester")
+    page.locator("#f-example").focus()
+    page.keyboard.press("ArrowDown")  # chat, streamed
+    assert '"stream": true' in page.locator("#f-body").input_value()
+    page.locator("#f-key").focus()
+    page.keyboard.type(key)
+    page.keyboard.press("Enter")  # submits the form
+    page.wait_for_function(
+        "() => /^200/.test(document.getElementById('status').textContent)", timeout=60_000
+    )
+    page.wait_for_function(
+        "() => document.getElementById('response-body').textContent.includes('[DONE]')",
+        timeout=60_000,
+    )
+    page.locator("#tab-curl").focus()
+    page.keyboard.press("End")
+    assert page.locator("#tab-javascript").get_attribute("aria-selected") == "true"
+    page.wait_for_function(
+        "() => document.getElementById('snippet').textContent.includes('getReader')"
+    )
