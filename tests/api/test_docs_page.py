@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 
 import httpx
@@ -43,7 +44,9 @@ def fetch_all() -> tuple[httpx.Response, dict[str, httpx.Response]]:
             assets["/api/docs/assets/x.js"] = await http.get("/api/docs/assets/x.js")
             return page, assets
 
-    return asyncio.run(run())
+    # In a thread of its own: the browser tests' Playwright may run a loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def test_the_docs_page_loads_only_what_keyhouse_serves() -> None:
