@@ -171,6 +171,7 @@ def top_and_shoot(page: Any, shoot: Any, name: str) -> None:
 def test_every_page_in_both_languages_and_widths(
     browser_page: Any, shoot: Any, axe: Any, busy_member: Member, width: str, language: str
 ) -> None:
+    key = make_key(busy_member, f"tester {width} {language}")
     page = signed_in_page(browser_page, busy_member, width, language)
     for path in PAGES:
         if path == "/playground":
@@ -181,9 +182,17 @@ def test_every_page_in_both_languages_and_widths(
         if path == "/account/usage":
             assert page.locator("svg.chart rect").count() > 0, "an empty chart"
             page.locator("details.chart-table summary").first.click()
-        if path == "/tester":
+        if path == "/tester":  # shot with an answer in it
+            page.locator("#f-key").fill(key)
+            page.locator("#send").click()
             page.wait_for_function(
-                "() => document.getElementById('snippet').textContent.includes('curl --http1.1')"
+                "() => /^200/.test(document.getElementById('status').textContent)",
+                timeout=60_000,
+            )
+            # No secret in a committed screenshot: the field emptied, the snippet follows.
+            page.locator("#f-key").fill("")
+            page.wait_for_function(
+                "() => document.getElementById('snippet').textContent.includes('your_api_key')"
             )
         axe(page)
         top_and_shoot(page, shoot, SHOT_NAMES[path])
