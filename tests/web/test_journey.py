@@ -10,6 +10,7 @@ passes is scanned with axe-core and saved under docs/screenshots/.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import httpx
@@ -80,6 +81,55 @@ def test_sign_up_create_a_key_then_flagged(web, browser_page, shoot, axe, width,
     # 6. The key works…
     v1 = httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {secret}"})
     assert v1.get("/v1/models").status_code == 200
+
+    # 6a. The playground: a streamed answer from the bundled model, its tokens and cost.
+    page.goto("/playground")
+    page.locator("#f-max-tokens").fill("16")
+    page.locator("#f-message").fill("Say this is a test!")
+    page.locator("#send").click()
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.message.assistant .meta');"
+        " return m && m.hasAttribute('data-cost-micros'); }",
+        timeout=60_000,
+    )
+    assert page.locator(".message.assistant .text").inner_text().strip()
+
+    # 6b. The API tester: the call with the new key, then its "copy as curl" run for real.
+    page.goto("/tester")
+    page.locator("#f-key").fill(secret)
+    page.locator("#send").click()
+    page.wait_for_function(
+        "() => /^200/.test(document.getElementById('status').textContent)", timeout=60_000
+    )
+    page.locator("#tab-curl").click()
+    page.wait_for_function(
+        "key => document.getElementById('snippet').textContent.includes(key)", arg=secret
+    )
+    command = page.locator("#snippet").inner_text()
+    ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and '"chat.completion"' in ran.stdout, ran.stderr
+
+    # 6c. The usage page shows both calls (the playground's key and "laptop"), with their cost.
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with httpx.Client(base_url=web.url, cookies=cookies, timeout=30) as http:
+        deadline = time.monotonic() + 15
+        while True:
+            by_key = http.get("/api/usage", params={"group_by": "key"}).json()["data"]
+            costs = {line["key_name"]: line["cost_micros"] for line in by_key}
+            # the playground's call, the tester's and the copied curl's
+            if {"Playground", "laptop"} <= set(costs) and sum(
+                line["requests"] for line in by_key
+            ) >= 3:
+                break
+            assert time.monotonic() < deadline, f"usage never showed both keys: {costs}"
+            time.sleep(0.2)
+    assert costs["Playground"] > 0 and costs["laptop"] > 0
+    page.goto("/account/usage?by=key")
+    legend = page.locator("#cost .legend").inner_text()
+    assert "Playground" in legend and "laptop" in legend
+    assert page.locator("#cost svg.chart rect").count() >= 2
+    assert page.locator("#total-requests").inner_text().strip() == "3"
+    axe(page)
 
     # 7. …until an administrator flags the member: it stops within a second.
     found = web.admin.get("/admin/members", params={"q": email}).json()["data"]

@@ -186,7 +186,16 @@ def on_error_body(exc: KeyhouseError) -> Response:
 
 def build_api() -> FastAPI:
     """The ``/api`` app; ``app.create_app`` mounts it and hands it the services."""
-    from keyhouse.api import accounts, admin, credit, member_keys, oidc_routes, usage
+    from keyhouse.api import (
+        accounts,
+        admin,
+        credit,
+        docs,
+        member_keys,
+        oidc_routes,
+        playground,
+        usage,
+    )
 
     api = FastAPI(
         title="Keyhouse management API",
@@ -198,7 +207,7 @@ def build_api() -> FastAPI:
             "request), or with an admin token: `Authorization: Bearer sk-…`."
         ),
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # api/docs serves Swagger UI itself: vendored, no CDN, no inline script
         redoc_url=None,
     )
     api.router.redirect_slashes = False
@@ -209,8 +218,10 @@ def build_api() -> FastAPI:
         admin.router,
         credit.router,
         usage.api_router,
+        playground.router,
     ):
         api.include_router(router)
+    docs.install(api)
     errors.install(api)
     api.add_exception_handler(KeyhouseError, on_keyhouse_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)

@@ -2,7 +2,9 @@
 read (OpenAI's legacy ``/v1/dashboard/billing/…`` and its organisation usage and costs).
 
 Every endpoint is authenticated by the caller's API key under the ``usage.read`` scope, which
-read-only keys have. Members read their own figures; administrators (``principal.is_admin``)
+read-only keys have; ``/api/usage`` and ``/api/billing/balance`` (and ``/api/admin/usage``)
+also take the dashboard's session cookie, so a signed-in member reads their own figures
+without making a key. Members read their own figures; administrators (``principal.is_admin``)
 may name another member with ``?member=EMAIL|ID`` or read everyone's. Everything is read from
 the roll-ups (``billing.reports``), days in the organisation's timezone. Money is shown twice:
 as a decimal string in the currency (``"4.95"``) and as integer micro-units (``…_micros``).
@@ -13,8 +15,9 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from fastapi import APIRouter
@@ -23,7 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keyhouse.accounts import sessions
 from keyhouse.accounts.members import find_member
+from keyhouse.api.http import presented_key
 from keyhouse.api.v1 import gate, services
 from keyhouse.billing import reports
 from keyhouse.billing.money import MICRO, show
@@ -57,12 +62,45 @@ def money(micros: int) -> str:
 # ----------------------------------------------------------------------------- who
 
 
+class Reader(Protocol):
+    """Who reads figures: a key's ``Principal``, or a signed-in member (``SessionReader``)."""
+
+    @property
+    def member_id(self) -> str: ...
+    @property
+    def is_admin(self) -> bool: ...
+    @property
+    def redacted(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SessionReader:
+    """A member signed in to the dashboard, reading with the session cookie alone."""
+
+    member_id: str
+    is_admin: bool
+    redacted: str = "the signed-in member"
+
+
 async def reader(request: Request) -> Principal:
     """The caller's key, allowed to read usage (read-only keys are)."""
     return await gate(request, USAGE_READ)
 
 
-def require_admin(principal: Principal) -> None:
+async def key_or_session_reader(request: Request) -> Reader:
+    """The caller's key when one is presented; else the dashboard's session cookie (the
+    member reads their own figures; an administrator in good standing, anyone's); else the
+    usual "no API key" refusal."""
+    if presented_key(request) is None and request.cookies.get(sessions.COOKIE):
+        from keyhouse.api.manage import optional_actor
+
+        actor = await optional_actor(request)  # an expired session is refused here
+        if actor is not None:
+            return SessionReader(actor.member_id, actor.is_admin and actor.status == "active")
+    return await reader(request)
+
+
+def require_admin(principal: Reader) -> None:
     if not principal.is_admin:
         raise PermissionDenied(
             "You have insufficient permissions for this operation: only an administrator's "
@@ -70,7 +108,7 @@ def require_admin(principal: Principal) -> None:
         )
 
 
-async def subject(session: AsyncSession, principal: Principal, wanted: str | None) -> Member:
+async def subject(session: AsyncSession, principal: Reader, wanted: str | None) -> Member:
     """The member whose figures to show: the caller's own, or (administrators only) the one
     named by ``?member=``. Members naming anyone else are refused, whether or not they exist."""
     if not wanted or wanted == principal.member_id:
@@ -149,7 +187,7 @@ def integer(request: Request, name: str, default: int | None = None) -> int | No
 async def balance(request: Request) -> Response:
     """``GET /api/billing/balance``: the balance, the lots and when they expire."""
     svc = services(request)
-    principal = await reader(request)
+    principal = await key_or_session_reader(request)
     now = svc.clock.now()
     async with svc.db.session() as session:
         member = await subject(session, principal, request.query_params.get("member"))
@@ -222,7 +260,7 @@ def report_response(
 async def usage(request: Request) -> Response:
     """``GET /api/usage?start=&end=&group_by=day|model|key[&member=][&format=csv]``."""
     svc = services(request)
-    principal = await reader(request)
+    principal = await key_or_session_reader(request)
     start, end = date_range(request, svc)
     group_by = request.query_params.get("group_by", "day")
     reports.check_group(group_by, across_members=False)
@@ -244,7 +282,7 @@ async def admin_usage(request: Request) -> Response:
     every member's usage together (or one member's), with what it cost the organisation (the
     margin) and what was charged above holds (overshoot)."""
     svc = services(request)
-    principal = await reader(request)
+    principal = await key_or_session_reader(request)
     require_admin(principal)
     start, end = date_range(request, svc)
     group_by = request.query_params.get("group_by", "member")

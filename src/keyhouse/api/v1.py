@@ -74,13 +74,20 @@ def json_response(model: p.Out, headers: dict[str, str] | None = None) -> Respon
     return Response(model.wire(), media_type="application/json", headers=headers)
 
 
+#: Scope key under which a trusted in-process caller (the playground, ``api/playground``)
+#: hands ``gate`` a principal it authenticated itself; no client can set it.
+ON_BEHALF = "keyhouse.on_behalf"
+
+
 async def gate(request: Request, endpoint: str) -> Principal:
     """Authenticate the key, then check the caller's IP and the key's endpoint scope."""
     svc = services(request)
-    key = presented_key(request)
-    if key is None:
-        raise AuthenticationFailed(NO_KEY.format(url=svc.settings.public_url))
-    principal = await svc.auth.authenticate(key)
+    principal: Principal | None = request.scope.get(ON_BEHALF)
+    if principal is None:
+        key = presented_key(request)
+        if key is None:
+            raise AuthenticationFailed(NO_KEY.format(url=svc.settings.public_url))
+        principal = await svc.auth.authenticate(key)
     if not principal.ip_allowed(client_ip(request.scope, svc.settings.trusted_proxies)):
         raise PermissionDenied(
             f"The API key {principal.redacted} may not be used from this IP address.",

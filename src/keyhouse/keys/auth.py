@@ -163,6 +163,11 @@ class Authenticator:
         self._last_used[principal.key_id] = now
         return principal
 
+    def mark_used(self, key_id: str) -> None:
+        """Note a use of a key authenticated another way (the playground's session-held key),
+        for its "last used" time."""
+        self._last_used[key_id] = self.clock.now()
+
     async def _load(self, digest: str, presented: str) -> Principal | None:
         while (pending := self._pending.get(digest)) is not None:
             try:

@@ -197,6 +197,14 @@ class Limiter:
         decision = await self._decide(rules, [0] * len(rules), commit=False)
         return headers_for(decision.states) if decision else {}
 
+    async def standing(self, rules: list[Rule]) -> list[RuleState] | None:
+        """Each rule's state as it stands, taking nothing (the limits page); None when the
+        store cannot be asked."""
+        if not rules:
+            return []
+        decision = await self._decide(rules, [0] * len(rules), commit=False)
+        return decision.states if decision else None
+
     def finish(self, admission: Admission, tokens_used: int | None) -> None:
         """Correct token rules to what was used and release slots — in the background."""
         if admission.finished or not admission.rules:

@@ -10,11 +10,21 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from keyhouse.web import auth, i18n, keys, settings
+from keyhouse.web import (
+    auth,
+    billing,
+    i18n,
+    keys,
+    playground,
+    quickstart,
+    settings,
+    tester,
+    usage,
+)
 from keyhouse.web.base import install
 
 #: One module per area; each has a ``routes`` list.
-AREAS = (auth, keys, settings)
+AREAS = (auth, keys, settings, quickstart, usage, billing, playground, tester)
 
 
 def routes() -> list[BaseRoute]:

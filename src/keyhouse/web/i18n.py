@@ -24,7 +24,7 @@ from babel.dates import format_date, format_datetime
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_decimal, parse_pattern
 from babel.support import Translations
 
 from keyhouse.billing.money import MICRO
@@ -119,6 +119,10 @@ def number(value: int | float | Decimal | None) -> str:
     return format_decimal(value, locale=locale())
 
 
+_MONEY = parse_pattern("¤#,##0.00####")
+_AMOUNT = parse_pattern("#,##0.00####")
+
+
 def money(micros: int | None) -> str:
     """Micro-units of the organisation's currency, for people: ISO currencies with their sign,
     anything else ("credits") as a plain amount and the currency's name."""
@@ -127,8 +131,10 @@ def money(micros: int | None) -> str:
     amount = Decimal(micros) / MICRO
     currency = _currency.get()
     if len(currency) == 3 and currency.isalpha() and currency.isupper():
-        return format_currency(amount, currency, format="¤#,##0.00####", locale=locale())
-    shown = format_decimal(amount, format="#,##0.00####", locale=locale())
+        # currency_digits=False: the pattern's six decimals, not the currency's two (costs
+        # are often fractions of a cent). The patterns are parsed once (a fifth of the time).
+        return _MONEY.apply(amount, locale(), currency=currency, currency_digits=False)
+    shown = _AMOUNT.apply(amount, locale())
     name = gettext("credits") if currency == "credits" else currency
     return f"{shown} {name}"
 
