@@ -204,6 +204,8 @@ def test_playground_streams_an_answer_and_shows_its_cost(
 ) -> None:
     page = signed_in_page(browser_page, busy_member, width, language)
     page.goto("/playground")
+    # the slider starts at the model's own default (the bundled model decodes greedily)
+    assert float(page.locator("#f-temperature").input_value()) == 0.0
     page.locator("#f-system").fill("Answer in one short sentence.")
     page.locator("#f-max-tokens").fill("24")
     page.locator("#f-message").fill("Say this is a test!")

@@ -110,6 +110,8 @@ class PlaygroundModel(BaseModel):
     output_price: str
     default_max_tokens: int
     context_length: int
+    #: What a request that names no temperature gets (the model's default, else OpenAI's 1).
+    default_temperature: float = 1.0
 
 
 class PlaygroundModels(BaseModel):
@@ -128,6 +130,9 @@ def chat_models(svc: object, allow: frozenset[str] | None) -> list[PlaygroundMod
             output_price=price(spec.output_price),
             default_max_tokens=spec.default_max_tokens,
             context_length=spec.context_length,
+            default_temperature=1.0
+            if spec.default_temperature is None
+            else spec.default_temperature,
         )
         for name, spec in catalog.names()
         if CHAT in spec.endpoints and (allow is None or not allow.isdisjoint(spec.names))

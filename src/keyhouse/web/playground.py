@@ -29,6 +29,7 @@ async def playground_page(request: Request) -> Response:
     if chosen not in {m.id for m in models}:
         chosen = models[0].id if models else None
     default_max = next((m.default_max_tokens for m in models if m.id == chosen), 256)
+    temperature = next((m.default_temperature for m in models if m.id == chosen), 1.0)
     return await page(
         request,
         "playground/index.html",
@@ -36,6 +37,7 @@ async def playground_page(request: Request) -> Response:
             "models": models,
             "chosen": chosen,
             "max_tokens": min(default_max, 256),
+            "temperature": temperature,
             "currency": svc.settings.currency,
             "locale": i18n.locale().language
             + ("-" + i18n.locale().territory if i18n.locale().territory else ""),

@@ -203,5 +203,14 @@
   temperature.addEventListener("input", function () {
     temperatureValue.textContent = number(Number(temperature.value));
   });
+  // Each model's own default temperature (a tiny local model is greedy by default).
+  var modelSelect = document.getElementById("f-model");
+  modelSelect.addEventListener("change", function () {
+    var option = modelSelect.options[modelSelect.selectedIndex];
+    if (option && option.dataset.temperature !== undefined) {
+      temperature.value = option.dataset.temperature;
+      temperatureValue.textContent = number(Number(temperature.value));
+    }
+  });
   temperatureValue.textContent = number(Number(temperature.value));
 })();
