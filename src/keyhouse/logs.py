@@ -43,3 +43,7 @@ def setup_logging(level: str = "info") -> None:
     # debug and info levels stay quiet even when Keyhouse's own debug lines are wanted.
     for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine", "aiosmtplib", "httpcore", "hpack"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Alembic says a line per revision; Keyhouse says one for the whole upgrade (db/migrate).
+    logging.getLogger("alembic").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,9 @@ from keyhouse.db.engine import Database, sqlite_path
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: Any fixed 64-bit number; it names Keyhouse's migration lock in pg_locks.
 ADVISORY_LOCK_ID = 0x6B6579686F757365  # "keyhouse"
+
+
+log = logging.getLogger("keyhouse.db")
 
 
 def alembic_config(connection: Any = None) -> Config:
@@ -69,7 +73,16 @@ async def migrate(db: Database) -> None:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
             if db.schema:
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
-        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+        await conn.run_sync(_upgrade)
+
+
+def _upgrade(sync: Any) -> None:
+    """Alembic's upgrade, told in one line (its own lines, one per revision, stay at debug)."""
+    before = MigrationContext.configure(sync).get_current_revision()
+    command.upgrade(alembic_config(sync), "head")
+    after = MigrationContext.configure(sync).get_current_revision()
+    if after != before:
+        log.info("database migrated from %s to revision %s", before or "empty", after)
 
 
 async def current_revision(db: Database) -> str | None:
