@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import orjson
+
 from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.config import ModelSpec
 
@@ -19,8 +21,19 @@ def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
+def _extras(body: ChatCompletionRequest) -> int:
+    """Work beyond the messages, charged like prompt text: a response schema and tool
+    definitions are read as input (upstreams bill them so) and a schema is compiled; each
+    ``logit_bias`` entry is carried through every sampling step."""
+    raw = body.raw
+    sized = [raw.get(name) for name in ("response_format", "tools", "functions")]
+    text = sum(len(orjson.dumps(value)) for value in sized if value)
+    return _text_tokens(text) + len(body.logit_bias or {})
+
+
 def chat_tokens(body: ChatCompletionRequest, spec: ModelSpec) -> int:
     prompt = sum(_text_tokens(len(m.text())) + PER_MESSAGE for m in body.messages)
+    prompt += _extras(body)
     output = body.output_limit or spec.default_max_tokens
     return prompt + output * (body.n or 1)
 
@@ -37,7 +50,8 @@ def completion_tokens(body: CompletionRequest, spec: ModelSpec) -> int:
             for p in prompt
         ]
     output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
-    return sum(prompts) + output * (body.n or 1) * max(1, len(prompts))
+    bias = len(body.logit_bias or {})  # carried through every sampling step
+    return sum(prompts) + bias + output * (body.n or 1) * max(1, len(prompts))
 
 
 def embedding_tokens(body: EmbeddingRequest) -> int:

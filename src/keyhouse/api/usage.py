@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyhouse.accounts.members import find_member
+from keyhouse.api.http import attachment
 from keyhouse.api.v1 import gate, services
 from keyhouse.billing import reports
 from keyhouse.billing.money import MICRO, show
@@ -194,11 +195,10 @@ def report_response(
     if request.query_params.get("format", "json") == "csv":
         who = member.email.split("@")[0] if member is not None else "all"
         name = f"usage-{who}-{report.start}-{report.end}-by-{report.group_by}.csv"
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return Response(
             reports.to_csv(report, currency),
             media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="{name}"'},
+            headers={"content-disposition": attachment(name)},
         )
     if request.query_params.get("format", "json") != "json":
         raise InvalidRequest("format must be json or csv", param="format", code="invalid_value")
