@@ -1,0 +1,276 @@
+"""The connection guard: what uvicorn does not bound on the way in, bounded.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but, with its fast
+httptools parser, nothing else: a client may take for ever to send its headers (slowloris), stop
+half-way through a body (a body shorter than its Content-Length, a chunked body never
+terminated), send a megabyte of headers, or open connections without end. ``GuardedHttp`` is
+uvicorn's httptools protocol with those bounds added — nginx's ``client_header_timeout``,
+``client_body_timeout``, ``large_client_header_buffers`` and ``limit_conn`` — so that
+``keyhouse serve`` is safe without a proxy in front (docs/operations.md, "Slow and broken
+connections"). It keeps httptools' speed: the hot path gains one timer per request.
+
+The bounds are per process: ``configure`` sets them from the settings, in the serving process
+and in every worker (``app.app_from_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keyhouse.config import IPNetwork, Settings
+
+log = logging.getLogger("keyhouse.server")
+
+
+@dataclass
+class Guard:
+    """The bounds, and the open connections per client address (this process's)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    max_per_ip: int = 256
+    exempt: tuple[IPNetwork, ...] = ()
+    open: Counter[str] = field(default_factory=Counter)
+
+    def exempted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
+
+    def admit(self, ip: str | None) -> bool:
+        if ip is None or not self.max_per_ip or self.exempted(ip):
+            return True
+        if self.open[ip] >= self.max_per_ip:
+            return False
+        self.open[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
+
+
+GUARD = Guard()
+
+
+def configure(settings: Settings) -> None:
+    """Take the bounds from ``settings`` (called before serving, in each process)."""
+    GUARD.header_timeout = settings.header_timeout
+    GUARD.body_timeout = settings.body_timeout
+    GUARD.max_header_bytes = settings.max_header_bytes
+    GUARD.max_per_ip = settings.max_connections_per_ip
+    GUARD.exempt = settings.trusted_proxies
+
+
+def _error(status: int, reason: str, message: str, code: str) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    )
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback to stop parsing an oversized header block."""
+
+
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with header and body timeouts, a header size cap and a
+    cap on connections per client address."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = GUARD
+        self._timer: asyncio.TimerHandle | None = None
+        self._ip: str | None = None
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._started = False  # a byte of the current request has arrived
+        self._in_body = False
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _reject(self, raw: bytes) -> None:
+        """Answer (unless an answer is under way) and close: the client broke a bound."""
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        if raw and not answering:
+            self.transport.write(raw)
+        self.transport.close()
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if not self._started:  # nothing sent at all: just close, as after keep-alive
+            self._reject(b"")
+            return
+        log.info("closing a connection from %s: no complete headers in time", self._who())
+        self._reject(
+            _error(
+                408,
+                "Request Timeout",
+                f"The request's headers did not arrive within {self.guard.header_timeout:g} "
+                "seconds.",
+                "header_timeout",
+            )
+        )
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if self.flow is not None and self.flow.read_paused:
+            # We stopped reading (the app has not taken the body yet): not the client's fault.
+            self._arm(self.guard.body_timeout, self._body_timeout)
+            return
+        log.info("closing a connection from %s: the request body stalled", self._who())
+        self._reject(
+            _error(
+                408,
+                "Request Timeout",
+                f"The request body sent nothing for {self.guard.body_timeout:g} seconds.",
+                "body_timeout",
+            )
+        )
+
+    def _who(self) -> str:
+        return self.client[0] if self.client else "an unknown address"
+
+    # ------------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ip = self.client[0] if self.client else None
+        if not self.guard.admit(ip):
+            log.info("refusing a connection from %s: too many open connections", ip)
+            transport.write(
+                _error(
+                    429,
+                    "Too Many Requests",
+                    f"Too many open connections from your address (at most "
+                    f"{self.guard.max_per_ip}). Close some, or reuse them with keep-alive.",
+                    "too_many_connections",
+                )
+            )
+            transport.close()
+            return
+        self._ip = ip if ip is not None and self.guard.max_per_ip else None
+        if self._ip is not None and self.guard.exempted(self._ip):
+            self._ip = None
+        self._arm(self.guard.header_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._ip is not None:
+            self.guard.release(self._ip)
+            self._ip = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._awaiting_headers:
+            self._raw_header_bytes += len(data)
+            if not self._started:
+                self._started = True
+                if self._timer is None:  # a new request on a kept-alive connection
+                    self._arm(self.guard.header_timeout, self._header_timeout)
+        elif self._in_body:
+            self._arm(self.guard.body_timeout, self._body_timeout)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _TooLarge):
+                self._too_large()
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self._disarm()
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        # Still in the header block after all of this: every byte so far belongs to it (a
+        # single header can span many reads before the parser calls back).
+        if self._awaiting_headers and self._raw_header_bytes > self.guard.max_header_bytes:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        log.info("closing a connection from %s: headers over the size cap", self._who())
+        self._reject(
+            _error(
+                431,
+                "Request Header Fields Too Large",
+                f"The request line and headers may be at most {self.guard.max_header_bytes} bytes.",
+                "headers_too_large",
+            )
+        )
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._started = True
+        self._header_bytes = 0
+        if self._timer is None:
+            self._arm(self.guard.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.guard.max_header_bytes:
+            raise _TooLarge
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._raw_header_bytes = 0
+        self._in_body = True
+        self._arm(self.guard.body_timeout, self._body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._disarm()
+        super().on_message_complete()
