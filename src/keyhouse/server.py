@@ -229,6 +229,10 @@ class GuardedHttp(HttpToolsProtocol):
         if self._awaiting_headers and self._raw_header_bytes > self.guard.max_header_bytes:
             self._too_large()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
     def _too_large(self) -> None:
         log.info("closing a connection from %s: headers over the size cap", self._who())
         self._reject(

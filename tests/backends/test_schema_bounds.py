@@ -59,6 +59,9 @@ def nested(depth: int) -> dict[str, Any]:
         ({"$ref": "https://example.org/schema.json"}, "'$ref'"),
         ({"type": "string", "minLength": -1}, "non-negative integer"),
         ({"type": "string", "minLength": 1.5}, "non-negative integer"),
+        ({"type": "string", "pattern": "^a{1000}{1000}$"}, "grammar of more than"),
+        ({"enum": []}, "'enum' at schema must not be empty"),
+        ({"anyOf": []}, "'anyOf' at schema must not be empty"),
     ],
 )
 def test_each_bound_is_named(schema: dict[str, Any], named: str) -> None:

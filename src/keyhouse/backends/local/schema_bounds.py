@@ -111,6 +111,9 @@ class _Walk:
             )
         if "pattern" in node:
             self.pattern(node["pattern"], where)
+        for key in ("enum", "anyOf", "oneOf", "type"):
+            if node.get(key) == []:  # an empty rule: llama.cpp refuses it (and logs the grammar)
+                raise refuse(f"'{key}' at {where} must not be empty.", code="invalid_value")
         for key in ("enum",):
             if isinstance(node.get(key), list):
                 self.enum += len(node[key])
