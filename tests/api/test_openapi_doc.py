@@ -48,9 +48,9 @@ def test_the_ways_in_are_declared(document: dict[str, Any]) -> None:
 
 def test_statuses_per_operation(document: dict[str, Any]) -> None:
     ops = {(m, p): set(op["responses"]) for m, p, op in operations(document)}
-    assert ops[("POST", "/admin/invitations")] == {"201", "400", "401", "403", "409"}
+    assert ops[("POST", "/admin/invitations")] == {"201", "400", "401", "403", "409", "413"}
     assert ops[("GET", "/me")] == {"200", "401", "403"}
-    assert ops[("DELETE", "/keys/{key_id}")] == {"200", "400", "401", "403", "404"}
+    assert ops[("DELETE", "/keys/{key_id}")] == {"200", "400", "401", "403", "404", "413"}
     assert {"400", "409", "429"} <= ops[("POST", "/auth/signup")]
     assert "429" in ops[("POST", "/billing/redeem")]
     usage = next(op for m, p, op in operations(document) if p == "/usage")

@@ -298,3 +298,20 @@ def test_connections_per_address_are_capped(guarded: Server, secret: str) -> Non
     with connect(guarded) as sock:  # room again once they are closed
         sock.sendall(request("/v1/models", secret, method="GET"))
         assert read_response(sock)[0] == 200
+
+
+# ----------------------------------------------------------------------------- /api bodies
+
+
+def test_api_bodies_are_capped_before_anyone_signs_in(guarded: Server) -> None:
+    started = time.monotonic()
+    huge = b'{"email": "a@example.org", "password": "' + b"x" * 2_000_000 + b'"}'
+    response = httpx.post(
+        guarded.url + "/api/auth/signin",
+        content=huge,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert time.monotonic() - started < 5

@@ -12,7 +12,7 @@ import math
 import orjson
 
 from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from keyhouse.config import ModelSpec
+from keyhouse.config import LOCAL_KINDS, ModelSpec
 
 PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
 
@@ -21,7 +21,7 @@ def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
-def _extras(body: ChatCompletionRequest) -> int:
+def overhead(body: ChatCompletionRequest | CompletionRequest) -> int:
     """Work beyond the messages, charged like prompt text: a response schema and tool
     definitions are read as input (upstreams bill them so) and a schema is compiled; each
     ``logit_bias`` entry is carried through every sampling step."""
@@ -31,9 +31,18 @@ def _extras(body: ChatCompletionRequest) -> int:
     return _text_tokens(text) + len(body.logit_bias or {})
 
 
+def uncounted(body: ChatCompletionRequest | CompletionRequest, spec: ModelSpec) -> int:
+    """The overhead the model's own token count will leave out: all of it on local models
+    (llama.cpp counts the prompt only); none upstream, whose usage counts schemas and tools as
+    prompt tokens."""
+    if all(d.backend in LOCAL_KINDS for d in spec.deployments):
+        return overhead(body)
+    return 0
+
+
 def chat_tokens(body: ChatCompletionRequest, spec: ModelSpec) -> int:
     prompt = sum(_text_tokens(len(m.text())) + PER_MESSAGE for m in body.messages)
-    prompt += _extras(body)
+    prompt += overhead(body)
     output = body.output_limit or spec.default_max_tokens
     return prompt + output * (body.n or 1)
 
@@ -50,8 +59,7 @@ def completion_tokens(body: CompletionRequest, spec: ModelSpec) -> int:
             for p in prompt
         ]
     output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
-    bias = len(body.logit_bias or {})  # carried through every sampling step
-    return sum(prompts) + bias + output * (body.n or 1) * max(1, len(prompts))
+    return sum(prompts) + overhead(body) + output * (body.n or 1) * max(1, len(prompts))
 
 
 def embedding_tokens(body: EmbeddingRequest) -> int:

@@ -25,6 +25,7 @@ from keyhouse import __version__
 from keyhouse.accounts import sessions
 from keyhouse.accounts.refusals import Refused
 from keyhouse.api import errors, openapi
+from keyhouse.api.body_guard import BodyGuard
 from keyhouse.api.http import client_ip, presented_key
 from keyhouse.errors import InvalidRequest, KeyhouseError, PermissionDenied
 from keyhouse.i18n import pick_language
@@ -214,6 +215,7 @@ def build_api() -> FastAPI:
         api.include_router(router)
     errors.install(api)
     openapi.install(api, routers)
+    api.add_middleware(BodyGuard)
     api.add_exception_handler(KeyhouseError, on_keyhouse_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)
     return api
