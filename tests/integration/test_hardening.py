@@ -315,3 +315,48 @@ def test_api_bodies_are_capped_before_anyone_signs_in(guarded: Server) -> None:
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "request_too_large"
     assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- numbers past the database
+
+
+@pytest.fixture(scope="module")
+def admin_token(guarded: Server) -> str:
+    guarded.create_member("boss@example.org", "--admin")
+    return guarded.create_key("boss@example.org", "--admin", name="ops")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("GET", "/api/admin/members?offset=100000000000000000000", None, "offset"),
+        ("GET", "/api/admin/audit?before=-100000000000000000000", None, "before"),
+        (
+            "GET",
+            "/v1/organization/usage/completions?start_time=-100000000000000",
+            None,
+            "start_time",
+        ),
+        (
+            "GET",
+            "/v1/organization/usage/completions?start_time=1&end_time=10000000000000000",
+            None,
+            "end_time",
+        ),
+        ("POST", "/api/keys", {"name": "x", "rpm": 10**20}, "rpm"),
+        ("POST", "/api/keys", {"name": "x", "budget": {"hard": "1e30"}}, "budget.hard"),
+    ],
+)
+def test_numbers_past_what_the_database_holds_are_400s(
+    guarded: Server, admin_token: str, method: str, path: str, body: Any, param: str
+) -> None:
+    """Found by the fuzzers (bench/fuzz.py): each was a 500 (an integer overflow in SQLite or
+    in a date conversion)."""
+    response = httpx.request(
+        method,
+        guarded.url + path,
+        json=body,
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=30,
+    )
+    assert error(response)["param"] == param

@@ -132,16 +132,27 @@ def many(request: Request, name: str) -> list[str] | None:
     return items or None
 
 
-def integer(request: Request, name: str, default: int | None = None) -> int | None:
+#: Unix times a date can hold (years 1970 to 9999): past them, conversions overflow.
+MAX_UNIX_TIME = 253_402_300_799
+
+
+def integer(
+    request: Request, name: str, default: int | None = None, most: int = MAX_UNIX_TIME
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidRequest(
             f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_value"
         ) from None
+    if not 0 <= value <= most:
+        raise InvalidRequest(
+            f"Invalid '{name}': must be between 0 and {most}.", param=name, code="invalid_value"
+        )
+    return value
 
 
 # ----------------------------------------------------------------------------- /api/billing
