@@ -76,27 +76,28 @@ DESCRIPTIONS = {
     413: "The body is too large.",
     429: "Too many attempts: wait `retry-after` seconds.",
     502: "The identity provider could not be reached.",
+    503: "The mail or text could not be handed over: ask for another code.",
 }
 
 #: What handlers refuse beyond what their dependencies say, by (method, path under /api).
 EXTRA: dict[tuple[str, str], set[int]] = {
-    ("POST", "/auth/signup"): {409, 429},
-    ("POST", "/auth/signin"): {401, 403, 429},
+    ("POST", "/auth/signup"): {403, 409, 429},  # signup_closed, email_taken, throttles
+    ("POST", "/auth/signin"): {401, 403, 429},  # invalid_credentials, locked/suspended
     ("POST", "/auth/email/verify"): {429},
-    ("POST", "/auth/email/resend"): {400, 429},
+    ("POST", "/auth/email/resend"): {400, 429, 503},  # delivery_failed
     ("POST", "/auth/password/forgot"): {429},
-    ("POST", "/auth/password/reset"): {401, 429},
+    ("POST", "/auth/password/reset"): {401, 403, 429},
     ("POST", "/me/password"): {429},
-    ("POST", "/me/phone"): {409, 429, 502},
-    ("POST", "/me/phone/verify"): {429},
-    ("POST", "/me/email"): {409, 429},
+    ("POST", "/me/phone"): {409, 429, 503},
+    ("POST", "/me/phone/verify"): {409, 429},
+    ("POST", "/me/email"): {409, 429, 503},
     ("POST", "/me/email/verify"): {409, 429},
     ("POST", "/keys"): {429},
     ("POST", "/admin/invitations"): {409},
     ("PATCH", "/admin/members/{member_id}"): {409},
     ("POST", "/billing/redeem"): {404, 409, 429},
     ("GET", "/auth/oidc/start"): {404},
-    ("GET", "/auth/oidc/callback"): {400, 404, 502},
+    ("GET", "/auth/oidc/callback"): {400, 403, 404, 409, 429, 502},
 }
 
 #: Handlers written against the request itself (key-authenticated, query read by hand).
