@@ -54,6 +54,7 @@ def test_statuses_per_operation(document: dict[str, Any]) -> None:
     assert {"400", "409", "429"} <= ops[("POST", "/auth/signup")]
     assert "429" in ops[("POST", "/billing/redeem")]
     usage = next(op for m, p, op in operations(document) if p == "/usage")
+    assert set(usage["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     assert {p["name"] for p in usage["parameters"]} == {
         "start",
         "end",

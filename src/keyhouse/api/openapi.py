@@ -119,6 +119,8 @@ _RANGE = [
     _query("start", "First day (YYYY-MM-DD, the organisation's timezone).", format="date"),
     _query("end", "Last day, included (default: today).", format="date"),
 ]
+#: Reports that are also downloads (``?format=csv``).
+CSV = {"/usage", "/admin/usage"}
 #: Their query parameters, as the handlers read them.
 PARAMETERS: dict[str, list[dict[str, Any]]] = {
     "/billing/balance": [_MEMBER],
@@ -211,6 +213,9 @@ def truthful(document: dict[str, Any], routers: Iterable[APIRouter]) -> dict[str
             if route.path_format in PARAMETERS:
                 operation["parameters"] = PARAMETERS[route.path_format]
             responses = operation.setdefault("responses", {})
+            if route.path_format in CSV:
+                content = responses.setdefault("200", {}).setdefault("content", {})
+                content["text/csv"] = {"schema": {"type": "string"}}
             responses.pop("422", None)
             for status in sorted(_statuses(route, method, operation)):
                 responses.setdefault(str(status), _error(status))
