@@ -255,8 +255,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
 def app_from_env() -> Any:
     """Factory for ``uvicorn --factory`` (each worker builds its app from the environment)."""
+    from keyhouse import server
     from keyhouse.logs import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    server.configure(settings)
     return create_app(settings)

@@ -142,6 +142,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     if members == 0:
         me = _me()
         click.echo(first_start_hint(me, settings.host, settings.port), err=True)
+    from keyhouse import server
+
+    server.configure(settings)  # the workers configure themselves (app.app_from_env)
     host_process: subprocess.Popen[bytes] | None = None
     run_dir: str | None = None
     try:
@@ -165,7 +168,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             # (KEYHOUSE_TRUSTED_PROXIES); uvicorn's own handling would trust 127.0.0.1.
             proxy_headers=False,
             access_log=False,  # Keyhouse writes its own line (api/access.py)
-            timeout_keep_alive=30,
+            # uvicorn's httptools protocol with header/body timeouts, a header size cap and a
+            # cap on connections per address (keyhouse/server.py).
+            http="keyhouse.server:GuardedHttp",
+            timeout_keep_alive=settings.keep_alive_timeout,
             timeout_graceful_shutdown=30,
         )
     finally:

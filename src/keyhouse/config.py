@@ -240,6 +240,20 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
+    #: The connection guard (``keyhouse/server.py``; docs/operations.md, "Slow and broken
+    #: connections"). Seconds a client has to send a request's headers, counted from the
+    #: connection's start or the request's first byte.
+    header_timeout: float = 10.0
+    #: Seconds a request body may go without a byte (a body shorter than its Content-Length,
+    #: or a chunked body never terminated, is closed after this long).
+    body_timeout: float = 30.0
+    #: Seconds an idle keep-alive connection stays open between requests.
+    keep_alive_timeout: float = 30.0
+    #: The request line and headers together; larger ones get a 431 and the connection closes.
+    max_header_bytes: int = 32 * 1024
+    #: Open connections from one client address, per worker (0: no cap). Trusted proxies are
+    #: exempt: they carry many clients.
+    max_connections_per_ip: int = 256
     #: How often each worker looks for key/member changes (seconds).
     change_poll_interval: float = 0.25
     #: How often "last used" times are written, in one batch (seconds).
@@ -309,6 +323,11 @@ _SCALARS: dict[str, type] = {
     "database_url": str,
     "database_schema": str,
     "max_body_bytes": int,
+    "header_timeout": float,
+    "body_timeout": float,
+    "keep_alive_timeout": float,
+    "max_header_bytes": int,
+    "max_connections_per_ip": int,
     "change_poll_interval": float,
     "last_used_flush_interval": float,
     "queue_size": int,
@@ -789,8 +808,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "slot_ttl",
         "lease_ttl",
         "billing_flush_interval",
+        "header_timeout",
+        "body_timeout",
+        "keep_alive_timeout",
     ):
         # 0, a negative number or NaN would turn a background loop into a busy loop.
         if not 0 < getattr(settings, name) < float("inf"):
             raise ConfigError(f"{name} must be a positive number of seconds")
+    if settings.max_header_bytes < 1024:
+        raise ConfigError("max_header_bytes must be at least 1024")
+    if settings.max_connections_per_ip < 0:
+        raise ConfigError("max_connections_per_ip must be ≥ 0 (0: no cap)")
     return settings

@@ -432,7 +432,7 @@ def test_invitation_mail_arrives_and_can_be_withdrawn(setup: Setup) -> None:
     assert setup.as_admin("DELETE", f"/api/admin/invitations/{body['id']}").status_code == 404
 
     taken = setup.as_admin("POST", "/api/admin/invitations", json={"email": ANN})
-    assert taken.status_code == 400 and error_code(taken) == "email_taken"
+    assert taken.status_code == 409 and error_code(taken) == "email_taken"  # as documented
 
     result = setup.server.cli("users", "invite", "cli-invited@example.org", "--by", BOSS)
     url = result.stdout.strip()

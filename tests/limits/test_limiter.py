@@ -111,6 +111,18 @@ async def test_token_reservation_is_corrected_after_the_response(
     assert again.headers["x-ratelimit-remaining-tokens"] == "600"
 
 
+async def test_work_the_token_count_leaves_out_stays_charged(limiter: Limiter) -> None:
+    """A schema compiled, logit_bias entries: the model's count (100) does not include them
+    (50), so the correction keeps them charged."""
+    rule = tpm(1000)
+    admission = await limiter.admit([rule], [800])
+    admission.overhead_tokens = 50
+    limiter.finish(admission, 100)
+    await asyncio.gather(*limiter._tasks)
+    again = await limiter.admit([rule], [300])
+    assert again.headers["x-ratelimit-remaining-tokens"] == "550"
+
+
 async def test_request_too_large_is_not_worth_retrying(limiter: Limiter) -> None:
     with pytest.raises(RateLimited) as refused:
         await limiter.admit([tpm(1000)], [5000])

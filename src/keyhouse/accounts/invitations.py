@@ -50,7 +50,10 @@ async def create_invitation(
     ).first()
     if member is not None:
         raise InvalidRequest(
-            f"a member with email {email} exists already", param="email", code="email_taken"
+            f"a member with email {email} exists already",
+            param="email",
+            code="email_taken",
+            status=409,
         )
     await session.execute(
         delete(Invitation).where(

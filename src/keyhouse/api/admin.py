@@ -190,7 +190,7 @@ async def list_members(
     status: Status | None = None,
     q: Annotated[str | None, Query(max_length=320, description="Part of the email.")] = None,
     include_deleted: bool = False,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MemberPage:
     svc = services(request)
@@ -416,7 +416,9 @@ async def audit_log(
     target: str | None = None,
     by: Annotated[str | None, Query(description="Only entries by this actor.")] = None,
     action: str | None = None,
-    before: Annotated[int | None, Query(description="An entry id: older entries only.")] = None,
+    before: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="An entry id: older entries only.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
     svc = services(request)

@@ -5,12 +5,13 @@ Never FastAPI's 422 body, never a stack trace, never a key in full.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from keyhouse.api.http import ClientGone, request_id
@@ -19,9 +20,18 @@ from keyhouse.errors import KeyhouseError, NotFound, ServerError
 log = logging.getLogger("keyhouse.api")
 
 
+def error_body(exc: KeyhouseError) -> bytes:
+    """The error as JSON. A message that echoes the client's text may hold a lone surrogate,
+    which orjson refuses: Python's encoder writes it as an escape instead."""
+    try:
+        return orjson.dumps(exc.body())
+    except TypeError:
+        return json.dumps(exc.body()).encode()
+
+
 def error_response(exc: KeyhouseError, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(exc.body()),
+        error_body(exc),
         status_code=exc.status,
         media_type="application/json",
         headers={**(headers or {}), **exc.headers} or None,
@@ -63,6 +73,13 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (mid-upload, or before its answer): one line, no traceback."""
+    log.info(
+        "client went away during %s %s (%s)",
+        request.method,
+        request.url.path,
+        request_id(request),
+    )
     return Response(status_code=499)  # nobody is listening; closes the exchange
 
 
@@ -77,4 +94,5 @@ def install(app: Starlette) -> None:
     app.add_exception_handler(KeyhouseError, on_keyhouse_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(ClientGone, on_client_gone)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)

@@ -21,7 +21,7 @@ from keyhouse.api.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from keyhouse.config import ModelSpec
+from keyhouse.config import LOCAL_KINDS, ModelSpec
 
 PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
 
@@ -30,11 +30,31 @@ def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
+def overhead(body: ChatCompletionRequest | CompletionRequest) -> int:
+    """Work beyond the messages, charged like prompt text: a response schema and tool
+    definitions are read as input (upstreams bill them so) and a schema is compiled; each
+    ``logit_bias`` entry is carried through every sampling step."""
+    raw = body.raw
+    sized = [raw.get(name) for name in ("response_format", "tools", "functions")]
+    text = sum(len(orjson.dumps(value)) for value in sized if value)
+    return _text_tokens(text) + len(body.logit_bias or {})
+
+
+def uncounted(body: ChatCompletionRequest | CompletionRequest, spec: ModelSpec) -> int:
+    """The overhead the model's own token count will leave out: all of it on local models
+    (llama.cpp counts the prompt only); none upstream, whose usage counts schemas and tools as
+    prompt tokens."""
+    if all(d.backend in LOCAL_KINDS for d in spec.deployments):
+        return overhead(body)
+    return 0
+
+
 def chat_tokens(body: ChatCompletionRequest, spec: ModelSpec) -> int:
     prompt = sum(_text_tokens(len(m.text())) + PER_MESSAGE for m in body.messages)
     added = spec.added_system_prompt(m.role for m in body.messages)
     if added is not None:
         prompt += _text_tokens(len(added)) + PER_MESSAGE
+    prompt += overhead(body)
     output = body.output_limit or spec.default_max_tokens
     return prompt + output * (body.n or 1)
 
@@ -51,7 +71,7 @@ def completion_tokens(body: CompletionRequest, spec: ModelSpec) -> int:
             for p in prompt
         ]
     output = body.max_tokens if body.max_tokens is not None else spec.default_max_tokens
-    return sum(prompts) + output * (body.n or 1) * max(1, len(prompts))
+    return sum(prompts) + overhead(body) + output * (body.n or 1) * max(1, len(prompts))
 
 
 def embedding_tokens(body: EmbeddingRequest) -> int:

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -79,6 +80,16 @@ def too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(
         f"Request too large: the body may be at most {limit} bytes. Send a smaller request."
     )
+
+
+def attachment(filename: str) -> str:
+    """A ``content-disposition`` value that carries any name safely: an ASCII fallback for
+    old clients and the exact name as RFC 5987 ``filename*`` (headers are Latin-1 on the
+    wire; a member's email may be in any script)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
+    fallback = "".join(c if c.isascii() else "_" for c in name)
+    exact = quote(name.encode("utf-8", "backslashreplace"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
 
 
 def presented_key(request: Request) -> str | None:

@@ -24,7 +24,8 @@ from starlette.responses import Response
 from keyhouse import __version__
 from keyhouse.accounts import sessions
 from keyhouse.accounts.refusals import Refused
-from keyhouse.api import errors
+from keyhouse.api import errors, openapi
+from keyhouse.api.body_guard import BodyGuard
 from keyhouse.api.http import client_ip, presented_key
 from keyhouse.errors import InvalidRequest, KeyhouseError, PermissionDenied
 from keyhouse.i18n import pick_language
@@ -211,7 +212,7 @@ def build_api() -> FastAPI:
         redoc_url=None,
     )
     api.router.redirect_slashes = False
-    for router in (
+    routers = (
         accounts.router,
         oidc_routes.router,
         member_keys.router,
@@ -219,10 +220,13 @@ def build_api() -> FastAPI:
         credit.router,
         usage.api_router,
         playground.router,
-    ):
+    )
+    for router in routers:
         api.include_router(router)
     docs.install(api)
     errors.install(api)
+    openapi.install(api, routers)
+    api.add_middleware(BodyGuard)
     api.add_exception_handler(KeyhouseError, on_keyhouse_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)
     return api

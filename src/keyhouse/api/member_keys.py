@@ -28,7 +28,12 @@ router = APIRouter(tags=["keys"])
 
 Permission = Literal["all", "restricted", "read-only"]
 Period = Literal["day", "month", "none"]
-Limit = Annotated[int | None, Field(ge=1, description="None: no limit of the key's own.")]
+#: The database keeps limits in 32-bit integers and amounts in 64-bit micro-units.
+MAX_LIMIT = 2**31 - 1
+MAX_MICROS = 10**18  # a trillion of the currency
+Limit = Annotated[
+    int | None, Field(ge=1, le=MAX_LIMIT, description="None: no limit of the key's own.")
+]
 LIMITS = ("rpm", "tpm", "rpd", "max_parallel")
 
 #: What the first missing sign-up step is called when a member may not create keys yet.
@@ -173,6 +178,8 @@ def _micros(value: str | None, name: str) -> int | None:
         raise InvalidRequest(f"not an amount like 5.00: {value!r}", param=name) from None
     if amount < 0:
         raise InvalidRequest("a budget must not be negative", param=name)
+    if amount > MAX_MICROS:
+        raise InvalidRequest(f"a budget may be at most {MAX_MICROS // 10**6}", param=name)
     return amount
 
 

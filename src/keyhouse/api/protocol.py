@@ -67,12 +67,25 @@ class ResponseFormat(WireModel):
     json_schema: dict[str, Any] | None = None
 
 
-Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None
+# Bounds on what sizes a request's work, whatever the model (docs/limits.md, "Request
+# bounds"). OpenAI's own: 4 stop sequences, n up to 128, 2,048 messages, 128 tools.
+MAX_STOP = 4
+MAX_STOP_CHARS = 1_000
+MAX_MESSAGES = 2_048
+MAX_TOOLS = 128
+MAX_LOGIT_BIAS = 300
+
+StopText = Annotated[StrictStr, Field(max_length=MAX_STOP_CHARS)]
+Stop = StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None
+LogitBias = Annotated[
+    dict[str, Annotated[StrictInt, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)
+]
+Tools = Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)]
 
 
 class ChatCompletionRequest(WireModel):
     model: StrictStr
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
@@ -86,14 +99,14 @@ class ChatCompletionRequest(WireModel):
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
-    logit_bias: dict[str, Annotated[StrictInt, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     response_format: ResponseFormat | None = None
     user: StrictStr | None = None
     # Defined by OpenAI, passed through as given; backends decide whether they can honour them.
-    tools: list[dict[str, Any]] | None = None
+    tools: Tools | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
-    functions: list[dict[str, Any]] | None = None
+    functions: Tools | None = None
     function_call: StrictStr | dict[str, Any] | None = None
     modalities: list[StrictStr] | None = None
     audio: dict[str, Any] | None = None
@@ -138,7 +151,7 @@ class CompletionRequest(WireModel):
     presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     best_of: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
-    logit_bias: dict[str, Annotated[StrictInt, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     seed: StrictInt | None = None
     user: StrictStr | None = None
 

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from keyhouse.accounts import sessions
 from keyhouse.accounts.members import find_member
-from keyhouse.api.http import presented_key
+from keyhouse.api.http import attachment, presented_key
 from keyhouse.api.v1 import gate, services
 from keyhouse.billing import reports
 from keyhouse.billing.money import MICRO, show
@@ -169,16 +169,27 @@ def many(request: Request, name: str) -> list[str] | None:
     return items or None
 
 
-def integer(request: Request, name: str, default: int | None = None) -> int | None:
+#: Unix times a date can hold (years 1970 to 9999): past them, conversions overflow.
+MAX_UNIX_TIME = 253_402_300_799
+
+
+def integer(
+    request: Request, name: str, default: int | None = None, most: int = MAX_UNIX_TIME
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidRequest(
             f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_value"
         ) from None
+    if not 0 <= value <= most:
+        raise InvalidRequest(
+            f"Invalid '{name}': must be between 0 and {most}.", param=name, code="invalid_value"
+        )
+    return value
 
 
 # ----------------------------------------------------------------------------- /api/billing
@@ -232,11 +243,10 @@ def report_response(
     if request.query_params.get("format", "json") == "csv":
         who = member.email.split("@")[0] if member is not None else "all"
         name = f"usage-{who}-{report.start}-{report.end}-by-{report.group_by}.csv"
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return Response(
             reports.to_csv(report, currency),
             media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="{name}"'},
+            headers={"content-disposition": attachment(name)},
         )
     if request.query_params.get("format", "json") != "json":
         raise InvalidRequest("format must be json or csv", param="format", code="invalid_value")

@@ -385,6 +385,7 @@ async def chat_completions(request: Request) -> Response:
     tokens = estimate.chat_tokens(body, route.spec)
     bound = estimate.chat_bound(body, route.spec)
     call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
+    admission.overhead_tokens = estimate.uncounted(body, route.spec)
     info = head(svc, route, "chatcmpl-")
     usage = include_usage(body.stream_options)
     return await run(
@@ -410,6 +411,7 @@ async def completions(request: Request) -> Response:
     tokens = estimate.completion_tokens(body, route.spec)
     bound = estimate.completion_bound(body, route.spec)
     call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
+    admission.overhead_tokens = estimate.uncounted(body, route.spec)
     info = head(svc, route, "cmpl-")
     usage = include_usage(body.stream_options)
     return await run(

@@ -199,6 +199,20 @@ def translate(error: ValidationError, document: Any = None) -> InvalidRequest:
             param=param,
             code="array_below_min_length",
         )
+    if kind == "too_long" and isinstance(value, dict):
+        return InvalidRequest(
+            f"Invalid '{param}': too many entries. Expected an object with at most "
+            f"{ctx.get('max_length')} entries, but got {len(value)} instead.",
+            param=param,
+            code="object_above_max_entries",
+        )
+    if kind == "string_too_long":
+        return InvalidRequest(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{ctx.get('max_length')}, but got a string with length {len(value)} instead.",
+            param=param,
+            code="string_above_max_length",
+        )
     if kind == "too_long":
         return InvalidRequest(
             f"Invalid '{param}': array too long. Expected an array with maximum length "
@@ -208,6 +222,40 @@ def translate(error: ValidationError, document: Any = None) -> InvalidRequest:
             code="array_above_max_length",
         )
     return InvalidRequest(f"Invalid '{param}': {first['msg']}.", param=param or None)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates written as escapes, safe for any JSON encoder."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def surrogate_at(document: Any, path: str = "") -> str | None:
+    """Where the first string (a value or an object's key) with a lone surrogate is, as a
+    parameter path ("messages[0].content"); None if there is none."""
+    stack: list[tuple[Any, str]] = [(document, path)]
+    while stack:
+        node, here = stack.pop()
+        if isinstance(node, str):
+            if _has_surrogate(node):
+                return here or "body"
+        elif isinstance(node, dict):
+            for key, value in reversed(node.items()):
+                name = f"{here}.{printable(key)}" if here else printable(key)
+                if _has_surrogate(key):
+                    return name
+                stack.append((value, name))
+        elif isinstance(node, list):
+            for i in range(len(node) - 1, -1, -1):
+                stack.append((node[i], f"{here}[{i}]"))
+    return None
 
 
 def parse(model: type[M], body: bytes) -> M:
@@ -222,6 +270,16 @@ def parse(model: type[M], body: bytes) -> M:
             document = json.loads(body)
         except (ValueError, RecursionError):
             raise InvalidRequest(BAD_JSON) from None
+        # Python's reader, unlike orjson, lets a lone surrogate ("\\ud800") through: text that
+        # cannot be encoded, in a model name, a message, a prompt. Refuse it here, by name.
+        where = surrogate_at(document)
+        if where is not None:
+            raise InvalidRequest(
+                f"Invalid '{where}': the string contains a lone surrogate (an unpaired "
+                "\\ud800-\\udfff escape), which is not valid Unicode.",
+                param=where,
+                code="invalid_value",
+            ) from None
     if not isinstance(document, dict):
         raise InvalidRequest(
             f"Invalid body: expected a JSON object, but got {_kind(document)} instead.",

@@ -70,6 +70,9 @@ class Admission:
     slots: dict[str, str] = field(default_factory=dict)
     #: Token rules charged up front, and with how many tokens.
     reserved_tokens: int = 0
+    #: Work that the model's token count leaves out (a response schema compiled, tool
+    #: definitions, logit_bias entries): still charged when the count corrects the estimate.
+    overhead_tokens: int = 0
     finished: bool = False
 
 
@@ -210,19 +213,20 @@ class Limiter:
         if admission.finished or not admission.rules:
             return
         admission.finished = True
+        charged = (tokens_used or 0) + admission.overhead_tokens
         if isinstance(self.store, MemoryStore):  # nothing to wait for: do it now
             now = self.now_us()
             for rule in admission.rules:
                 if rule.kind == "concurrency" and rule.key in admission.slots:
                     self.store.release_now(rule, admission.slots[rule.key])
                 elif rule.dimension == "tokens" and tokens_used is not None:
-                    self.store.adjust_now(rule, tokens_used - admission.reserved_tokens, now)
+                    self.store.adjust_now(rule, charged - admission.reserved_tokens, now)
             return
         for rule in admission.rules:
             if rule.kind == "concurrency" and rule.key in admission.slots:
                 self._batch.append((rule, "release", admission.slots[rule.key]))
             elif rule.dimension == "tokens" and tokens_used is not None:
-                self._batch.append((rule, "adjust", tokens_used - admission.reserved_tokens))
+                self._batch.append((rule, "adjust", charged - admission.reserved_tokens))
         if self._batch and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
             self._tasks.add(self._flusher)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,9 @@ from keyhouse.api.protocol import (
 )
 from keyhouse.backends.base import Call, Embeddings, Event, Meter
 from keyhouse.backends.local.e5 import EmbedJob
+from keyhouse.backends.local.grammar import GrammarCache
 from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
+from keyhouse.backends.local.schema_bounds import check_schema
 from keyhouse.config import DeploymentSpec, ModelSpec, bundled_gguf_path
 from keyhouse.errors import ConfigError, InvalidRequest
 
@@ -109,12 +112,19 @@ def unsupported(param: str, model: str, what: str | None = None) -> InvalidReque
     )
 
 
+_TOKEN_ID = re.compile(r"-?[0-9]{1,10}")
+
+
 def logit_bias(raw: dict[str, int] | None) -> dict[int, float]:
+    """Token ids as integers. Only ASCII digits ("²" is a digit to ``str.isdigit``, and
+    ``int()`` refuses it, or 5,000 digits); whether an id is in the model's vocabulary is the
+    runner's to say (``llama.LlamaRunner.check_logit_bias``)."""
     out: dict[int, float] = {}
     for key, bias in (raw or {}).items():
-        if not key.lstrip("-").isdigit():
+        if not _TOKEN_ID.fullmatch(key):
+            shown = key if len(key) <= 40 else key[:40] + "…"
             raise InvalidRequest(
-                f"Invalid key in 'logit_bias': {key}. Keys must be token ids.",
+                f"Invalid key in 'logit_bias': {shown}. Keys must be token ids.",
                 param="logit_bias",
                 code="invalid_value",
             )
@@ -146,6 +156,7 @@ class LocalChatBackend:
         self.deployment = deployment
         self.settings = llama_settings(spec, deployment)
         self.system_fingerprint = fingerprint(self.settings.path)
+        self.grammars = GrammarCache()
 
     async def start(self) -> None:
         return None
@@ -155,7 +166,21 @@ class LocalChatBackend:
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
         job = clamped(self.chat_job(request), call.max_output)
+        if job.json_schema is not None:
+            return self._with_grammar(job, call)
         return self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
+
+    async def _with_grammar(self, job: GenerateJob, call: Call) -> AsyncIterator[Event]:
+        """Compile the schema (bounded, off the event loop and the model's thread, cached),
+        then queue the job with its grammar."""
+        assert job.json_schema is not None
+        job.grammar = await self.grammars.compile(job.json_schema)
+        stream = self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
         job = clamped(self.completion_job(request), call.max_output)
@@ -248,6 +273,7 @@ class LocalChatBackend:
                     param="response_format.json_schema.schema",
                     code="missing_required_parameter",
                 )
+            check_schema(schema)  # before the job is queued: a 400, nothing built
             json_schema = schema
         json_mode = fmt is not None and fmt.type == "json_object"
         if (json_mode or json_schema) and request.stop:

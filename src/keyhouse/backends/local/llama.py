@@ -26,9 +26,14 @@ from typing import Any
 import numpy as np
 
 from keyhouse.backends.base import Event, TextDelta, TokenLogprob, TopToken, Usage
+from keyhouse.backends.local.grammar import Refusal, convert
+from keyhouse.backends.local.schema_bounds import check_schema
 from keyhouse.errors import InvalidRequest
 
 log = logging.getLogger("keyhouse.local")
+
+#: Compiled grammars kept per runner, by schema: a client repeating its schema compiles it once.
+GRAMMAR_CACHE = 64
 
 
 @dataclass
@@ -54,6 +59,8 @@ class GenerateJob:
     echo: bool = False
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
+    #: The schema compiled to GBNF (by the backend, off the model's thread), when there is one.
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class LlamaRunner:
         self.n_vocab = self.llm.n_vocab()
         self._vocab = self.llm._model.vocab
         self.pieces = [self._piece(token) for token in range(self.n_vocab)]
+        self._grammars: dict[str, Any] = {}
         self.add_bos = bool(self.llm._model.add_bos_token())
         bos = self.llm.token_bos()
         self.start_token = bos if bos >= 0 else self.llm.token_eos()
@@ -204,6 +212,18 @@ class LlamaRunner:
         # process. Start from the BOS token instead, as OpenAI starts from <|endoftext|>.
         return [tokens or [self.start_token] for tokens in prompts]
 
+    def check_logit_bias(self, job: GenerateJob) -> None:
+        """Ids outside the vocabulary are refused: llama.cpp would carry them through every
+        sampling step (100,000 of them made each token take seconds)."""
+        bad = [t for t in job.logit_bias if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidRequest(
+                f"Invalid 'logit_bias': token {bad[0]} is outside this model's vocabulary "
+                f"(0 to {self.n_vocab - 1}).",
+                param="logit_bias",
+                code="invalid_value",
+            )
+
     def output_budget(self, job: GenerateJob, prompts: list[list[int]]) -> int:
         """How many tokens each choice may generate; a 400 when the request can't fit."""
         longest = max((len(p) for p in prompts), default=0)
@@ -229,6 +249,7 @@ class LlamaRunner:
     ) -> None:
         """Generate every choice of ``job``, emitting deltas and then one ``Usage`` — also when
         cancelled (a client that left is charged for what was generated, no more)."""
+        self.check_logit_bias(job)
         prompts = self.prompt_tokens(job)
         budget = self.output_budget(job, prompts)
         grammar = self._grammar(job)
@@ -251,25 +272,30 @@ class LlamaRunner:
         emit(Usage(prompt_total, completion_total, cached_total))
 
     def _grammar(self, job: GenerateJob) -> Any:
-        if not job.json_mode and job.json_schema is None:  # ``{}`` is a schema: any JSON
+        """The job's grammar. The backend compiled its schema to GBNF off this thread
+        (``grammar.GrammarCache``); llama.cpp's parse of it is cached here by its text."""
+        if not job.json_mode and job.json_schema is None and job.grammar is None:
             return None
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-        if job.json_schema is None:
+        text = job.grammar
+        if text is None and job.json_schema is not None:  # a job built without the backend
+            converted = convert(check_schema(job.json_schema))
+            if isinstance(converted, Refusal):
+                raise converted.error()
+            text = converted
+        if text is None:
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        import json
-
-        try:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(job.json_schema), verbose=False)
-            error = None if self._parses(grammar) else "llama.cpp cannot compile it"
-        except Exception as exc:
-            error = str(exc)
-        if error is not None:
-            raise InvalidRequest(
-                f"Invalid schema for response_format: {error}",
-                param="response_format.json_schema.schema",
-            )
-        return grammar
+        parsed = self._grammars.pop(text, None)
+        if parsed is None:
+            grammar = LlamaGrammar.from_string(text, verbose=False)
+            parsed = grammar if self._parses(grammar) else Refusal("llama.cpp cannot compile it")
+        self._grammars[text] = parsed  # the most recent last
+        while len(self._grammars) > GRAMMAR_CACHE:
+            self._grammars.pop(next(iter(self._grammars)))
+        if isinstance(parsed, Refusal):
+            raise parsed.error()
+        return parsed
 
     def _parses(self, grammar: Any) -> bool:
         """Whether llama.cpp accepts the grammar: a refused one (``{"enum": []}`` converts to an

@@ -1,0 +1,274 @@
+"""The connection guard: what uvicorn does not bound on the way in, bounded.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but, with its fast
+httptools parser, nothing else: a client may take for ever to send its headers (slowloris), stop
+half-way through a body (a body shorter than its Content-Length, a chunked body never
+terminated), send a megabyte of headers, or open connections without end. ``GuardedHttp`` is
+uvicorn's httptools protocol with those bounds added — nginx's ``client_header_timeout``,
+``client_body_timeout``, ``large_client_header_buffers`` and ``limit_conn`` — so that
+``keyhouse serve`` is safe without a proxy in front (docs/operations.md, "Slow and broken
+connections"). It keeps httptools' speed: a request that arrives whole sets no timer
+(about 3 µs of CPU per request).
+
+The bounds are per process: ``configure`` sets them from the settings, in the serving process
+and in every worker (``app.app_from_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keyhouse.config import IPNetwork, Settings
+
+log = logging.getLogger("keyhouse.server")
+
+
+@dataclass
+class Guard:
+    """The bounds, and the open connections per client address (this process's)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    max_per_ip: int = 256
+    exempt: tuple[IPNetwork, ...] = ()
+    open: Counter[str] = field(default_factory=Counter)
+
+    def exempted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
+
+    def admit(self, ip: str | None) -> bool:
+        if ip is None or not self.max_per_ip or self.exempted(ip):
+            return True
+        if self.open[ip] >= self.max_per_ip:
+            return False
+        self.open[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
+
+
+GUARD = Guard()
+
+
+def configure(settings: Settings) -> None:
+    """Take the bounds from ``settings`` (called before serving, in each process)."""
+    GUARD.header_timeout = settings.header_timeout
+    GUARD.body_timeout = settings.body_timeout
+    GUARD.max_header_bytes = settings.max_header_bytes
+    GUARD.max_per_ip = settings.max_connections_per_ip
+    GUARD.exempt = settings.trusted_proxies
+
+
+def _error(status: int, reason: str, message: str, code: str) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    )
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback to stop parsing an oversized header block."""
+
+
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with header and body timeouts, a header size cap and a
+    cap on connections per client address."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = GUARD
+        self._timer: asyncio.TimerHandle | None = None
+        self._ip: str | None = None
+        #: Between requests or in a request's header block; its bytes so far.
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        self._in_body = False
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _reject(self, raw: bytes) -> None:
+        """Answer (when the request at hand has had no answer) and close: the client broke a
+        bound. In a header block, ``self.cycle`` is the previous request's."""
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._in_body:
+            unanswered = cycle is not None and not cycle.response_started
+        else:
+            unanswered = cycle is None or cycle.response_complete
+        if raw and unanswered:
+            self.transport.write(raw)
+        self.transport.close()
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if not self._header_bytes:  # nothing sent at all: just close, as after keep-alive
+            self._reject(b"")
+            return
+        log.info("closing a connection from %s: no complete headers in time", self._who())
+        self._reject(
+            _error(
+                408,
+                "Request Timeout",
+                f"The request's headers did not arrive within {self.guard.header_timeout:g} "
+                "seconds.",
+                "header_timeout",
+            )
+        )
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if self.flow is not None and self.flow.read_paused:
+            # We stopped reading (the app has not taken the body yet): not the client's fault.
+            self._arm(self.guard.body_timeout, self._body_timeout)
+            return
+        log.info("closing a connection from %s: the request body stalled", self._who())
+        self._reject(
+            _error(
+                408,
+                "Request Timeout",
+                f"The request body sent nothing for {self.guard.body_timeout:g} seconds.",
+                "body_timeout",
+            )
+        )
+
+    def _who(self) -> str:
+        return self.client[0] if self.client else "an unknown address"
+
+    # ------------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ip = self.client[0] if self.client else None
+        if not self.guard.admit(ip):
+            log.info("refusing a connection from %s: too many open connections", ip)
+            transport.write(
+                _error(
+                    429,
+                    "Too Many Requests",
+                    f"Too many open connections from your address (at most "
+                    f"{self.guard.max_per_ip}). Close some, or reuse them with keep-alive.",
+                    "too_many_connections",
+                )
+            )
+            transport.close()
+            return
+        self._ip = ip if ip is not None and self.guard.max_per_ip else None
+        if self._ip is not None and self.guard.exempted(self._ip):
+            self._ip = None
+        self._arm(self.guard.header_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._ip is not None:
+            self.guard.release(self._ip)
+            self._ip = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # The hot path: a request that arrives whole costs no timer, only these few checks.
+        self._unset_keepalive_if_required()
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _TooLarge):
+                self._too_large()
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self._disarm()
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._awaiting_headers:
+            if not self._header_bytes:
+                return
+            # Still in a header block after all of this: every byte since it began is part
+            # of it (one header can span many reads before the parser calls back).
+            if self._header_bytes > self.guard.max_header_bytes:
+                self._too_large()
+            elif self._timer is None:
+                self._arm(self.guard.header_timeout, self._header_timeout)
+        elif self._in_body:
+            self._arm(self.guard.body_timeout, self._body_timeout)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
+    def _too_large(self) -> None:
+        log.info("closing a connection from %s: headers over the size cap", self._who())
+        self._reject(
+            _error(
+                431,
+                "Request Header Fields Too Large",
+                f"The request line and headers may be at most {self.guard.max_header_bytes} bytes.",
+                "headers_too_large",
+            )
+        )
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_headers_complete(self) -> None:
+        if self._header_bytes > self.guard.max_header_bytes and self._block_size() > (
+            self.guard.max_header_bytes
+        ):
+            raise _TooLarge  # the parser stops; data_received answers 431
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        self._in_body = True
+        self._disarm()
+        super().on_headers_complete()
+
+    def _block_size(self) -> int:
+        """The request line and headers as received (the chunk may hold body bytes too)."""
+        return len(self.url) + 12 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._awaiting_headers = True  # the next bytes begin the next request
+        self._disarm()
+        super().on_message_complete()
