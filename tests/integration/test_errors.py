@@ -10,19 +10,21 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from keyhouse.api import errors as api_errors
-from keyhouse.api.http import RequestIds
 from keyhouse.api.render import DONE, guarded, sse
 from keyhouse.api.validation import BAD_JSON
+from keyhouse.app import create_app
 from keyhouse.errors import InvalidRequest, Overloaded
 from keyhouse.keys.tokens import mint
-from tests.conftest import MEMBER, OpenAISpec, Server, sse_events
+from tests.conftest import MEMBER, OpenAISpec, Server, make_settings, sse_events
 
 CHAT = "gpt-3.5-turbo"
 EMBED = "text-embedding-3-small"
@@ -497,18 +499,19 @@ def test_a_refusal_mid_stream_keeps_its_param() -> None:
     }
 
 
-def test_an_unexpected_error_is_a_500_with_a_request_id(openapi: OpenAISpec) -> None:
+def test_an_unexpected_error_is_a_500_with_a_request_id(
+    openapi: OpenAISpec, tmp_path: Path
+) -> None:
     """Starlette answers unexpected errors from outside every middleware; the answer must still
-    be OpenAI's shape and carry ``x-request-id``. (No route of the real server fails this way
-    on purpose, so a tiny app with the real handlers and middleware stands in.)"""
-    app = FastAPI()
-    api_errors.install(app)
+    be OpenAI's shape and carry ``x-request-id``. The app is ``create_app()``'s own, with its
+    middleware and error handlers; only the failing route is added (no route of the real server
+    fails on purpose)."""
+    app = create_app(make_settings(tmp_path, KEYHOUSE_ACCESS_LOG="true"))
 
-    @app.get("/boom")
-    async def boom() -> None:
+    async def boom(request: Request) -> Response:
         raise RuntimeError("password=hunter2")
 
-    app.add_middleware(RequestIds)
+    app.router.routes.insert(0, Route("/boom", boom))
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
