@@ -434,12 +434,20 @@ def test_wrong_method(client: httpx.Client, openapi: OpenAISpec, method: str, pa
     assert error["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("path", ["/v1/nothing", "/v2/chat/completions", "/", "/v1"])
+@pytest.mark.parametrize("path", ["/v1/nothing", "/v2/chat/completions", "/nowhere", "/v1"])
 def test_unknown_url(client: httpx.Client, openapi: OpenAISpec, path: str) -> None:
     error = error_of(openapi, client.get(path), 404)
     assert error["message"] == f"Invalid URL (GET {path})"
     error = error_of(openapi, client.post(path, json={}), 404)
     assert error["message"] == f"Invalid URL (POST {path})"
+
+
+def test_the_root_is_the_web_app(anonymous: httpx.Client) -> None:
+    """``/`` was a JSON 404; it is the member web app now (sign-in first)."""
+    response = anonymous.get("/", headers={"Accept": "text/html"})
+    assert response.status_code in (200, 303), response.text
+    if response.status_code == 303:
+        assert response.headers["location"].startswith("/signin")
 
 
 def test_unknown_url_without_a_key(anonymous: httpx.Client, openapi: OpenAISpec) -> None:
