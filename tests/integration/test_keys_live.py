@@ -133,7 +133,12 @@ def test_model_allow_list(server: Server, openapi: OpenAISpec) -> None:
     secret = server.create_key(MEMBER, "--models", "gpt-3.5-turbo")
     listed = {m["id"] for m in get(server, secret).json()["data"]}
     # Allowing an alias allows the model it names, under all its names, and nothing else.
-    assert listed == {"smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini"}
+    assert listed == {
+        "smollm2-135m-instruct",
+        "gpt-3.5-turbo",
+        "gpt-4o-mini",
+        "gpt-3.5-turbo-instruct",
+    }
     assert post(server, secret, "/v1/chat/completions", CHAT).status_code == 200
     error = openapi.validate_error(post(server, secret, "/v1/embeddings", EMBED), 403)
     assert error["code"] == "model_not_allowed" and error["param"] == "model"

@@ -98,10 +98,13 @@ EXTRA: dict[tuple[str, str], set[int]] = {
     ("POST", "/billing/redeem"): {404, 409, 429},
     ("GET", "/auth/oidc/start"): {404},
     ("GET", "/auth/oidc/callback"): {400, 403, 404, 409, 429, 502},
+    # the /v1 chat handler's own answers: a bad body, an unknown model, limits and credit,
+    # an upstream that failed or timed out, the local queue full
+    ("POST", "/playground/chat/completions"): {400, 404, 429, 502, 503, 504},
 }
 
 #: Handlers written against the request itself (key-authenticated, query read by hand).
-KEY_READERS = {"/usage", "/admin/usage", "/billing/balance"}
+KEY_READERS = {"/usage", "/admin/usage", "/billing/balance", "/usage/requests/{request_id}"}
 
 
 def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
