@@ -30,6 +30,7 @@ from keyhouse.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ResponsesRequest,
     WireModel,
 )
 from keyhouse.backends.base import Call, Event, Relayed, Usage
@@ -71,6 +72,7 @@ _KEYS = {
     "breaker",
     "max_connections",
     "max_tokens_field",
+    "responses_api",
 }
 #: The fields an upstream may take the output allowance in (servers that know only one).
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -218,6 +220,18 @@ def _usage(raw: Any) -> Usage | None:
     return Usage(
         int(raw.get("prompt_tokens") or 0),
         int(raw.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+def _responses_usage(raw: Any) -> Usage | None:
+    """The Responses API's usage (``input_tokens``, ``output_tokens``)."""
+    if not isinstance(raw, dict) or "input_tokens" not in raw:
+        return None
+    details = raw.get("input_tokens_details") or {}
+    return Usage(
+        int(raw.get("input_tokens") or 0),
+        int(raw.get("output_tokens") or 0),
         int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
     )
 
@@ -406,6 +420,60 @@ class UpstreamBackend:
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
         body = self.payload(request, bool(request.stream), call.max_output)
         return self._generate("/completions", body, request, call)
+
+    async def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
+        """The Responses API passed through (``responses_api = true``): the body as the
+        client wrote it, with this deployment's model name and the output allowance; the
+        answer relayed as it comes — whole, or event by event — and its usage metered."""
+        body = dict(request.raw)
+        body["model"] = self.settings.model
+        if call.max_output is not None:
+            body["max_output_tokens"] = call.max_output
+        for name in self.settings.drop_fields:
+            body.pop(name, None)
+        response = await self.post("/responses", orjson.dumps(body))
+        if not request.stream:
+            try:
+                data = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} broke off: "
+                    f"{type(exc).__name__}."
+                ) from None
+            finally:
+                response.release()
+            yield Relayed(data)
+            yield _responses_usage(_loads(data).get("usage")) or self._respond_estimate(request)
+            return
+        usage: Usage | None = None
+        lines = _sse(response)
+        try:
+            async for data in lines:
+                chunk = _loads(data)
+                if chunk.get("type") == "error":
+                    raise upstream_stream_error(chunk)
+                finished = chunk.get("response")
+                if isinstance(finished, dict) and finished.get("usage"):
+                    usage = _responses_usage(finished["usage"]) or usage
+                yield Relayed(data)
+            yield usage or self._respond_estimate(request)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailure(
+                f"The upstream deployment {self.deployment.name} broke off the stream: "
+                f"{type(exc).__name__}."
+            ) from None
+        finally:
+            await lines.aclose()
+            response.release()
+
+    def _respond_estimate(self, request: ResponsesRequest) -> Usage:
+        """No usage from the server: the input counted here (the output is unknown)."""
+        counted = tokens.prompt(
+            orjson.dumps(request.raw.get("input")).decode(),
+            self.settings.model,
+            self.settings.tokenizer,
+        )
+        return Usage(counted, 0, estimated=True)
 
     @staticmethod
     def _choices(request: ChatCompletionRequest | CompletionRequest) -> int:
