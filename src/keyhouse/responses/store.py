@@ -20,6 +20,10 @@ from keyhouse.db.engine import Database
 from keyhouse.db.models import StoredResponse
 
 
+#: The longest id kept (the column's width).
+MAX_ID = 128
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     id: str
@@ -40,6 +44,8 @@ class ResponseStore:
         body: dict[str, Any],
         context: list[dict[str, Any]] | None,
     ) -> None:
+        if len(str(body["id"])) > MAX_ID:  # an upstream's odd id: not kept, never a failure
+            return
         async with self.db.session() as session:
             session.add(
                 StoredResponse(
