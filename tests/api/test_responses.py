@@ -404,6 +404,10 @@ async def test_passed_through_to_an_upstream_that_speaks_it(kh: Harness, member:
     assert (await ai.responses.retrieve(reply.id)).id == reply.id
     await ai.responses.create(model=PASSED, input="More", previous_response_id=reply.id)
     assert kh.fake.seen[-1].body["previous_response_id"] == reply.id
+    # A translated model cannot continue it: the conversation is the upstream's.
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.responses.create(model=CHATTY, input="More", previous_response_id=reply.id)
+    assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
     rows = await kh.usage(member_id)
     assert [(r.prompt_tokens, r.completion_tokens) for r in rows] == [(11, 6), (11, 6)]
     # A response costs what its usage says.

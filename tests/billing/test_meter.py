@@ -386,6 +386,14 @@ async def test_a_translated_response_costs_what_its_usage_says(kh: Keyhouse, str
     assert row.org_cost == int(
         (11 * ORG_INPUT + 10 * ORG_OUTPUT).to_integral_value(rounding="ROUND_CEILING")
     )
+    # The member's usage report counts it with the rest of the model's calls.
+    report = await kh.http.get(
+        "/api/usage", params={"group_by": "model"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert [
+        (m["model"], m["requests"], m["prompt_tokens"], m["completion_tokens"], m["cost_micros"])
+        for m in report.json()["data"]
+    ] == [("gpt-4o-mini", 1, 11, 10, price(11, 10))]
     await kh.give_back()
     assert (await kh.balance(member))[0] == PLENTY - price(11, 10)
 

@@ -178,6 +178,8 @@ def translate(
     fmt = None if lenient else response_format(body)
     if fmt is not None:
         raw["response_format"] = fmt
+    if lenient and body.tools:  # passed through: the chat form only sizes the hold
+        raw["tools"] = body.tools
     if body.stream:
         raw["stream"] = True
         raw["stream_options"] = {"include_usage": True}

@@ -495,6 +495,14 @@ async def create_response(request: Request) -> Response:
     passthrough = all(d.speaks_responses for d in route.spec.deployments) and (
         previous is None or previous.context is None
     )
+    if previous is not None and previous.context is None and not passthrough:
+        raise InvalidRequest(
+            f"Previous response with id '{body.previous_response_id}' was made by an upstream "
+            "that keeps its own conversation: continue it with a model whose deployments speak "
+            "the Responses API.",
+            param="previous_response_id",
+            code="invalid_value",
+        )
     history = previous.context if previous is not None else None
     turn = responses.translate(body, history, lenient=passthrough)
     if not passthrough:

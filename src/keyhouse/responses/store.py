@@ -19,7 +19,6 @@ from keyhouse.clock import Clock
 from keyhouse.db.engine import Database
 from keyhouse.db.models import StoredResponse
 
-
 #: The longest id kept (the column's width).
 MAX_ID = 128
 
