@@ -29,7 +29,7 @@ from keyhouse.db.models import StoredResponse, UsageRecord
 from keyhouse.keys.store import KeyRules, create_key
 from tests.billing.credit_support import RING
 from tests.conftest import TEST_SECRET, OpenAISpec, make_settings
-from tests.upstream.fake import FakeUpstream, Running
+from tests.upstream.fake import Behaviour, FakeUpstream, Running
 
 pytestmark = pytest.mark.model
 
@@ -450,6 +450,21 @@ async def test_translated_for_an_upstream_that_speaks_only_chat(kh: Harness, mem
     rows = await kh.usage(member_id)
     assert [(r.prompt_tokens, r.completion_tokens) for r in rows] == [(11, 6), (11, 6)]
     assert {r.cost for r in rows} == {round(11 * INPUT + 6 * OUTPUT + 0.49)}
+
+
+async def test_a_stream_that_breaks_ends_with_an_error_event(kh: Harness, member: Any) -> None:
+    member_id, ai = member
+    kh.fake.then(Behaviour(error_after=2))
+    events = [e async for e in await ai.responses.create(model=CHATTY, input="Hi", stream=True)]
+    assert [e.type for e in events][-3:] == [
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "error",
+    ]
+    assert kh.checked.events[-1]["message"] == "upstream broke"
+    # Billed for what it sent (the upstream's prompt and two words, counted here).
+    (row,) = await kh.usage(member_id)
+    assert row.estimated and row.completion_tokens == 2
 
 
 async def test_unknown_model_and_missing_input(kh: Harness, member: Any) -> None:
