@@ -97,7 +97,8 @@ class DeploymentSpec:
             return BACKEND_ENDPOINTS[self.backend]
         # Responses are translated to chat: a deployment that serves chat serves them too.
         served = frozenset(only)
-        return served | {"responses"} if "chat.completions" in served else served
+        translated = "chat.completions" in served
+        return served | {"responses"} if translated or self.speaks_responses else served
 
     @property
     def speaks_responses(self) -> bool:

@@ -1,12 +1,16 @@
 """Stored responses: a member's own only, deleted once, pruned after their retention — on
-SQLite and PostgreSQL."""
+SQLite and PostgreSQL; and the deployment setting that passes responses through."""
 
 from __future__ import annotations
 
+import pytest
+
+from keyhouse.backends.upstream.client import upstream_settings
 from keyhouse.billing.reports import Retention
 from keyhouse.clock import FrozenClock
-from keyhouse.config import Settings
+from keyhouse.config import DeploymentSpec, ModelSpec, Settings
 from keyhouse.db.engine import Database
+from keyhouse.errors import ConfigError
 from keyhouse.responses.store import ResponseStore
 
 DAY = 86400.0
@@ -51,3 +55,17 @@ async def test_retention_prunes_old_responses(db: Database, db_settings: Setting
     clock.advance(100 * DAY)
     await kept.run_once()  # 0: kept for good
     assert await store.get("mem_a", "resp_new") is not None
+
+
+def test_responses_api_is_a_checked_per_deployment_setting() -> None:
+    url = "http://127.0.0.1:9/v1"
+    wrong = DeploymentSpec("d", "openai", {"base_url": url, "responses_api": "yes"})
+    with pytest.raises(ConfigError, match="responses_api"):
+        upstream_settings(ModelSpec("m", (wrong,)), wrong)
+    # Speaking the Responses API serves it, even where chat is not listed.
+    only = DeploymentSpec(
+        "e", "openai", {"base_url": url, "responses_api": True, "endpoints": ["embeddings"]}
+    )
+    assert only.speaks_responses and only.endpoints == {"embeddings", "responses"}
+    plain = DeploymentSpec("f", "openai", {"base_url": url, "endpoints": ["embeddings"]})
+    assert not plain.speaks_responses and plain.endpoints == {"embeddings"}

@@ -142,6 +142,8 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         raise ConfigError(
             f"{where}: max_tokens_field must be one of {', '.join(_MAX_TOKENS_FIELDS)}"
         )
+    if not isinstance(raw.get("responses_api", False), bool):
+        raise ConfigError(f"{where}: responses_api must be true or false")
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None:
         # Checked now: an unknown name would otherwise fail each answer that lacks usage.
