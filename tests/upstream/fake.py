@@ -358,7 +358,10 @@ class FakeUpstream:
         words = list(self.words)
         text = "".join(words)
         if not body.get("stream"):
-            return web.json_response(self._response(body, text, len(words)), dumps=_dumps)
+            answer = self._response(body, text, len(words))
+            if not behaviour.usage:
+                del answer["usage"]
+            return web.json_response(answer, dumps=_dumps)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         sequence = iter(range(1_000_000))
@@ -369,26 +372,33 @@ class FakeUpstream:
                 f"event: {kind}\n".encode() + b"data: " + orjson.dumps(payload) + b"\n\n"
             )
 
-        started = self._response(body, None, 0)
-        where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        item = {"id": "msg_fake", "type": "message", "role": "assistant"}
-        await send("response.created", response=started)
-        await send("response.in_progress", response=started)
-        await send(
-            "response.output_item.added",
-            output_index=0,
-            item={**item, "status": "in_progress", "content": []},
-        )
-        await send("response.content_part.added", **where, part=part)
-        for word in words:
-            await send("response.output_text.delta", **where, delta=word, logprobs=[])
-        await send("response.output_text.done", **where, text=text, logprobs=[])
-        await send("response.content_part.done", **where, part={**part, "text": text})
-        final = self._response(body, text, len(words))
-        await send("response.output_item.done", output_index=0, item=final["output"][0])
-        await send("response.completed", response=final)
-        self.finished_streams += 1
+        try:
+            started = self._response(body, None, 0)
+            where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            item = {"id": "msg_fake", "type": "message", "role": "assistant"}
+            await send("response.created", response=started)
+            await send("response.in_progress", response=started)
+            await send(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            await send("response.content_part.added", **where, part=part)
+            for word in words:
+                if behaviour.chunk_delay:
+                    await asyncio.sleep(behaviour.chunk_delay)
+                await send("response.output_text.delta", **where, delta=word, logprobs=[])
+            await send("response.output_text.done", **where, text=text, logprobs=[])
+            await send("response.content_part.done", **where, part={**part, "text": text})
+            final = self._response(body, text, len(words))
+            if not behaviour.usage:
+                del final["usage"]
+            await send("response.output_item.done", output_index=0, item=final["output"][0])
+            await send("response.completed", response=final)
+            self.finished_streams += 1
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            self.abandoned_streams += 1
         return response
 
 

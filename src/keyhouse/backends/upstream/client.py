@@ -226,6 +226,36 @@ def _usage(raw: Any) -> Usage | None:
     )
 
 
+@dataclass
+class _Heard:
+    """What a passed-through Responses stream said, for the meter: its output text so far,
+    and the usage of its finished response."""
+
+    usage: Usage | None = None
+    text: list[str] = field(default_factory=list)
+
+    def hear(self, data: bytes) -> None:
+        event = _loads(data)
+        kind = event.get("type")
+        if kind == "error":
+            raise upstream_stream_error(event)
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self.text.append(event["delta"])
+        finished = event.get("response")
+        if isinstance(finished, dict) and finished.get("usage"):
+            self.usage = _responses_usage(finished["usage"]) or self.usage
+
+
+def _output_texts(answer: dict[str, Any]) -> list[str]:
+    """The output text of a Responses API body (its message items' text parts)."""
+    out = []
+    for item in answer.get("output") or ():
+        for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append(part["text"])
+    return out
+
+
 def _responses_usage(raw: Any) -> Usage | None:
     """The Responses API's usage (``input_tokens``, ``output_tokens``)."""
     if not isinstance(raw, dict) or "input_tokens" not in raw:
@@ -444,38 +474,70 @@ class UpstreamBackend:
                 ) from None
             finally:
                 response.release()
+            answer = _loads(data)
             yield Relayed(data)
-            yield _responses_usage(_loads(data).get("usage")) or self._respond_estimate(request)
+            yield _responses_usage(answer.get("usage")) or self._respond_estimate(
+                request, _output_texts(answer)
+            )
             return
-        usage: Usage | None = None
+        seen = _Heard()
         lines = _sse(response)
+        left_early = False  # the client went away before the upstream was done
         try:
             async for data in lines:
-                chunk = _loads(data)
-                if chunk.get("type") == "error":
-                    raise upstream_stream_error(chunk)
-                finished = chunk.get("response")
-                if isinstance(finished, dict) and finished.get("usage"):
-                    usage = _responses_usage(finished["usage"]) or usage
+                seen.hear(data)
                 yield Relayed(data)
-            yield usage or self._respond_estimate(request)
+            yield seen.usage or self._respond_estimate(request, seen.text)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailure(
                 f"The upstream deployment {self.deployment.name} broke off the stream: "
                 f"{type(exc).__name__}."
             ) from None
+        except (GeneratorExit, asyncio.CancelledError):
+            left_early = True
+            raise
         finally:
-            await lines.aclose()
+            if left_early and seen.usage is None:
+                # As for chat: read on (bounded by ``drain``) to learn the true usage.
+                call.meter.defer()
+                with contextlib.suppress(Exception):
+                    await lines.aclose()
+                task = asyncio.create_task(self._drain_responses(response, seen))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+                task.add_done_callback(
+                    lambda _: call.meter.settle(
+                        seen.usage or self._respond_estimate(request, seen.text)
+                    )
+                )
+            else:
+                await lines.aclose()
+                response.release()
+
+    async def _drain_responses(self, response: aiohttp.ClientResponse, seen: _Heard) -> None:
+        lines = _sse(response)
+        try:
+            async with asyncio.timeout(self.settings.drain):
+                async for data in lines:
+                    with contextlib.suppress(KeyhouseError, ValueError):
+                        seen.hear(data)
+                    if seen.usage is not None:
+                        break
+        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await lines.aclose()
             response.release()
 
-    def _respond_estimate(self, request: ResponsesRequest) -> Usage:
-        """No usage from the server: the input counted here (the output is unknown)."""
-        counted = tokens.prompt(
-            orjson.dumps(request.raw.get("input")).decode(),
-            self.settings.model,
-            self.settings.tokenizer,
-        )
-        return Usage(counted, 0, estimated=True)
+    def _respond_estimate(self, request: ResponsesRequest, text: list[str] | None = None) -> Usage:
+        """No usage from the server: the input, and the output text seen, counted here."""
+        model, tokenizer = self.settings.model, self.settings.tokenizer
+        raw = request.raw
+        prompt = tokens.prompt(orjson.dumps(raw.get("input")).decode(), model, tokenizer)
+        if isinstance(raw.get("instructions"), str):
+            prompt += tokens.count(raw["instructions"], model, tokenizer)
+        return Usage(prompt, tokens.count("".join(text or ()), model, tokenizer), estimated=True)
 
     @staticmethod
     def _choices(request: ChatCompletionRequest | CompletionRequest) -> int:
