@@ -192,7 +192,7 @@ def test_default_models(tmp_path: Path) -> None:
     # gpt-3.5-turbo-instruct: the model the completions tutorials name
     assert chat.aliases == ("gpt-3.5-turbo", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
     assert chat.kinds == {"local"}
-    assert chat.endpoints == {"chat.completions", "completions"}
+    assert chat.endpoints == {"chat.completions", "completions", "responses"}
     assert chat.names[:3] == ("smollm2-135m-instruct", "gpt-3.5-turbo", "gpt-4o-mini")
     # brief and greedy by default: a 135M model sampled at temperature 1 rambles
     assert chat.system_prompt and chat.default_temperature == 0.0
@@ -434,10 +434,17 @@ priority = 2
     first, second, third = model.deployments
     assert (first.name, first.weight, first.priority) == ("gpt-4o-mini:openai", 3, 0)
     assert first.settings == {"base_url": "https://api.openai.com/v1", "api_keys": ["env:A"]}
-    assert (second.name, second.priority, second.endpoints) == ("deepseek", 1, {"chat.completions"})
+    # Responses are translated to chat: a deployment that serves chat serves them too.
+    assert (second.name, second.priority, second.endpoints) == (
+        "deepseek",
+        1,
+        {"chat.completions", "responses"},
+    )
     assert third.name == "gpt-4o-mini:local#3"
     assert model.kinds == {"openai", "local"}
-    assert model.endpoints == {"chat.completions", "completions", "embeddings"}
+    assert model.endpoints == {"chat.completions", "completions", "embeddings", "responses"}
+    # Only an upstream that says so gets the Responses API passed through.
+    assert not any(d.speaks_responses for d in model.deployments)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.policy import RuleBook
 from keyhouse.notify import Notifier, build_notifier
 from keyhouse.notify.events import EventMailer
+from keyhouse.responses.store import ResponseStore
 
 log = logging.getLogger("keyhouse")
 
@@ -72,6 +73,11 @@ class Services:
     @property
     def catalog(self) -> Catalog:
         return self.backends.catalog
+
+    @property
+    def responses(self) -> ResponseStore:
+        """Stored responses of the Responses API (a thin handle on the database)."""
+        return ResponseStore(self.db, self.clock)
 
     async def reload(self) -> bool:
         """Apply the TOML file's models and limits now; False (and a log line) if it is wrong."""

@@ -22,10 +22,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Backend kinds and the endpoints a deployment of that kind serves.
 BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
-    "local": frozenset({"chat.completions", "completions"}),
+    # The Responses API is served by translation to chat wherever chat is served (api/responses).
+    "local": frozenset({"chat.completions", "completions", "responses"}),
     "local-embedding": frozenset({"embeddings"}),
     # Any OpenAI-compatible server: OpenAI, DeepSeek, vLLM, SGLang, Ollama, llama.cpp's server…
-    "openai": frozenset({"chat.completions", "completions", "embeddings"}),
+    "openai": frozenset({"chat.completions", "completions", "embeddings", "responses"}),
 }
 LOCAL_KINDS = frozenset({"local", "local-embedding"})
 
@@ -92,7 +93,18 @@ class DeploymentSpec:
     @property
     def endpoints(self) -> frozenset[str]:
         only = self.settings.get("endpoints") if self.backend == "openai" else None
-        return frozenset(only) if only else BACKEND_ENDPOINTS[self.backend]
+        if not only:
+            return BACKEND_ENDPOINTS[self.backend]
+        # Responses are translated to chat: a deployment that serves chat serves them too.
+        served = frozenset(only)
+        translated = "chat.completions" in served
+        return served | {"responses"} if translated or self.speaks_responses else served
+
+    @property
+    def speaks_responses(self) -> bool:
+        """An upstream that serves OpenAI's Responses API itself (``responses_api = true``):
+        requests pass through to its ``/responses`` instead of being translated to chat."""
+        return self.backend == "openai" and self.settings.get("responses_api") is True
 
 
 @dataclass(frozen=True)
@@ -294,6 +306,9 @@ class Settings:
     billing_flush_interval: float = 0.2
     #: Raw usage rows are kept this many days (roll-ups are kept for good).
     usage_retention_days: int = 90
+    #: Stored responses (``POST /v1/responses`` with ``store``) are kept this many days
+    #: (0: for good).
+    responses_retention_days: int = 30
     tiers: Mapping[str, Tier] = field(default_factory=lambda: {DEFAULT_TIER: BUILTIN_DEFAULT_TIER})
     models: tuple[ModelSpec, ...] = ()
     accounts: AccountSettings = field(default_factory=AccountSettings)
@@ -346,6 +361,7 @@ _SCALARS: dict[str, type] = {
     "lease_ttl": float,
     "billing_flush_interval": float,
     "usage_retention_days": int,
+    "responses_retention_days": int,
 }
 
 

@@ -356,3 +356,68 @@ async def test_budgets_see_the_true_figure(kh: Keyhouse) -> None:
     assert kinds == [("budget.soft_limit",)]
     refused = await kh.chat(key, body)
     assert refused.status_code == 429 and "spending limit" in refused.json()["error"]["message"]
+
+
+# ----------------------------------------------------------------------------- the Responses API
+
+
+async def respond(kh: Keyhouse, key: str, body: dict[str, Any]) -> Any:
+    return await kh.http.post(
+        "/v1/responses", json=body, headers={"Authorization": f"Bearer {key}"}
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_translated_response_costs_what_its_usage_says(kh: Keyhouse, stream: bool) -> None:
+    member, key = await kh.member(PLENTY)
+    kh.fake.then(Behaviour(tokens=10))
+    body = {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 20, "stream": stream}
+    response = await respond(kh, key, body)
+    assert response.status_code == 200
+    assert kh.fake.seen[-1].path.endswith("/chat/completions")  # translated
+    assert kh.fake.seen[-1].body["max_tokens"] == 20
+    if stream:
+        usage = sse_events(response.text)[-1]["response"]["usage"]
+    else:
+        usage = response.json()["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (11, 10)
+    (row,) = (await kh.rows(member)).values()
+    assert (row.prompt_tokens, row.completion_tokens, row.cost) == (11, 10, price(11, 10))
+    assert row.org_cost == int(
+        (11 * ORG_INPUT + 10 * ORG_OUTPUT).to_integral_value(rounding="ROUND_CEILING")
+    )
+    # The member's usage report counts it with the rest of the model's calls.
+    report = await kh.http.get(
+        "/api/usage", params={"group_by": "model"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert [
+        (m["model"], m["requests"], m["prompt_tokens"], m["completion_tokens"], m["cost_micros"])
+        for m in report.json()["data"]
+    ] == [("gpt-4o-mini", 1, 11, 10, price(11, 10))]
+    await kh.give_back()
+    assert (await kh.balance(member))[0] == PLENTY - price(11, 10)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_passed_through_response_costs_what_its_usage_says(
+    tmp_path: Path, stream: bool
+) -> None:
+    async with keyhouse(tmp_path, "sqlite", ", responses_api = true") as kh:
+        member, key = await kh.member(PLENTY)
+        body = {"model": "gpt-4o-mini", "input": "hi", "stream": stream}
+        response = await respond(kh, key, body)
+        assert response.status_code == 200
+        sent = kh.fake.seen[-1]
+        assert sent.path.endswith("/responses")
+        # Held for, and capped at, the model's default allowance.
+        assert sent.body["max_output_tokens"] == DEFAULT_MAX_TOKENS
+        (row,) = (await kh.rows(member)).values()
+        assert (row.prompt_tokens, row.completion_tokens, row.cost) == (11, 6, price(11, 6))
+        # Too little credit for the worst case: refused before the upstream hears of it.
+        poor, poor_key = await kh.member(10)
+        calls = kh.fake.calls("/responses")
+        refused = await respond(kh, poor_key, body)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "insufficient_quota"
+        assert kh.fake.calls("/responses") == calls
+        assert await kh.rows(poor) == {}

@@ -27,6 +27,9 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    # The Responses API: the response object and every stream event.
+    "Response",
+    "ResponseStreamEvent",
     # The organisation usage and costs pages (GET /v1/organization/usage/…, /costs).
     "UsageResponse",
 ]

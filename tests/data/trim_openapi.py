@@ -29,6 +29,8 @@ SERVED = {
     "/chat/completions": ["post"],
     "/completions": ["post"],
     "/embeddings": ["post"],
+    "/responses": ["post"],
+    "/responses/{response_id}": ["get", "delete"],
     "/organization/costs": ["get"],
     "/organization/usage/completions": ["get"],
     "/organization/usage/embeddings": ["get"],

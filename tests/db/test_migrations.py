@@ -44,6 +44,7 @@ TABLES = {
     "invitations",
     "audit_log",
     "oidc_identities",
+    "responses",
 }
 
 

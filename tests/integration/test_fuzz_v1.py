@@ -91,13 +91,50 @@ fields: dict[str, Any] = {
     "best_of": st.integers(-1, 3),
     "encoding_format": st.sampled_from(["float", "base64"]) | texts,
     "dimensions": numbers,
+    # The Responses API.
+    "instructions": texts | anything,
+    "max_output_tokens": st.integers(10, 20) | anything,
+    "text": st.fixed_dictionaries(
+        {},
+        optional={
+            "format": st.fixed_dictionaries(
+                {"type": st.sampled_from(["text", "json_object", "json_schema"]) | texts},
+                optional={"name": texts, "schema": schemas, "strict": st.booleans()},
+            )
+            | anything
+        },
+    )
+    | anything,
+    "previous_response_id": texts | anything,
+    "store": st.booleans() | anything,
+    "metadata": st.dictionaries(texts, texts, max_size=3) | anything,
 }
+items = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "developer", "assistant", "x"]) | texts},
+        optional={
+            "type": st.sampled_from(["message", "function_call", "reasoning"]) | texts,
+            "content": texts
+            | st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.sampled_from(["input_text", "input_image", "output_text"])},
+                    optional={"text": texts | anything},
+                ),
+                max_size=2,
+            )
+            | anything,
+        },
+    ),
+    max_size=3,
+)
 
 
 def body(endpoint: str) -> st.SearchStrategy[dict[str, Any]]:
     required: dict[str, Any] = {"model": st.sampled_from(MODELS) | texts | anything}
     if endpoint == "chat/completions":
         required["messages"] = messages | anything
+    elif endpoint == "responses":
+        required["input"] = texts | items | anything
     elif endpoint == "completions":
         required["prompt"] = texts | st.lists(texts, max_size=3) | st.lists(numbers, max_size=3)
     else:
@@ -107,7 +144,7 @@ def body(endpoint: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.builds(lambda a, b: {**b, **a}, known, unknown)
 
 
-requests = st.sampled_from(["chat/completions", "completions", "embeddings"]).flatmap(
+requests = st.sampled_from(["chat/completions", "completions", "embeddings", "responses"]).flatmap(
     lambda endpoint: st.tuples(st.just(endpoint), body(endpoint))
 )
 raw_bodies = st.sampled_from(
@@ -125,6 +162,10 @@ def tame(endpoint: str, fields_: dict[str, Any]) -> dict[str, Any]:
     def big(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value > 2
 
+    if endpoint == "responses":  # OpenAI's floor is 16
+        if "max_output_tokens" not in fields_ or big(fields_["max_output_tokens"]):
+            fields_["max_output_tokens"] = 16
+        return fields_
     for name in ("max_tokens", "max_completion_tokens"):
         if name not in fields_ or big(fields_[name]):
             fields_[name] = 2
@@ -169,7 +210,10 @@ def test_v1_bodies_never_get_a_500(fuzz_client: httpx.Client) -> None:
 
 
 def test_v1_raw_bodies_never_get_a_500(fuzz_client: httpx.Client) -> None:
-    @given(st.sampled_from(["chat/completions", "completions", "embeddings"]), raw_bodies)
+    @given(
+        st.sampled_from(["chat/completions", "completions", "embeddings", "responses"]),
+        raw_bodies,
+    )
     @settings(max_examples=21, deadline=None, database=None, derandomize=True)
     def one(endpoint: str, data: bytes) -> None:
         send(fuzz_client, endpoint, data)

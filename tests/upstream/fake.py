@@ -196,6 +196,8 @@ class FakeUpstream:
             if behaviour.usage:
                 answer["usage"] = {"prompt_tokens": 3 * count, "total_tokens": 3 * count}
             return web.json_response(answer, dumps=_dumps)
+        if request.path.endswith("/responses"):
+            return await self._responses(request, body, behaviour)
         chat = request.path.endswith("/chat/completions")
         if body.get("stream"):
             return await self._stream(request, body, behaviour, chat)
@@ -301,6 +303,103 @@ class FakeUpstream:
             )
         await response.write(b"data: [DONE]\n\n")
         self.finished_streams += 1
+
+    # ------------------------------------------------------------------ the Responses API
+
+    def _response(self, body: dict[str, Any], text: str | None, words: int) -> dict[str, Any]:
+        """A response object in OpenAI's documented shape (``text`` None: in progress)."""
+        done = text is not None
+        limit = body.get("max_output_tokens")
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+        answer: dict[str, Any] = {
+            "id": "resp_fake" + str(len(self.seen)),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed" if done else "in_progress",
+            "completed_at": int(time.time()) if done else None,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": limit,
+            "model": f"{body.get('model')}-2026",
+            "output": [message] if done else [],
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "metadata": body.get("metadata") or {},
+            "provider_extra": {"served_by": self.name},  # what Keyhouse must pass through
+        }
+        if done:  # OpenAI's schema has no null usage: it comes with the finished response
+            answer["usage"] = {
+                "input_tokens": self.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": words,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.prompt_tokens + words,
+            }
+        return answer
+
+    async def _responses(
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        words = list(self.words)
+        text = "".join(words)
+        if not body.get("stream"):
+            answer = self._response(body, text, len(words))
+            if not behaviour.usage:
+                del answer["usage"]
+            return web.json_response(answer, dumps=_dumps)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        sequence = iter(range(1_000_000))
+
+        async def send(kind: str, **fields: Any) -> None:
+            payload = {"type": kind, "sequence_number": next(sequence), **fields}
+            await response.write(
+                f"event: {kind}\n".encode() + b"data: " + orjson.dumps(payload) + b"\n\n"
+            )
+
+        try:
+            started = self._response(body, None, 0)
+            where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            item = {"id": "msg_fake", "type": "message", "role": "assistant"}
+            await send("response.created", response=started)
+            await send("response.in_progress", response=started)
+            await send(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            await send("response.content_part.added", **where, part=part)
+            for word in words:
+                if behaviour.chunk_delay:
+                    await asyncio.sleep(behaviour.chunk_delay)
+                await send("response.output_text.delta", **where, delta=word, logprobs=[])
+            await send("response.output_text.done", **where, text=text, logprobs=[])
+            await send("response.content_part.done", **where, part={**part, "text": text})
+            final = self._response(body, text, len(words))
+            if not behaviour.usage:
+                del final["usage"]
+            await send("response.output_item.done", output_index=0, item=final["output"][0])
+            await send("response.completed", response=final)
+            self.finished_streams += 1
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            self.abandoned_streams += 1
+        return response
 
 
 def _dumps(value: Any) -> str:

@@ -16,7 +16,12 @@ import pytest
 import quicktok
 from aiohttp import web
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
 from keyhouse.api.validation import parse
 from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
 from keyhouse.backends.upstream.client import UpstreamBackend, UpstreamFailure
@@ -681,3 +686,57 @@ async def test_a_key_in_an_upstream_message_is_redacted(fake: FakeUpstream) -> N
     assert message.startswith("Incorrect API key provided:")
     assert leaked not in message and "abcdefghijklmnop" not in message
     assert K1 not in message and "aaaaaaaaaaaa" not in message
+
+
+# ----------------------------------------------------------------------------- the Responses API
+
+
+def responses_request(**fields: Any) -> ResponsesRequest:
+    body = {"model": "gpt-4o-mini", "input": "Say hello.", **fields}
+    return parse(ResponsesRequest, orjson.dumps(body))
+
+
+async def test_a_passed_through_response_is_relayed_with_its_usage(fake: FakeUpstream) -> None:
+    async with started(openai(fake, responses_api=True)) as backend:
+        call, _ = metered()
+        events = [e async for e in backend.respond(responses_request(), call)]
+    relayed, usage = events
+    assert isinstance(relayed, Relayed)
+    assert orjson.loads(relayed.data)["output"][0]["content"][0]["text"] == ANSWER
+    assert usage == FAKE_USAGE
+    assert fake.seen[-1].path == "/v1/responses"
+
+
+async def test_a_passed_through_response_without_usage_is_counted_here(
+    fake: FakeUpstream,
+) -> None:
+    fake.then(Behaviour(usage=False))
+    async with started(openai(fake, responses_api=True)) as backend:
+        call, _ = metered()
+        *_, usage = [e async for e in backend.respond(responses_request(), call)]
+    assert isinstance(usage, Usage) and usage.estimated
+    assert usage.completion_tokens == CL100K.count(ANSWER)
+    assert usage.prompt_tokens == CL100K.count('"Say hello."')
+
+
+@pytest.mark.parametrize("usage", [True, False])
+async def test_a_client_leaving_a_passed_through_stream_settles_with_the_true_usage(
+    fake: FakeUpstream, usage: bool
+) -> None:
+    fake.then(Behaviour(chunk_delay=0.05, usage=usage))
+    async with started(openai(fake, responses_api=True)) as backend:
+        call, settled = metered()
+        events = backend.respond(responses_request(stream=True), call)
+        for _ in range(5):  # created … the first text delta
+            assert isinstance(await anext(events), Relayed)
+        await events.aclose()  # type: ignore[attr-defined]
+        assert call.meter.deferred
+        call.meter.close(None)  # what api/v1 does when the stream ends: must not settle now
+        assert settled == []
+        await eventually(lambda: settled)
+    [got] = settled
+    if usage:
+        assert got == FAKE_USAGE  # the upstream's own count, read after the client left
+    else:  # the drain read the whole answer, not only what the client saw
+        assert got is not None and got.estimated
+        assert got.completion_tokens == CL100K.count(ANSWER)

@@ -77,6 +77,10 @@ def test_each_endpoint_has_its_sdk_call() -> None:
     assert "client.completions.create(" in python(BASE, complete)
     assert "openai.Completion.create(" in python_legacy(BASE, complete)
     assert "client.models.list(" in python(BASE, Call("GET", "/v1/models", None))
+    respond = Call(path="/v1/responses", body={"model": "m", "input": "x", "stream": True})
+    text = python(BASE, respond)
+    assert "client.responses.create(" in text and "response.output_text.delta" in text
+    ast.parse(text)
     one = Call("GET", "/v1/models/gpt-4o", None)
     assert 'client.models.retrieve("gpt-4o")' in python(BASE, one)
     assert 'openai.Model.retrieve("gpt-4o")' in python_legacy(BASE, one)

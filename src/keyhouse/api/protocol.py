@@ -172,6 +172,62 @@ class EmbeddingRequest(WireModel):
     user: StrictStr | None = None
 
 
+class ResponseTextFormat(WireModel):
+    """``text.format`` of the Responses API: ``json_schema`` carries its schema flat (name,
+    schema, strict) where chat nests it under ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+    description: StrictStr | None = None
+
+
+class ResponseText(WireModel):
+    format: ResponseTextFormat | None = None
+    verbosity: StrictStr | None = None
+
+
+#: An input item: a message (``role`` and ``content``) or, for upstreams that speak the
+#: Responses API, any other item they take; ``api/responses`` reads them.
+InputItem = dict[str, Any]
+
+
+class ResponsesRequest(WireModel):
+    """``POST /v1/responses``."""
+
+    model: StrictStr
+    input: StrictStr | Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: StrictStr | None = None
+    # OpenAI's own floor: "Expected a value >= 16".
+    max_output_tokens: Annotated[StrictInt, Field(ge=16)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    metadata: (
+        Annotated[dict[str, Annotated[StrictStr, Field(max_length=512)]], Field(max_length=16)]
+        | None
+    ) = None
+    previous_response_id: StrictStr | None = None
+    store: StrictBool | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    text: ResponseText | None = None
+    user: StrictStr | None = None
+    # Passed through to upstreams that speak the Responses API; refused when translated.
+    tools: Tools | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    reasoning: dict[str, Any] | None = None
+    include: list[StrictStr] | None = None
+    truncation: StrictStr | None = None
+    background: StrictBool | None = None
+    service_tier: StrictStr | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    max_tool_calls: StrictInt | None = None
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+
+
 # ----------------------------------------------------------------------------- responses
 
 
@@ -329,3 +385,81 @@ class ModelCard(Out):
 class ModelList(Out):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ----------------------------------------------------------------------------- the Responses API
+
+
+class OutputText(Out):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class OutputMessage(Out):
+    id: str
+    type: Literal["message"] = "message"
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class InputTokensDetails(Out):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(Out):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(Out):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class IncompleteDetails(Out):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseObject(Out):
+    """The response object (``object: "response"``), as made by translation to chat."""
+
+    # OpenAI's schema has ``user`` and ``usage`` never null: they appear only when known.
+    omit_unless_set = frozenset({"user", "usage"})
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    completed_at: int | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputMessage]
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})
+    service_tier: str = "default"
+    store: bool = True
+    temperature: float | None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: str = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    top_p: float | None = None
+    truncation: str = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ResponseDeleted(Out):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True

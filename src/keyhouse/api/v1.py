@@ -12,13 +12,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from keyhouse.api import access, estimate, render
+from keyhouse.api import access, estimate, render, responses
 from keyhouse.api import protocol as p
 from keyhouse.api.http import (
     ClientGone,
@@ -63,6 +64,7 @@ WRONG_ENDPOINT = {
     "v1/completions endpoint.",
     "embeddings": "This is not an embedding model and thus not supported in the "
     "v1/embeddings endpoint.",
+    "responses": "This model is not supported in the v1/responses endpoint.",
 }
 
 
@@ -450,6 +452,121 @@ async def embeddings(request: Request) -> Response:
     return json_response(rendered, admission.headers)
 
 
+# ----------------------------------------------------------------------------- responses
+
+RESPONSES = "responses"
+
+
+def check_responses(body: p.ResponsesRequest) -> None:
+    check_stream_options(body.stream, body.stream_options)
+    if body.store is False and body.background:
+        raise InvalidRequest(
+            "Background responses must be stored: 'background' needs 'store' to be true.",
+            param="background",
+            code="invalid_value",
+        )
+
+
+async def previous_of(svc: Services, principal: Principal, body: p.ResponsesRequest) -> Any:
+    if body.previous_response_id is None:
+        return None
+    stored = await svc.responses.get(principal.member_id, body.previous_response_id)
+    if stored is None:
+        raise NotFound(
+            f"Previous response with id '{body.previous_response_id}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    return stored
+
+
+async def create_response(request: Request) -> Response:
+    """``POST /v1/responses``: passed through to deployments that speak the Responses API,
+    translated to chat for all others (``api/responses``); metered, limited and held like
+    chat."""
+    svc = services(request)
+    principal = await gate(request, RESPONSES)
+    body = parse(p.ResponsesRequest, await read_body(request, svc.settings.max_body_bytes))
+    check_responses(body)
+    route = route_for(svc, principal, body.model, RESPONSES)
+    previous = await previous_of(svc, principal, body)
+    # Pass-through needs every deployment to speak the Responses API (any may answer), and a
+    # previous response the upstream made itself (it holds that conversation).
+    passthrough = all(d.speaks_responses for d in route.spec.deployments) and (
+        previous is None or previous.context is None
+    )
+    if previous is not None and previous.context is None and not passthrough:
+        raise InvalidRequest(
+            f"Previous response with id '{body.previous_response_id}' was made by an upstream "
+            "that keeps its own conversation: continue it with a model whose deployments speak "
+            "the Responses API.",
+            param="previous_response_id",
+            code="invalid_value",
+        )
+    history = previous.context if previous is not None else None
+    turn = responses.translate(body, history, lenient=passthrough)
+    if not passthrough:
+        precheck(route, turn.chat)
+    tokens = estimate.chat_tokens(turn.chat, route.spec)
+    bound = estimate.chat_bound(turn.chat, route.spec)
+    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
+    admission.overhead_tokens = estimate.uncounted(turn.chat, route.spec)
+    now = lambda: int(svc.clock.now().timestamp())  # noqa: E731
+    head = responses.Head(
+        id=responses.new_id("resp_"),
+        item_id=responses.new_id("msg_"),
+        created_at=now(),
+        model=route.spec.name,
+        body=body,
+        clock=now,
+        context=turn.context,
+        temperature=route.spec.default_temperature
+        if route.spec.default_temperature is not None
+        else 1.0,
+    )
+    member = principal.member_id
+
+    async def save(made: dict[str, Any], context: list[dict[str, Any]] | None) -> None:
+        await svc.responses.save(member, made, context)
+
+    keep = save if body.store is not False else None
+    if passthrough:
+        start = lambda: route.backend.respond(body, call)  # type: ignore[attr-defined]  # noqa: E731
+    else:
+        start = lambda: responses.deltas(route.backend.chat(turn.chat, call))  # noqa: E731
+    return await run(
+        request,
+        call,
+        admission,
+        start,
+        lambda events: responses.collect(events, head, keep),
+        (lambda events: responses.stream(events, head, keep)) if body.stream else None,
+    )
+
+
+async def retrieve_response(request: Request) -> Response:
+    svc = services(request)
+    principal = await gate(request, RESPONSES)
+    response_id: str = request.path_params["response_id"]
+    stored = await svc.responses.get(principal.member_id, response_id)
+    if stored is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return Response(
+        orjson.dumps(stored.body),
+        media_type="application/json",
+        headers=await current_limits(request),
+    )
+
+
+async def delete_response(request: Request) -> Response:
+    svc = services(request)
+    principal = await gate(request, RESPONSES)
+    response_id: str = request.path_params["response_id"]
+    if not await svc.responses.delete(principal.member_id, response_id):
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return json_response(p.ResponseDeleted(id=response_id), await current_limits(request))
+
+
 #: Plain Starlette routes: the /v1 surface needs none of FastAPI's per-request machinery
 #: (OpenAI's own description is its documentation).
 routes = [
@@ -458,4 +575,7 @@ routes = [
     HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
     HTTPRoute("/v1/completions", completions, methods=["POST"]),
     HTTPRoute("/v1/embeddings", embeddings, methods=["POST"]),
+    HTTPRoute("/v1/responses", create_response, methods=["POST"]),
+    HTTPRoute("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
+    HTTPRoute("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
 ]

@@ -15,7 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
 from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
 from keyhouse.backends.breaker import Breaker
 from keyhouse.config import DeploymentSpec, ModelSpec
@@ -88,6 +93,10 @@ class Router:
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
         return self._stream(lambda backend: backend.complete(request, call), call)
+
+    def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
+        """The Responses API as the client wrote it (every deployment here speaks it)."""
+        return self._stream(lambda backend: backend.respond(request, call), call)  # type: ignore[attr-defined]
 
     async def _stream(
         self, start: Callable[[Backend], AsyncIterator[Event]], call: Call

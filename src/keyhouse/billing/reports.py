@@ -32,6 +32,7 @@ from keyhouse.config import Settings
 from keyhouse.db.engine import Database
 from keyhouse.db.models import ApiKey, DeploymentRollup, Member, UsageRecord, UsageRollup
 from keyhouse.errors import InvalidRequest
+from keyhouse.responses.store import ResponseStore
 
 log = logging.getLogger("keyhouse.billing")
 
@@ -547,7 +548,7 @@ class Retention:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.settings.usage_retention_days > 0:
+        if self.settings.usage_retention_days > 0 or self.settings.responses_retention_days > 0:
             self._task = asyncio.create_task(self._loop(), name="usage-retention")
 
     async def stop(self) -> None:
@@ -566,6 +567,12 @@ class Retention:
             pause=self.pause,
         )
         self.pruned += removed
+        # Stored responses (``POST /v1/responses``) past ``responses_retention_days``.
+        gone = await ResponseStore(self.db, self.clock).prune(
+            self.settings.responses_retention_days
+        )
+        if gone:
+            log.info("responses retention: deleted %d stored responses", gone)
         if removed:
             log.info(
                 "usage retention: deleted %d raw usage rows older than %d days",

@@ -428,3 +428,22 @@ class OidcIdentity(Base):
     subject: Mapped[str] = mapped_column(String(255), primary_key=True)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StoredResponse(Base):
+    """A response made by ``POST /v1/responses`` with ``store`` (the default), for ``GET``,
+    ``DELETE`` and ``previous_response_id``: only its member may read it. Kept
+    ``responses_retention_days`` (migration 0010)."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_member_created", "member_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    #: The response object as the client received it.
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The conversation so far as chat messages (instructions left out: they do not carry
+    #: over), for a later ``previous_response_id``; None for a response an upstream made.
+    context: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

@@ -12,7 +12,14 @@ from keyhouse.config import NO_LIMITS, IPNetwork, LimitSet
 MODELS_READ = "models.read"
 #: Reading the member's own usage, balance and dashboards (read-only keys may).
 USAGE_READ = "usage.read"
-ENDPOINTS = ("models.read", "chat.completions", "completions", "embeddings", "usage.read")
+ENDPOINTS = (
+    "models.read",
+    "chat.completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "usage.read",
+)
 #: What a read-only key may call.
 READ_SCOPES = frozenset({MODELS_READ, USAGE_READ})
 

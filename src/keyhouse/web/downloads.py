@@ -55,6 +55,14 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
         "The legacy completions endpoint.",
     ),
     (
+        "Response",
+        "POST",
+        "responses",
+        {"model": "gpt-4o-mini", "input": "Say this is a test!", "max_output_tokens": 16},
+        'The Responses API. Add "stream": true for typed events; "previous_response_id" '
+        "chains on a stored response.",
+    ),
+    (
         "Embeddings",
         "POST",
         "embeddings",

@@ -89,6 +89,7 @@ def endpoint_labels() -> dict[str, str]:
         "chat.completions": _("Chat completions"),
         "completions": _("Completions"),
         "embeddings": _("Embeddings"),
+        "responses": _("Responses"),
         "usage.read": _("Read usage"),
     }
 

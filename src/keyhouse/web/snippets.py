@@ -157,6 +157,14 @@ CURRENT = {
         "print(len(response.data), len(response.data[0].embedding))",
         None,
     ),
+    ("POST", "/responses"): (
+        "client.responses.create",
+        "print(response.output_text)",
+        "for event in response:\n"
+        '    if event.type == "response.output_text.delta":\n'
+        '        print(event.delta, end="", flush=True)\n'
+        "print()",
+    ),
     ("GET", "/models"): ("client.models.list", "for model in response:\n    print(model.id)", None),
 }
 

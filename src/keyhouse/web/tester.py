@@ -57,6 +57,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 PATHS = [
     "/v1/chat/completions",
+    "/v1/responses",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/models",

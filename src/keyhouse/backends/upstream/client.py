@@ -30,6 +30,7 @@ from keyhouse.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ResponsesRequest,
     WireModel,
 )
 from keyhouse.backends.base import Call, Event, Relayed, Usage
@@ -71,6 +72,7 @@ _KEYS = {
     "breaker",
     "max_connections",
     "max_tokens_field",
+    "responses_api",
 }
 #: The fields an upstream may take the output allowance in (servers that know only one).
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -140,6 +142,8 @@ def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSe
         raise ConfigError(
             f"{where}: max_tokens_field must be one of {', '.join(_MAX_TOKENS_FIELDS)}"
         )
+    if not isinstance(raw.get("responses_api", False), bool):
+        raise ConfigError(f"{where}: responses_api must be true or false")
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None:
         # Checked now: an unknown name would otherwise fail each answer that lacks usage.
@@ -218,6 +222,48 @@ def _usage(raw: Any) -> Usage | None:
     return Usage(
         int(raw.get("prompt_tokens") or 0),
         int(raw.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+@dataclass
+class _Heard:
+    """What a passed-through Responses stream said, for the meter: its output text so far,
+    and the usage of its finished response."""
+
+    usage: Usage | None = None
+    text: list[str] = field(default_factory=list)
+
+    def hear(self, data: bytes) -> None:
+        event = _loads(data)
+        kind = event.get("type")
+        if kind == "error":
+            raise upstream_stream_error(event)
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self.text.append(event["delta"])
+        finished = event.get("response")
+        if isinstance(finished, dict) and finished.get("usage"):
+            self.usage = _responses_usage(finished["usage"]) or self.usage
+
+
+def _output_texts(answer: dict[str, Any]) -> list[str]:
+    """The output text of a Responses API body (its message items' text parts)."""
+    out = []
+    for item in answer.get("output") or ():
+        for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append(part["text"])
+    return out
+
+
+def _responses_usage(raw: Any) -> Usage | None:
+    """The Responses API's usage (``input_tokens``, ``output_tokens``)."""
+    if not isinstance(raw, dict) or "input_tokens" not in raw:
+        return None
+    details = raw.get("input_tokens_details") or {}
+    return Usage(
+        int(raw.get("input_tokens") or 0),
+        int(raw.get("output_tokens") or 0),
         int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
     )
 
@@ -406,6 +452,92 @@ class UpstreamBackend:
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
         body = self.payload(request, bool(request.stream), call.max_output)
         return self._generate("/completions", body, request, call)
+
+    async def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
+        """The Responses API passed through (``responses_api = true``): the body as the
+        client wrote it, with this deployment's model name and the output allowance; the
+        answer relayed as it comes — whole, or event by event — and its usage metered."""
+        body = dict(request.raw)
+        body["model"] = self.settings.model
+        if call.max_output is not None:
+            body["max_output_tokens"] = call.max_output
+        for name in self.settings.drop_fields:
+            body.pop(name, None)
+        response = await self.post("/responses", orjson.dumps(body))
+        if not request.stream:
+            try:
+                data = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamFailure(
+                    f"The upstream deployment {self.deployment.name} broke off: "
+                    f"{type(exc).__name__}."
+                ) from None
+            finally:
+                response.release()
+            answer = _loads(data)
+            yield Relayed(data)
+            yield _responses_usage(answer.get("usage")) or self._respond_estimate(
+                request, _output_texts(answer)
+            )
+            return
+        seen = _Heard()
+        lines = _sse(response)
+        left_early = False  # the client went away before the upstream was done
+        try:
+            async for data in lines:
+                seen.hear(data)
+                yield Relayed(data)
+            yield seen.usage or self._respond_estimate(request, seen.text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailure(
+                f"The upstream deployment {self.deployment.name} broke off the stream: "
+                f"{type(exc).__name__}."
+            ) from None
+        except (GeneratorExit, asyncio.CancelledError):
+            left_early = True
+            raise
+        finally:
+            if left_early and seen.usage is None:
+                # As for chat: read on (bounded by ``drain``) to learn the true usage.
+                call.meter.defer()
+                with contextlib.suppress(Exception):
+                    await lines.aclose()
+                task = asyncio.create_task(self._drain_responses(response, seen))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+                task.add_done_callback(
+                    lambda _: call.meter.settle(
+                        seen.usage or self._respond_estimate(request, seen.text)
+                    )
+                )
+            else:
+                await lines.aclose()
+                response.release()
+
+    async def _drain_responses(self, response: aiohttp.ClientResponse, seen: _Heard) -> None:
+        lines = _sse(response)
+        try:
+            async with asyncio.timeout(self.settings.drain):
+                async for data in lines:
+                    with contextlib.suppress(KeyhouseError, ValueError):
+                        seen.hear(data)
+                    if seen.usage is not None:
+                        break
+        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await lines.aclose()
+            response.release()
+
+    def _respond_estimate(self, request: ResponsesRequest, text: list[str] | None = None) -> Usage:
+        """No usage from the server: the input, and the output text seen, counted here."""
+        model, tokenizer = self.settings.model, self.settings.tokenizer
+        raw = request.raw
+        prompt = tokens.prompt(orjson.dumps(raw.get("input")).decode(), model, tokenizer)
+        if isinstance(raw.get("instructions"), str):
+            prompt += tokens.count(raw["instructions"], model, tokenizer)
+        return Usage(prompt, tokens.count("".join(text or ()), model, tokenizer), estimated=True)
 
     @staticmethod
     def _choices(request: ChatCompletionRequest | CompletionRequest) -> int:
