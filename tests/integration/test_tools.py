@@ -183,6 +183,7 @@ def test_a_full_round_trip(ai: OpenAI) -> None:
         model=CHAT,
         messages=messages,
         tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="auto",
         max_tokens=12,
         temperature=0,
     )
@@ -192,20 +193,18 @@ def test_a_full_round_trip(ai: OpenAI) -> None:
     assert choice.finish_reason in ("stop", "length")
 
 
-def test_auto_answers_or_calls_and_either_parses(client: httpx.Client, openapi: OpenAISpec) -> None:
-    for question in ("What is the weather in Paris?", "Tell me a joke."):
-        response = post(client, messages=[{"role": "user", "content": question}], tools=[WEATHER])
-        assert response.status_code == 200, response.text
-        body = response.json()
-        openapi.validate("CreateChatCompletionResponse", body)
-        choice = body["choices"][0]
-        calls = choice["message"].get("tool_calls")
-        if calls:
-            assert choice["finish_reason"] == "tool_calls"
-            jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), WEATHER_PARAMS)
-        else:
-            assert isinstance(choice["message"]["content"], str)
-            assert not choice["message"]["content"].lstrip().startswith("{")
+def test_auto_calls_after_a_question(client: httpx.Client, openapi: OpenAISpec) -> None:
+    """On the bundled model the turn decides ``auto`` (``backends/local/tools``): a call."""
+    response = post(
+        client, messages=[{"role": "user", "content": "Tell me a joke."}], tools=[WEATHER]
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    openapi.validate("CreateChatCompletionResponse", body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_PARAMS)
 
 
 def test_none_ignores_the_tools(ai: OpenAI) -> None:
@@ -406,3 +405,44 @@ async def test_upstream_gets_response_format_untouched(
         )
         assert response.status_code == 200, response.text
         assert kh.fake.seen[-1].body["response_format"] == fmt
+
+
+# ----------------------------------------------------------------------------- LangChain
+
+
+def test_langchain_tool_calling_agent_runs_one_call(server: Server, key: str) -> None:
+    """LangChain's own agent (``create_agent``, through ``langchain-openai``) against the
+    bundled model: the model calls the tool, the agent runs it, the model answers."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    asked: list[str] = []
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        asked.append(city)
+        return f"It is 21 degrees and sunny in {city}."
+
+    model = ChatOpenAI(
+        model=CHAT,
+        base_url=server.url + "/v1",
+        api_key=key,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+        max_retries=0,
+    )
+    agent = create_agent(model, tools=[get_weather])
+    state = agent.invoke(
+        {"messages": [{"role": "user", "content": "What is the weather in Paris?"}]},
+        {"recursion_limit": 6},
+    )
+    messages = state["messages"]
+    assert len(asked) == 1 and asked[0]
+    calls = [m for m in messages if isinstance(m, AIMessage) and m.tool_calls]
+    assert len(calls) == 1 and calls[0].tool_calls[0]["name"] == "get_weather"
+    assert any(isinstance(m, ToolMessage) and "21 degrees" in str(m.content) for m in messages)
+    last = messages[-1]
+    assert isinstance(last, AIMessage) and not last.tool_calls and last.content

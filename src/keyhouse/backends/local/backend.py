@@ -45,7 +45,10 @@ class Engine(Protocol):
     async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings: ...
 
 
-_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty"}
+_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty", "auto_tools"}
+#: Who decides, under ``tool_choice: "auto"``, whether to call (see ``tools``): the turn of the
+#: conversation (the default: right for the bundled 135M model) or the model itself.
+AUTO_TOOLS = ("turn", "model")
 _E5_SETTINGS = {"variant", "threads"}
 
 
@@ -184,6 +187,11 @@ class LocalChatBackend:
         self.settings = llama_settings(spec, deployment)
         self.system_fingerprint = fingerprint(self.settings.path)
         self.grammars = GrammarCache()
+        self.auto_tools = str(deployment.settings.get("auto_tools", "turn"))
+        if self.auto_tools not in AUTO_TOOLS:
+            raise ConfigError(
+                f"deployment {deployment.name}: auto_tools must be one of {list(AUTO_TOOLS)}"
+            )
 
     async def start(self) -> None:
         return None
@@ -194,10 +202,11 @@ class LocalChatBackend:
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
         job = clamped(self.chat_job(request), call.max_output)
         calling = self.tool_mode(request)
-        if calling is not None and calling[0] == "auto" and request.messages[-1].role == "tool":
-            # Results just came back: answer with them (see ``tools``: a model this small,
-            # left to choose, calls again).
-            calling = None
+        if calling is not None and calling[0] == "auto" and self.auto_tools == "turn":
+            # The turn decides (see ``tools``): results just came back → answer with them;
+            # anything else → the call.
+            after_results = request.messages[-1].role == "tool"
+            calling = None if after_results else ("required", calling[1])
         if calling is not None:
             return self._with_tools(job, call, *calling)
         if job.json_schema is not None:

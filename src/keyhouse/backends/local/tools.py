@@ -4,23 +4,25 @@ generated text back into OpenAI's ``tool_calls``.
 The model writes a call as one JSON object, ``{"name": "<function>", "arguments": {…}}``,
 constrained by a grammar built from the functions' own ``parameters`` schemas (bounded by
 ``schema_bounds`` and compiled through ``grammar.GrammarCache`` like a ``response_format``), so
-the arguments always parse and fit. ``required`` and a named function make that object the
-whole grammar; ``auto`` adds one alternative, free text that does not begin with ``{``, and
-right after tool results (the conversation ends with a ``tool`` message) answers in text.
+the arguments always parse and fit. ``required`` and a named function make
+that object the whole grammar. ``auto`` is decided by the deployment's ``auto_tools`` setting:
 
-Why that shape for ``auto``: a model as small as SmolLM2-135M follows no elaborate tool
-protocol, but it does open a JSON object when told "to call a function, reply with only a JSON
-object". The first character then decides, by the model's own preference for it: ``{`` commits
-it to a call that the grammar carries to the end (every later token constrained, names and
-argument types included); anything else is an ordinary answer, and the grammar — which accepts
-any text from there — no longer matters. No marker the model was never trained on, no second
-pass, and a text answer loses nothing but the rare reply that would start with ``{``.
-Measured on SmolLM2-135M at temperature 0: it answers a weather question in prose, yet calls
-the weather function again once given its result; so after results ``auto`` answers in text
-(chained calls need a larger model, or ``required``), and a client that needs a call on the
-first turn asks for it with ``required`` or a named function. The
-local model makes at most one call per turn (``parallel_tool_calls`` allows more; it does not
-require them).
+- ``"model"``: the grammar adds one alternative, free text that does not begin with ``{``. The
+  first character decides, by the model's own preference: ``{`` commits it to a call the
+  grammar carries to the end (names and argument types included); anything else is an
+  ordinary answer. No marker the model was never trained on, no second pass; a text answer
+  loses only the rare reply that would begin with ``{``. Right for a model that can judge.
+- ``"turn"`` (the default): the conversation's last turn decides. After tool results (a last
+  ``tool`` message) the model answers in text; after anything else it calls. Chosen for the
+  bundled SmolLM2-135M, measured at temperature 0 with the tools described: it opened no call
+  for any of seven prompts that plainly asked for the tool ("Call get_weather for Paris."
+  got Python), and it called the weather function again once given its result. Left to
+  choose, it would break every agent loop both ways; decided by the turn, an agent's
+  call → result → answer runs end to end. The price: a question that needs no tool still gets
+  a call while tools are offered (send ``tool_choice: "none"`` for such turns).
+
+The local model makes at most one call per turn (``parallel_tool_calls`` allows more; it does
+not require them).
 
 Templates with their own tool format (``tools`` in the GGUF's chat template) get the tools and
 the tool messages as the template expects; the rest get a plain system-prompt description, the
