@@ -233,6 +233,7 @@ class LocalChatBackend:
         """Generate under the call grammar, and turn what is written into tool calls."""
         grammar = await self.grammars.compile(tools.call_schema(fns), ordered=True)
         job.grammar = tools.with_text(grammar) if mode == "auto" else grammar
+        job.grammar_until_text = mode == "auto"
         parsers: dict[int, tools.CallParser] = {}
         stream = self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
         try:

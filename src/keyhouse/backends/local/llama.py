@@ -65,6 +65,11 @@ class GenerateJob:
     json_schema: dict[str, Any] | None = None
     #: The schema compiled to GBNF (by the backend, off the model's thread), when there is one.
     grammar: str | None = None
+    #: ``tool_choice`` "auto" left to the model (``tools.with_text``): once the output's first
+    #: character shows a text answer (not ``{``), generation goes on without the grammar —
+    #: which would only accept anything, at the price of checking every token of the
+    #: vocabulary against it at every step (measured: several times slower).
+    grammar_until_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -397,6 +402,7 @@ class LlamaRunner:
             echoed = b"".join(self.pieces[t] for t in tokens).decode("utf-8", "replace")
             emit(TextDelta(index, echoed, prompt_logprobs))
         sampler = self._sampler(job, seed, grammar)
+        deciding = job.grammar_until_text and grammar is not None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stopper = StopMatcher(job.stop)
         generated = 0
@@ -415,6 +421,11 @@ class LlamaRunner:
                     [self._logprob(token, job.logprobs)] if job.logprobs is not None else None
                 )
                 text, stopped = stopper.feed(decoder.decode(self.pieces[token]))
+                if deciding and (text or "").strip():
+                    deciding = False
+                    if not text.lstrip().startswith("{"):
+                        sampler.close()
+                        sampler = self._sampler(job, seed, None)
                 if text or logprobs:
                     emit(TextDelta(index, text, logprobs))
                 if stopped:
