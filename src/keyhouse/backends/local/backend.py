@@ -231,7 +231,14 @@ class LocalChatBackend:
         self, job: GenerateJob, call: Call, mode: tools.Mode, fns: list[tools.Function]
     ) -> AsyncIterator[Event]:
         """Generate under the call grammar, and turn what is written into tool calls."""
-        grammar = await self.grammars.compile(tools.call_schema(fns), ordered=True)
+        try:
+            grammar = await self.grammars.compile(tools.call_schema(fns), ordered=True)
+        except InvalidRequest as exc:  # worded for response_format: say it of the tools
+            raise InvalidRequest(
+                exc.message.replace("schema for response_format", "tool parameters"),
+                param="tools",
+                code=exc.code,
+            ) from None
         job.grammar = tools.with_text(grammar) if mode == "auto" else grammar
         job.grammar_until_text = mode == "auto"
         parsers: dict[int, tools.CallParser] = {}
