@@ -245,6 +245,7 @@ def test_none_ignores_the_tools(ai: OpenAI) -> None:
             "'minLength' at schema is 1000000000",
         ),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search'"),
+        ({"tools": [WEATHER], "logprobs": True}, "logprobs", "with tools that may be called"),
     ],
 )
 def test_tool_refusals_name_the_parameter(

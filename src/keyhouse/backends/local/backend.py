@@ -376,6 +376,8 @@ class LocalChatBackend:
             )
         if calling is not None and request.stop:
             raise unsupported("stop", name, "with tools that may be called")
+        if calling is not None and request.logprobs:
+            raise unsupported("logprobs", name, "with tools that may be called")
         if (json_mode or json_schema) and request.stop:
             raise unsupported(
                 "stop", name, "with a JSON response_format the grammar decides the end"
