@@ -124,3 +124,32 @@ def test_auto_grammar_gives_text_or_a_call_that_fits(llama: LlamaRunner) -> None
             jsonschema.validate(call["arguments"], ITEM)
         else:
             assert text
+
+
+def test_a_template_with_a_tool_format_gets_the_tools_as_they_are(llama: LlamaRunner) -> None:
+    """A GGUF whose template reads ``tools`` renders them, the calls and the results itself."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = (
+        "{% for t in tools %}[TOOL {{ t.function.name }}]{% endfor %}"
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}[CALL {{ c.function.name }}]{% endfor %}{% endfor %}"
+    )
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+    ]
+    saved = llama.formatter, llama.speaks_tools
+    llama.formatter = Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+    llama.speaks_tools = tools.template_speaks_tools(template)
+    try:
+        ids = llama.chat_prompt(messages, [tool("get_weather", ITEM)])
+    finally:
+        llama.formatter, llama.speaks_tools = saved
+    text = llama.llm.detokenize(ids).decode()
+    assert "[TOOL get_weather]<user>Weather?<assistant>[CALL get_weather]<tool>cold" in text
