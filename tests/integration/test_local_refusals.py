@@ -60,7 +60,7 @@ def test_refusals_that_need_no_model_come_before_the_hold(server: Server) -> Non
             json={
                 "model": "gpt-4o-mini",
                 "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                "functions": [{"name": "f", "parameters": {}}],  # legacy: tools instead
             },
         )
         assert tools.status_code == 400

@@ -203,7 +203,16 @@ class FakeUpstream:
             return await self._stream(request, body, behaviour, chat)
         words, finish = self._answer(body, behaviour)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-        if chat:
+        call = _tool_call(body) if chat else None
+        if call is not None:
+            choice["finish_reason"] = "tool_calls"
+            choice["message"] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [call],
+                "refusal": None,
+            }
+        elif chat:
             choice["message"] = {
                 "role": "assistant",
                 "content": "".join(words),
@@ -278,6 +287,25 @@ class FakeUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if chat:
             await send({**base, "choices": [choice(None, None, role=True)]})
+        call = _tool_call(body) if chat else None
+        if call is not None:  # OpenAI's shape: the call named, then its arguments in pieces
+            arguments = call["function"]["arguments"]
+            head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+            pieces = [{"index": 0, **head}] + [
+                {"index": 0, "function": {"arguments": part}}
+                for part in (arguments[:9], arguments[9:])
+            ]
+            for piece in pieces:
+                delta = {"tool_calls": [piece]}
+                await send(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                        ],
+                    }
+                )
+            words, finish = [], "tool_calls"
         for i, word in enumerate(words):
             if behaviour.cut_after is not None and i >= behaviour.cut_after:
                 await asyncio.sleep(0.2)  # what was sent has arrived; then the line goes dead
@@ -400,6 +428,27 @@ class FakeUpstream:
         except (ConnectionError, RuntimeError):  # the client closed the connection
             self.abandoned_streams += 1
         return response
+
+
+#: The arguments the fake passes to whatever function it calls.
+CALL_ARGUMENTS = '{"city": "Paris"}'
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A call of the first tool (or the one ``tool_choice`` names) when the request has tools
+    and does not say ``"none"`` — as a model that always calls would answer."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    name = tools[0]["function"]["name"]
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+    return {
+        "id": "call_fake1",
+        "type": "function",
+        "function": {"name": name, "arguments": CALL_ARGUMENTS},
+    }
 
 
 def _dumps(value: Any) -> str:

@@ -27,7 +27,7 @@ from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
 from keyhouse.backends.upstream.client import UpstreamBackend, UpstreamFailure
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import InvalidRequest, KeyhouseError
-from tests.upstream.fake import Behaviour, FakeUpstream, Running, Seen
+from tests.upstream.fake import CALL_ARGUMENTS, Behaviour, FakeUpstream, Running, Seen
 
 K1 = "sk-test-aaaaaaaaaaaaaaaa1111"
 K2 = "sk-test-bbbbbbbbbbbbbbbb2222"
@@ -311,6 +311,19 @@ async def test_usage_is_estimated_when_the_upstream_omits_it_chat(fake: FakeUpst
     # OpenAI bills this exact request 13 prompt tokens (3 + role 1 + content 6 + 3).
     assert usage.prompt_tokens == 13
     assert usage.completion_tokens == CL100K.count(ANSWER) == 6
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_calls_arguments_count_as_output_when_usage_is_omitted(
+    fake: FakeUpstream, stream: bool
+) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    fake.then(Behaviour(usage=False))
+    async with started(openai(fake)) as backend:
+        events = await collect(backend.chat(chat_request(tools=tools, stream=stream), metered()[0]))
+    usage = events[-1]
+    assert isinstance(usage, Usage) and usage.estimated
+    assert usage.completion_tokens == CL100K.count("get_weather" + CALL_ARGUMENTS)
 
 
 async def test_usage_is_estimated_when_the_upstream_omits_it_completions(

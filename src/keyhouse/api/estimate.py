@@ -30,22 +30,24 @@ def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
-def overhead(body: ChatCompletionRequest | CompletionRequest) -> int:
+def overhead(body: ChatCompletionRequest | CompletionRequest, tools: bool = True) -> int:
     """Work beyond the messages, charged like prompt text: a response schema and tool
     definitions are read as input (upstreams bill them so) and a schema is compiled; each
-    ``logit_bias`` entry is carried through every sampling step."""
+    ``logit_bias`` entry is carried through every sampling step. ``tools=False``: without the
+    tool definitions."""
     raw = body.raw
-    sized = [raw.get(name) for name in ("response_format", "tools", "functions")]
+    names = ("response_format", "tools", "functions") if tools else ("response_format",)
+    sized = [raw.get(name) for name in names]
     text = sum(len(orjson.dumps(value)) for value in sized if value)
     return _text_tokens(text) + len(body.logit_bias or {})
 
 
 def uncounted(body: ChatCompletionRequest | CompletionRequest, spec: ModelSpec) -> int:
-    """The overhead the model's own token count will leave out: all of it on local models
-    (llama.cpp counts the prompt only); none upstream, whose usage counts schemas and tools as
-    prompt tokens."""
+    """The overhead the model's own token count will leave out: on local models all of it but
+    the tools, which are rendered into the prompt that llama.cpp counts; none upstream, whose
+    usage counts schemas and tools as prompt tokens."""
     if all(d.backend in LOCAL_KINDS for d in spec.deployments):
-        return overhead(body)
+        return overhead(body, tools=False)
     return 0
 
 

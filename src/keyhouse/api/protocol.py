@@ -281,10 +281,24 @@ class Usage(Out):
     completion_tokens_details: CompletionTokensDetails | None = None
 
 
+class FunctionCall(Out):
+    name: str
+    arguments: str
+
+
+class ToolCall(Out):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(Out):
+    omit_unless_set = frozenset({"tool_calls"})
+
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(Out):

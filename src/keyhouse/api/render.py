@@ -18,7 +18,15 @@ import numpy as np
 import orjson
 
 from keyhouse.api import protocol as p
-from keyhouse.backends.base import Embeddings, Event, Relayed, TextDelta, TokenLogprob, Usage
+from keyhouse.backends.base import (
+    Embeddings,
+    Event,
+    Relayed,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
 from keyhouse.errors import KeyhouseError, ServerError
 from keyhouse.ids import random_base62
 
@@ -89,8 +97,18 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    #: Tool calls by their number: [id, name, argument fragments].
+    calls: dict[int, list[Any]] = field(default_factory=dict)
 
-    def add(self, delta: TextDelta) -> None:
+    def add(self, delta: TextDelta | ToolCallDelta) -> None:
+        if isinstance(delta, ToolCallDelta):
+            call = self.calls.setdefault(delta.call, [None, "", []])
+            if delta.id is not None:
+                call[0] = delta.id
+            if delta.name is not None:
+                call[1] = delta.name
+            call[2].append(delta.arguments)
+            return
         self.text.append(delta.text)
         if delta.logprobs is not None:
             self.logprobs = (self.logprobs or []) + delta.logprobs
@@ -130,7 +148,7 @@ async def chat_completion(events: AsyncIterator[Event], head: Head) -> bytes:
         choices=[
             p.ChatChoice(
                 index=index,
-                message=p.AssistantMessage(content="".join(c.text), refusal=None),
+                message=_message(c),
                 logprobs=chat_logprobs(c.logprobs) if c.logprobs is not None else None,
                 finish_reason=c.finish_reason or "stop",  # type: ignore[arg-type]
             )
@@ -138,6 +156,31 @@ async def chat_completion(events: AsyncIterator[Event], head: Head) -> bytes:
         ],
         usage=usage_out(usage),
     ).wire()
+
+
+def _message(choice: _Choice) -> p.AssistantMessage:
+    """The assistant's message: its text, or (content null, as OpenAI) its tool calls."""
+    if not choice.calls:
+        return p.AssistantMessage(content="".join(choice.text), refusal=None)
+    text = "".join(choice.text)
+    calls = [
+        p.ToolCall(id=cid, function=p.FunctionCall(name=name, arguments="".join(parts)))
+        for _, (cid, name, parts) in sorted(choice.calls.items())
+    ]
+    return p.AssistantMessage(content=text or None, refusal=None, tool_calls=calls)
+
+
+def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
+    """A streamed tool call's part in OpenAI's shape: the first names it, the rest carry
+    argument fragments."""
+    if event.id is not None:
+        return {
+            "index": event.call,
+            "id": event.id,
+            "type": "function",
+            "function": {"name": event.name, "arguments": event.arguments},
+        }
+    return {"index": event.call, "function": {"arguments": event.arguments}}
 
 
 class Frame:
@@ -184,6 +227,10 @@ async def chat_stream(
             started.add(index)
             role = {"role": "assistant", "content": "", "refusal": None}
             yield frame({"index": index, "delta": role, "logprobs": None, "finish_reason": None})
+        if isinstance(event, ToolCallDelta):
+            delta = {"tool_calls": [tool_call_delta(event)]}
+            yield frame({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+            continue
         if event.text or event.logprobs:
             logprobs = chat_logprobs(event.logprobs).model_dump() if event.logprobs else None
             yield frame(

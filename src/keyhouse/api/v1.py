@@ -359,6 +359,13 @@ def check_chat(body: p.ChatCompletionRequest) -> None:
             param="top_logprobs",
             code="invalid_value",
         )
+    if body.tool_choice is not None and not body.tools:
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+            "specified.",
+            param="tool_choice",
+            code="invalid_value",
+        )
     fmt = body.response_format
     if (
         fmt is not None

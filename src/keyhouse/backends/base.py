@@ -89,6 +89,19 @@ class TextDelta:
     finish_reason: str | None = None
 
 
+@dataclass(slots=True)
+class ToolCallDelta:
+    """Part of a tool call of choice ``index``: its first delta names the call (``id``,
+    ``name``), later ones carry fragments of its JSON ``arguments``. ``call`` numbers the
+    calls of one choice from 0. The choice's own ``finish_reason`` comes on a ``TextDelta``."""
+
+    index: int
+    call: int
+    id: str | None
+    name: str | None
+    arguments: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
@@ -111,7 +124,7 @@ class Relayed:
     data: bytes
 
 
-Event = TextDelta | Usage | Relayed
+Event = TextDelta | ToolCallDelta | Usage | Relayed
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The local backends: OpenAI requests in, engine jobs out.
 
-This is where the local models say what they cannot do — tools, images, audio, unknown
-fields — each with a 400 that names the parameter, before anything is queued.
+This is where the local models say what they cannot do — images, audio, legacy ``functions``,
+unknown fields — each with a 400 that names the parameter, before anything is queued; and
+where tools become a grammar and generated calls become ``tool_calls`` (``tools.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from keyhouse.api.protocol import (
     EmbeddingRequest,
     WireModel,
 )
-from keyhouse.backends.base import Call, Embeddings, Event, Meter
+from keyhouse.backends.base import Call, Embeddings, Event, Meter, TextDelta
+from keyhouse.backends.local import tools
 from keyhouse.backends.local.e5 import EmbedJob
 from keyhouse.backends.local.grammar import GrammarCache
 from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
@@ -43,7 +45,10 @@ class Engine(Protocol):
     async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings: ...
 
 
-_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty"}
+_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty", "auto_tools"}
+#: Who decides, under ``tool_choice: "auto"``, whether to call (see ``tools``): the turn of the
+#: conversation (the default: right for the bundled 135M model) or the model itself.
+AUTO_TOOLS = ("turn", "model")
 _E5_SETTINGS = {"variant", "threads"}
 
 
@@ -138,6 +143,31 @@ def stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def tool_calls(raw: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls``, checked for what the prompt needs."""
+    out = []
+    for j, call in enumerate(raw):
+        fn = call.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].tool_calls[{j}].function.name'.",
+                param=f"messages[{i}].tool_calls[{j}].function.name",
+                code="missing_required_parameter",
+            )
+        arguments = fn.get("arguments")
+        out.append(
+            {
+                "id": str(call.get("id", "")),
+                "type": "function",
+                "function": {
+                    "name": fn["name"],
+                    "arguments": arguments if isinstance(arguments, str) else "{}",
+                },
+            }
+        )
+    return out
+
+
 def clamped(job: GenerateJob, max_output: int | None) -> GenerateJob:
     """No more output per choice than the held credit pays for."""
     if max_output is not None:
@@ -157,6 +187,11 @@ class LocalChatBackend:
         self.settings = llama_settings(spec, deployment)
         self.system_fingerprint = fingerprint(self.settings.path)
         self.grammars = GrammarCache()
+        self.auto_tools = str(deployment.settings.get("auto_tools", "turn"))
+        if self.auto_tools not in AUTO_TOOLS:
+            raise ConfigError(
+                f"deployment {deployment.name}: auto_tools must be one of {list(AUTO_TOOLS)}"
+            )
 
     async def start(self) -> None:
         return None
@@ -166,9 +201,63 @@ class LocalChatBackend:
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
         job = clamped(self.chat_job(request), call.max_output)
+        calling = self.tool_mode(request)
+        if calling is not None and calling[0] == "auto" and self.auto_tools == "turn":
+            # The turn decides (see ``tools``): results just came back → answer with them;
+            # anything else → the call.
+            after_results = request.messages[-1].role == "tool"
+            calling = None if after_results else ("required", calling[1])
+        if calling is not None:
+            return self._with_tools(job, call, *calling)
         if job.json_schema is not None:
             return self._with_grammar(job, call)
         return self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
+
+    @staticmethod
+    def tool_mode(request: ChatCompletionRequest) -> tuple[tools.Mode, list[tools.Function]] | None:
+        """How this request may call its tools: ("auto" | "required", the functions it may
+        call), or None when it calls none."""
+        if not request.tools:
+            return None
+        fns = tools.functions(request.tools)
+        choice, forced = tools.mode(request.tool_choice, fns)
+        if choice == "none":
+            return None
+        if forced is not None:
+            fns = [f for f in fns if f.name == forced]
+        return ("required" if choice == "required" else "auto"), fns
+
+    async def _with_tools(
+        self, job: GenerateJob, call: Call, mode: tools.Mode, fns: list[tools.Function]
+    ) -> AsyncIterator[Event]:
+        """Generate under the call grammar, and turn what is written into tool calls."""
+        try:
+            grammar = await self.grammars.compile(tools.call_schema(fns), ordered=True)
+        except InvalidRequest as exc:  # worded for response_format: say it of the tools
+            raise InvalidRequest(
+                exc.message.replace("schema for response_format", "tool parameters"),
+                param="tools",
+                code=exc.code,
+            ) from None
+        job.grammar = tools.with_text(grammar) if mode == "auto" else grammar
+        job.grammar_until_text = mode == "auto"
+        parsers: dict[int, tools.CallParser] = {}
+        stream = self.engine.generate(self.deployment.name, call.member_id, job, call.meter)
+        try:
+            async for event in stream:
+                if not isinstance(event, TextDelta):
+                    yield event
+                    continue
+                parser = parsers.get(event.index)
+                if parser is None:
+                    parser = parsers[event.index] = tools.CallParser(event.index, mode)
+                for out in parser.feed(event.text):
+                    yield out
+                if event.finish_reason:
+                    for out in parser.finish(event.finish_reason):
+                        yield out
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     async def _with_grammar(self, job: GenerateJob, call: Call) -> AsyncIterator[Event]:
         """Compile the schema (bounded, off the event loop and the model's thread, cached),
@@ -220,12 +309,9 @@ class LocalChatBackend:
     def chat_job(self, request: ChatCompletionRequest) -> GenerateJob:
         refuse_unknown(request)
         name = self.spec.name
-        if request.tools or request.functions:
-            raise unsupported(
-                "tools" if request.tools else "functions", name, "it cannot call tools"
-            )
-        if request.tool_choice not in (None, "none", "auto"):
-            raise unsupported("tool_choice", name, "it cannot call tools")
+        if request.functions:
+            raise unsupported("functions", name, "use 'tools' instead")
+        calling = self.tool_mode(request)  # checks tools and tool_choice
         if request.function_call not in (None, "none", "auto"):
             raise unsupported("function_call", name, "it cannot call functions")
         if request.modalities not in (None, ["text"]):
@@ -239,13 +325,13 @@ class LocalChatBackend:
         ):
             if getattr(request, field_name) is not None:
                 raise unsupported(field_name, name)
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
         added = self.spec.added_system_prompt(m.role for m in request.messages)
         if added is not None:
             messages.append({"role": "system", "content": added})
         for i, message in enumerate(request.messages):
-            if message.role in ("tool", "function") or message.tool_calls:
-                raise unsupported(f"messages[{i}]", name, "it cannot call tools")
+            if message.role == "function":
+                raise unsupported(f"messages[{i}].role", name, "use 'tool' messages instead")
             if isinstance(message.content, list):
                 for j, part in enumerate(message.content):
                     if part.type != "text":
@@ -262,7 +348,12 @@ class LocalChatBackend:
                     code="missing_required_parameter",
                 )
             role = "system" if message.role == "developer" else message.role
-            messages.append({"role": role, "content": message.text()})
+            entry: dict[str, Any] = {"role": role, "content": message.text()}
+            if message.tool_calls:
+                entry["tool_calls"] = tool_calls(message.tool_calls, i)
+            if message.role == "tool":
+                entry["tool_call_id"] = message.tool_call_id or ""
+            messages.append(entry)
         json_schema = None
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_schema":
@@ -276,6 +367,17 @@ class LocalChatBackend:
             check_schema(schema)  # before the job is queued: a 400, nothing built
             json_schema = schema
         json_mode = fmt is not None and fmt.type == "json_object"
+        if calling is not None and (json_mode or json_schema):
+            raise unsupported(
+                "response_format",
+                name,
+                "with tools that may be called, a call's grammar "
+                "decides the output (set tool_choice to 'none' for a formatted answer)",
+            )
+        if calling is not None and request.stop:
+            raise unsupported("stop", name, "with tools that may be called")
+        if calling is not None and request.logprobs:
+            raise unsupported("logprobs", name, "with tools that may be called")
         if (json_mode or json_schema) and request.stop:
             raise unsupported(
                 "stop", name, "with a JSON response_format the grammar decides the end"
@@ -295,6 +397,7 @@ class LocalChatBackend:
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
             json_mode=json_mode,
             json_schema=json_schema,
+            tools=request.tools if calling is not None else None,
         )
 
     def completion_job(self, request: CompletionRequest) -> GenerateJob:

@@ -9,6 +9,7 @@ budget, and the result is cached by the schema's canonical text.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -76,9 +77,13 @@ class GrammarCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
-    async def compile(self, schema: dict[str, Any]) -> str:
-        """The grammar for ``schema``, or a 400 naming the limit it passes."""
+    async def compile(self, schema: dict[str, Any], *, ordered: bool = False) -> str:
+        """The grammar for ``schema``, or a 400 naming the limit it passes. ``ordered``: keep
+        the schema's own property order (a tool call's ``name`` before its ``arguments``)
+        rather than the canonical, sorted one."""
         key = check_schema(schema)
+        if ordered:
+            key = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
         found = self._get(key)
         if found is None:
             try:

@@ -28,6 +28,7 @@ import numpy as np
 from keyhouse.backends.base import Event, TextDelta, TokenLogprob, TopToken, Usage
 from keyhouse.backends.local.grammar import Refusal, convert
 from keyhouse.backends.local.schema_bounds import check_schema
+from keyhouse.backends.local.tools import plain_messages, template_speaks_tools
 from keyhouse.errors import InvalidRequest
 
 log = logging.getLogger("keyhouse.local")
@@ -40,8 +41,11 @@ GRAMMAR_CACHE = 64
 class GenerateJob:
     """One chat or completion request, in plain data (it may cross a process boundary)."""
 
-    #: Chat: ``[{"role": …, "content": …}]``. Completions: ``prompts`` instead.
-    messages: list[dict[str, str]] | None = None
+    #: Chat: ``[{"role": …, "content": …}]`` (assistant messages may carry ``tool_calls``, tool
+    #: messages ``tool_call_id``). Completions: ``prompts`` instead.
+    messages: list[dict[str, Any]] | None = None
+    #: The request's tools, for the prompt (None: none described, ``tool_choice`` "none").
+    tools: list[dict[str, Any]] | None = None
     prompts: list[str | list[int]] | None = None
     n: int = 1
     #: The client's explicit output cap, or None for the model's default.
@@ -61,6 +65,11 @@ class GenerateJob:
     json_schema: dict[str, Any] | None = None
     #: The schema compiled to GBNF (by the backend, off the model's thread), when there is one.
     grammar: str | None = None
+    #: ``tool_choice`` "auto" left to the model (``tools.with_text``): once the output's first
+    #: character shows a text answer (not ``{``), generation goes on without the grammar —
+    #: which would only accept anything, at the price of checking every token of the
+    #: vocabulary against it at every step (measured: several times slower).
+    grammar_until_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,7 @@ class LlamaRunner:
                 return ""
             return self._piece(int(token_id), special=True).decode("utf-8", "replace")
 
+        self.speaks_tools = template_speaks_tools(template)
         self.formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=token_text("tokenizer.ggml.eos_token_id"),
@@ -185,16 +195,23 @@ class LlamaRunner:
         bos = self.add_bos if add_bos is None else add_bos
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The conversation through the model's template: with the tools, where the template
+        has a tool format; else with them described in plain text (``tools.plain_messages``)."""
         try:
-            rendered = self.formatter(messages=messages)
+            if self.speaks_tools:
+                rendered = self.formatter(messages=messages, tools=tools)
+            else:
+                rendered = self.formatter(messages=plain_messages(messages, tools))
         except Exception as exc:  # the model's template refused the conversation
             raise InvalidRequest(f"Invalid 'messages': {exc}", param="messages") from None
         return self.tokenize(rendered.prompt, special=True, add_bos=not rendered.added_special)
 
     def prompt_tokens(self, job: GenerateJob) -> list[list[int]]:
         if job.messages is not None:
-            return [self.chat_prompt(job.messages)]
+            return [self.chat_prompt(job.messages, job.tools)]
         prompts: list[list[int]] = []
         for i, prompt in enumerate(job.prompts or []):
             if isinstance(prompt, str):
@@ -385,6 +402,7 @@ class LlamaRunner:
             echoed = b"".join(self.pieces[t] for t in tokens).decode("utf-8", "replace")
             emit(TextDelta(index, echoed, prompt_logprobs))
         sampler = self._sampler(job, seed, grammar)
+        deciding = job.grammar_until_text and grammar is not None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stopper = StopMatcher(job.stop)
         generated = 0
@@ -403,6 +421,11 @@ class LlamaRunner:
                     [self._logprob(token, job.logprobs)] if job.logprobs is not None else None
                 )
                 text, stopped = stopper.feed(decoder.decode(self.pieces[token]))
+                if deciding and (text or "").strip():
+                    deciding = False
+                    if not text.lstrip().startswith("{"):
+                        sampler.close()
+                        sampler = self._sampler(job, seed, None)
                 if text or logprobs:
                     emit(TextDelta(index, text, logprobs))
                 if stopped:

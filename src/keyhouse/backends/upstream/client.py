@@ -698,6 +698,10 @@ class UpstreamBackend:
             if isinstance(text, str):
                 seen.text.append(text)
                 seen.texts.setdefault(index, []).append(text)
+            if isinstance(delta, dict):  # a call's name and arguments are output too
+                for part in _call_texts(delta.get("tool_calls")):
+                    seen.text.append(part)
+                    seen.texts.setdefault(index, []).append(part)
             kept.append(choice)
         if changed:
             chunk["choices"] = kept
@@ -825,6 +829,21 @@ def _texts(answer: dict[str, Any]) -> list[str]:
             text = message.get("content") if isinstance(message, dict) else choice.get("text")
             if isinstance(text, str):
                 out.append(text)
+            if isinstance(message, dict):
+                out.extend(_call_texts(message.get("tool_calls")))
+    return out
+
+
+def _call_texts(calls: Any) -> list[str]:
+    """The names and arguments of tool calls (whole, or a stream's fragments): output the
+    model wrote, counted when the upstream reports no usage."""
+    out: list[str] = []
+    for call in calls if isinstance(calls, list) else ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            out.extend(
+                part for part in (fn.get("name"), fn.get("arguments")) if isinstance(part, str)
+            )
     return out
 
 
