@@ -308,11 +308,9 @@ def test_unknown_field(client: httpx.Client, openapi: OpenAISpec) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            "tools",
-        ),
-        ({"tool_choice": "required"}, "tool_choice"),
+        # tools are served locally now (tests/integration/test_tools.py); the legacy
+        # `functions` are not
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         (
             {"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]},
             "modalities",
@@ -391,7 +389,7 @@ def test_a_refusal_when_streaming_is_a_plain_http_error(
 ) -> None:
     response = post_chat(client, stream=True, tools=[{"type": "function", "function": {}}])
     assert response.headers["content-type"].startswith("application/json")
-    assert error_of(openapi, response, 400)["param"] == "tools"
+    assert error_of(openapi, response, 400)["param"] == "tools[0].function.name"
 
 
 def test_oversize_body(client: httpx.Client, openapi: OpenAISpec) -> None:
