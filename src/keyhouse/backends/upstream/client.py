@@ -465,15 +465,7 @@ class UpstreamBackend:
             body.pop(name, None)
         response = await self.post("/responses", orjson.dumps(body))
         if not request.stream:
-            try:
-                data = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise UpstreamFailure(
-                    f"The upstream deployment {self.deployment.name} broke off: "
-                    f"{type(exc).__name__}."
-                ) from None
-            finally:
-                response.release()
+            data = await self._read(response)
             answer = _loads(data)
             yield Relayed(data)
             yield _responses_usage(answer.get("usage")) or self._respond_estimate(
@@ -548,17 +540,21 @@ class UpstreamBackend:
         many = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
         return n * (len(prompt) if many else 1)
 
-    async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
-        body = self.payload(request, stream=False)
-        response = await self.post("/embeddings", body)
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """A whole (non-streamed) body; a connection that breaks off is the deployment's fault."""
         try:
-            data = await response.read()
+            return await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailure(
                 f"The upstream deployment {self.deployment.name} broke off: {type(exc).__name__}."
             ) from None
         finally:
             response.release()
+
+    async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
+        body = self.payload(request, stream=False)
+        response = await self.post("/embeddings", body)
+        data = await self._read(response)
         usage = _usage(_loads(data).get("usage"))
         if usage is None:
             count = tokens.prompt(
@@ -573,15 +569,7 @@ class UpstreamBackend:
     ) -> AsyncIterator[Event]:
         response = await self.post(path, body)
         if not request.stream:
-            try:
-                data = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise UpstreamFailure(
-                    f"The upstream deployment {self.deployment.name} broke off: "
-                    f"{type(exc).__name__}."
-                ) from None
-            finally:
-                response.release()
+            data = await self._read(response)
             answer = _loads(data)
             yield Relayed(data)
             yield _usage(answer.get("usage")) or self.estimate(request, _texts(answer))
