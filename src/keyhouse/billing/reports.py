@@ -17,7 +17,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -103,21 +103,7 @@ class Totals:
         return self.cost - self.org_cost
 
     def __add__(self, other: Totals) -> Totals:
-        return Totals(
-            *(
-                getattr(self, name) + getattr(other, name)
-                for name in (
-                    "requests",
-                    "prompt_tokens",
-                    "cached_tokens",
-                    "completion_tokens",
-                    "cost",
-                    "org_cost",
-                    "overshoot",
-                    "overshoots",
-                )
-            )
-        )
+        return Totals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Totals)))
 
 
 def _sums(table: Any) -> tuple[Any, ...]:
