@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from keyhouse.accounts import sessions
 from keyhouse.accounts.policy import missing_steps
 from keyhouse.api.http import client_ip
+from keyhouse.api.manage import Actor
 from keyhouse.i18n import LANGUAGES, pick_language
 from keyhouse.web import i18n
 from keyhouse.web.i18n import gettext as _
@@ -127,6 +128,20 @@ def services(request: Request) -> Services:
 
 def ip_of(request: Request) -> str | None:
     return client_ip(request.scope, services(request).settings.trusted_proxies)
+
+
+def actor_of(request: Request, current: Viewer) -> Actor:
+    """The same caller ``/api`` would see for this session."""
+    return Actor(
+        current.member_id,
+        current.email,
+        current.is_admin,
+        current.status,
+        current.language,
+        "session",
+        current.session_id,
+        ip_of(request),
+    )
 
 
 # ----------------------------------------------------------------------------- language

@@ -18,35 +18,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyhouse.api import credit
-from keyhouse.api.manage import Actor
 from keyhouse.billing import reports
 from keyhouse.errors import KeyhouseError
 from keyhouse.web.base import (
     MAX_FORM_BYTES,
     CsrfFailed,
     Viewer,
+    actor_of,
     check_csrf,
-    ip_of,
     page,
     redirect,
     services,
     viewer,
 )
 from keyhouse.web.i18n import gettext as _
-
-
-def actor_of(request: Request, current: Viewer) -> Actor:
-    """The same caller ``/api`` would see for this session."""
-    return Actor(
-        current.member_id,
-        current.email,
-        current.is_admin,
-        current.status,
-        current.language,
-        "session",
-        current.session_id,
-        ip_of(request),
-    )
 
 
 def redeem_refusal(exc: KeyhouseError) -> str:

@@ -20,7 +20,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyhouse.api import member_keys
-from keyhouse.api.manage import Actor
 from keyhouse.billing import reports
 from keyhouse.config import parse_networks
 from keyhouse.errors import ConfigError, KeyhouseError
@@ -30,8 +29,8 @@ from keyhouse.web.base import (
     MAX_FORM_BYTES,
     CsrfFailed,
     Viewer,
+    actor_of,
     check_csrf,
-    ip_of,
     page,
     redirect,
     services,
@@ -41,20 +40,6 @@ from keyhouse.web.i18n import gettext as _
 
 EXPIRY_DAYS = ("30", "90", "365")
 PERIODS = ("month", "day", "none")
-
-
-def actor_of(request: Request, current: Viewer) -> Actor:
-    """The same caller ``/api`` would see for this session."""
-    return Actor(
-        current.member_id,
-        current.email,
-        current.is_admin,
-        current.status,
-        current.language,
-        "session",
-        current.session_id,
-        ip_of(request),
-    )
 
 
 async def fields_of(request: Request) -> dict[str, list[str]]:
