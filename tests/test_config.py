@@ -472,3 +472,41 @@ def test_bad_deployments(tmp_path: Path, text: str, message: str) -> None:
     write_toml(tmp_path, text)
     with pytest.raises(ConfigError, match=message):
         make_settings(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_settings_docs_are_generated_from_the_table() -> None:
+    """The tables in docs/ are the declared settings, so a name cannot drift from the code
+    (``python -m keyhouse.config --write-docs`` rewrites them)."""
+    from keyhouse.config import docs_tables
+    from keyhouse.config_table import replace_block
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for path, blocks in docs_tables(docs).items():
+        text = path.read_text(encoding="utf-8")
+        for name, body in blocks.items():
+            assert replace_block(text, name, body) == text, f"{path}: run --write-docs"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KEYHOUSE_LIMITS_FAILURE": "maybe"}, "limits_failure must be 'open' or 'closed'"),
+        (
+            {"KEYHOUSE_BILLING_MODE": "free"},
+            "billing_mode must be 'enforce', 'meter-only' or 'off'",
+        ),
+        ({"KEYHOUSE_ACCOUNTS_SIGNUP": "x"}, "accounts.signup must be 'open', 'domains' or"),
+        ({"KEYHOUSE_ACCOUNTS_CODE_TTL": "0"}, "accounts.code_ttl must be a positive number"),
+        ({"KEYHOUSE_MAIL_SECURITY": "ssl"}, "mail.security must be 'starttls', 'tls' or 'none'"),
+        ({"KEYHOUSE_MAX_HEADER_BYTES": "10"}, "max_header_bytes must be at least 1024"),
+        ({"KEYHOUSE_LEASE_SIZE": "0"}, "lease_size must be above 0"),
+        ({"KEYHOUSE_TIMEZONE": "Mars/Olympus"}, "timezone: unknown timezone 'Mars/Olympus'"),
+    ],
+)
+def test_declared_choices_and_rules(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    """Literal words and rules on a declared field refuse with the setting's own name."""
+    with pytest.raises(ConfigError, match=message):
+        make_settings(tmp_path, **env)

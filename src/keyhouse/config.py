@@ -3,22 +3,46 @@
 Everything is parsed once into frozen, typed objects that are passed in; nothing reads the
 environment later. The TOML file uses the environment names without the prefix, lower-cased
 (``KEYHOUSE_DATABASE_URL`` ↔ ``database_url``), plus ``[[models]]`` tables.
+
+Each setting is declared once, as a field made by ``setting(default, help, *rules)``
+(``keyhouse.config_table``): its name, type, default, help and checks. Reading it from the
+environment and the file, refusing bad values, and the tables in docs/configuration.md and
+docs/accounts.md (``python -m keyhouse.config --write-docs``; ``keyhouse settings``) all come
+from that declaration. To add one, add one field line to the class it belongs to.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
+import math
 import os
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from keyhouse.config_table import (
+    NON_EMPTY,
+    SECONDS,
+    Row,
+    Rule,
+    at_least,
+    check_declared,
+    markdown_table,
+    names,
+    read_declared,
+    section_table,
+    setting,
+    write_docs,
+)
+from keyhouse.config_table import IPNetwork as IPNetwork  # re-exported: keys use them
+from keyhouse.config_table import as_list as _as_list
+from keyhouse.config_table import coerce as _coerce
+from keyhouse.config_table import parse_networks as parse_networks
 from keyhouse.errors import ConfigError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Backend kinds and the endpoints a deployment of that kind serves.
 BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
@@ -50,17 +74,15 @@ class LimitSet:
     def over(self, other: LimitSet) -> LimitSet:
         """These limits where set, ``other``'s elsewhere."""
         return LimitSet(
-            *(
-                mine if mine is not None else theirs
-                for mine, theirs in zip(
-                    (self.rpm, self.tpm, self.rpd, self.max_parallel),
-                    (other.rpm, other.tpm, other.rpd, other.max_parallel),
-                    strict=True,
-                )
-            )
+            **{
+                key: mine if (mine := getattr(self, key)) is not None else getattr(other, key)
+                for key in _LIMIT_KEYS
+            }
         )
 
 
+#: The limit names, as TOML keys and ``keyhouse keys`` flags.
+_LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(LimitSet))
 NO_LIMITS = LimitSet()
 
 
@@ -81,14 +103,17 @@ BUILTIN_DEFAULT_TIER = Tier(DEFAULT_TIER, LimitSet(rpm=600, tpm=2_000_000, max_p
 @dataclass(frozen=True)
 class DeploymentSpec:
     """Where a public model runs: a local model, or an upstream server. A model may have
-    several; requests spread over them by ``weight`` and fall back by ``priority``."""
+    several; requests spread over them by ``weight`` and fall back by ``priority``.
+
+    Declared fields are the deployment's own keys in ``[[models.deployments]]``; every other
+    key goes to ``settings``, for the backend."""
 
     name: str
     backend: str
     #: Backend-specific settings (for ``openai``: base_url, api_keys, model, timeouts …).
     settings: Mapping[str, Any] = field(default_factory=dict)
-    weight: int = 1
-    priority: int = 0
+    weight: int = setting(1, "Share of requests among deployments of one priority.", at_least(0))
+    priority: int = setting(0, "Lower first; higher ones take over when those fail.")
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -109,26 +134,31 @@ class DeploymentSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One public model as declared in ``[[models]]``."""
+    """One public model as declared in ``[[models]]``; declared fields are read from the
+    table as they are, ``name``, ``deployments``, ``aliases`` and ``limits`` by hand."""
 
     name: str
     deployments: tuple[DeploymentSpec, ...]
     aliases: tuple[str, ...] = ()
     #: Prices per 1M tokens, in the organisation's currency, read as decimals.
-    input_price: Decimal = Decimal(0)
-    cached_input_price: Decimal | None = None
-    output_price: Decimal = Decimal(0)
-    default_max_tokens: int = 512
-    context_length: int = 8192
-    owned_by: str = "keyhouse"
-    created: int = 0
+    input_price: Decimal = setting(Decimal(0), "Price per 1M input tokens.")  # noqa: RUF009 (a field, like field())
+    cached_input_price: Decimal | None = setting(None, "Price per 1M cached input tokens.")  # noqa: RUF009 (a field, like field())
+    output_price: Decimal = setting(Decimal(0), "Price per 1M output tokens.")  # noqa: RUF009 (a field, like field())
+    default_max_tokens: int = setting(512, "Output allowance of requests with none.", at_least(0))
+    context_length: int = setting(8192, "The context window.", at_least(16))
+    owned_by: str = setting("keyhouse", "What /v1/models shows.")
+    created: int = setting(0, "What /v1/models shows (default: the file's time).")
     #: A ceiling across all members (protects a small local model).
     limits: LimitSet = NO_LIMITS
     #: Sent first when a chat request has no system or developer message of its own (billed as
     #: prompt tokens, like any message: the hold counts it).
-    system_prompt: str | None = None
+    system_prompt: str | None = setting(None, "Sent first to chats without one.", NON_EMPTY)
     #: The temperature of requests that give none (None: the backend's own, 1 for OpenAI's).
-    default_temperature: float | None = None
+    default_temperature: float | None = setting(
+        None,
+        "Temperature of requests with none.",
+        Rule(lambda v: 0 <= v <= 2, "{name} must be between 0 and 2"),
+    )
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -150,47 +180,75 @@ class ModelSpec:
         return self.system_prompt
 
 
+# --------------------------------------------------------------------------- the sections
+
+_ONCE_AN_HOUR = at_least(1)
+
+
 @dataclass(frozen=True)
 class AccountSettings:
     """Sign-up, verification and sign-in policy (``[accounts]``); every abuse rule has a knob."""
 
-    #: "open": anyone may sign up; "domains": only emails at ``allowed_domains``;
-    #: "invite": only with an invitation. Invitations always work.
-    signup: str = "open"
-    allowed_domains: tuple[str, ...] = ()
-    #: Refused at sign-up and on email change, beside the bundled disposable-mail list.
-    blocked_domains: tuple[str, ...] = ()
-    block_disposable: bool = True
-    #: What must be done before a member may create keys (and keys work): the email code,
-    #: the profile step (name, birthday), the phone code.
-    require_email: bool = True
-    require_profile: bool = True
-    require_phone: bool = True
-    password_min_length: int = 10
-    #: Verification codes: lifetime (s), wrong tries allowed per code, wait between sends (s).
-    code_ttl: float = 600.0
-    code_max_tries: int = 5
-    resend_cooldown: float = 60.0
-    #: Codes sent per hour, per email address, per phone number and per client IP.
-    codes_per_hour_email: int = 5
-    codes_per_hour_phone: int = 5
-    codes_per_hour_ip: int = 20
-    #: Sign-ups per hour per client IP; sign-in attempts per minute per client IP.
-    signups_per_hour_ip: int = 10
-    signins_per_minute_ip: int = 30
-    #: How many accounts one phone number may verify.
-    phone_max_accounts: int = 1
-    #: Failed sign-ins in a row before a lock-out, and how long it lasts (s).
-    signin_max_failures: int = 5
-    lockout: float = 900.0
-    #: Sessions last this long (s), and are refreshed as they are used.
-    session_ttl: float = 30 * 86400.0
-    #: Invitations last this long (s).
-    invitation_ttl: float = 7 * 86400.0
-    #: Language for members who have not chosen one: "en" or "zh-CN".
-    default_language: str = "en"
-    #: Where a flagged or suspended member is told to turn.
-    support_contact: str = "your Keyhouse administrator"
+    signup: Literal["open", "domains", "invite"] = setting(
+        "open",
+        "`open`: anyone; `domains`: only addresses at `allowed_domains`; `invite`: only with "
+        "an invitation",
+    )
+    allowed_domains: tuple[str, ...] = setting(
+        (),
+        'for `signup = "domains"`; subdomains count (`corp.example` takes `eu.corp.example`)',
+    )
+    blocked_domains: tuple[str, ...] = setting(
+        (), "refused at sign-up and email change (with their subdomains)"
+    )
+    block_disposable: bool = setting(
+        True, "refuse throw-away mail services (a list of a few hundred ships with Keyhouse)"
+    )
+    require_email: bool = setting(True, "the email code is needed before keys")
+    require_profile: bool = setting(True, "name and birthday are needed before keys")
+    require_phone: bool = setting(
+        True, "the phone code is needed before keys (set `false` to make the phone step optional)"
+    )
+    password_min_length: int = setting(
+        10,
+        "also refused: the most common passwords, the email address, one character repeated",
+        at_least(1),
+    )
+    code_ttl: float = setting(600.0, "a code's lifetime", SECONDS)
+    code_max_tries: int = setting(5, "wrong tries per code; then a new code is needed", at_least(1))
+    resend_cooldown: float = setting(
+        60.0,
+        "wait between two codes of one kind to one address or number (`0`: none)",
+        Rule(lambda v: 0 <= v < math.inf, "{name} must be ≥ 0 seconds"),
+    )
+    codes_per_hour_email: int = setting(5, "codes mailed to one address per hour", at_least(1))
+    codes_per_hour_phone: int = setting(5, "codes texted to one number per hour", at_least(1))
+    codes_per_hour_ip: int = setting(
+        20,
+        "codes sent for one client IP per hour, all addresses and numbers together",
+        at_least(1),
+    )
+    signups_per_hour_ip: int = setting(10, "sign-ups from one client IP per hour", at_least(1))
+    signins_per_minute_ip: int = setting(
+        30,
+        "sign-in attempts from one client IP per minute (and, counted apart, code guesses)",
+        at_least(1),
+    )
+    phone_max_accounts: int = setting(
+        1, "how many accounts one phone number may verify", at_least(1)
+    )
+    signin_max_failures: int = setting(5, "wrong passwords in a row before a lock-out", at_least(1))
+    lockout: float = setting(900.0, "how long a lock-out lasts", SECONDS)
+    session_ttl: float = setting(30 * 86400.0, "30 days", SECONDS)
+    invitation_ttl: float = setting(7 * 86400.0, "7 days", SECONDS)
+    default_language: Literal["en", "zh-CN"] = setting(
+        "en",
+        "for messages before a member has chosen (`en` or `zh-CN`); the browser's "
+        "`Accept-Language` comes first",
+    )
+    support_contact: str = setting(
+        "your Keyhouse administrator", "where flagged and suspended members are told to turn"
+    )
 
 
 @dataclass(frozen=True)
@@ -198,14 +256,15 @@ class MailSettings:
     """SMTP (``[mail]``). No host: mails are printed to the terminal, not sent (development;
     never to the log, which must not hold codes)."""
 
-    host: str | None = None
-    port: int = 587
-    #: "starttls", "tls" (implicit, port 465) or "none".
-    security: str = "starttls"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = "Keyhouse <keyhouse@localhost>"
-    timeout: float = 10.0
+    host: str | None = setting(None, "SMTP server; none: mails are printed to the terminal")
+    port: int = setting(587, "SMTP port")
+    security: Literal["starttls", "tls", "none"] = setting(
+        "starttls", "`starttls`, `tls` (implicit, port 465) or `none`"
+    )
+    username: str | None = setting(None, "SMTP user")
+    password: str | None = setting(None, "SMTP password", secret=True)
+    sender: str = setting("Keyhouse <keyhouse@localhost>", "the From address")
+    timeout: float = setting(10.0, "seconds per SMTP conversation")
 
 
 @dataclass(frozen=True)
@@ -214,101 +273,178 @@ class SmsSettings:
     POSTs ``{to, text}`` as JSON to ``webhook_url``, signed with HMAC-SHA256 under
     ``webhook_secret`` (docs/notify.md)."""
 
-    provider: str = "console"
-    webhook_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
-    timeout: float = 10.0
+    provider: Literal["console", "webhook"] = setting(
+        "console", "`console` (printed to the terminal) or `webhook`"
+    )
+    webhook_url: str | None = setting(None, "where `webhook` POSTs `{to, text}`")
+    webhook_secret: str | None = setting(None, "the HMAC-SHA256 signing key", secret=True)
+    timeout: float = setting(10.0, "seconds per webhook call")
 
 
 @dataclass(frozen=True)
 class OidcSettings:
     """Sign-in with an OpenID Connect provider (``[oidc]``); off unless ``issuer`` is set."""
 
-    issuer: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = field(default=None, repr=False)
-    #: The button's words: "Continue with {name}".
-    name: str = "SSO"
-    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    issuer: str | None = setting(None, "the provider's issuer URL; none: OIDC is off")
+    client_id: str | None = setting(None, "this server's client id at the provider")
+    client_secret: str | None = setting(None, "its client secret", secret=True)
+    name: str = setting("SSO", 'the button\'s words: "Continue with {name}"')
+    scopes: tuple[str, ...] = setting(("openid", "email", "profile"), "scopes asked for")
 
     @property
     def enabled(self) -> bool:
         return bool(self.issuer and self.client_id)
 
 
+#: The sections: TOML table, and the middle of their environment names (KEYHOUSE_MAIL_HOST).
+SECTIONS: dict[str, type] = {
+    "accounts": AccountSettings,
+    "mail": MailSettings,
+    "sms": SmsSettings,
+    "oidc": OidcSettings,
+}
+
+
+# --------------------------------------------------------------------------- top-level settings
+
+
+def _known_timezone(name: str) -> bool:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except Exception:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Settings:
+    """Every top-level setting is one ``setting()`` line here; ``home``, ``config_path``,
+    ``secrets``, the models, tiers and sections are read by hand in ``load_settings``."""
+
     home: Path
-    database_url: str
+    database_url: str = setting(
+        help="`sqlite:///…` or `postgresql://user@host:5432/db`.",
+        shown_default="`sqlite:///$KEYHOUSE_HOME/keyhouse.db`",
+    )
     config_path: Path | None = None
-    database_schema: str | None = None
+    database_schema: str | None = setting(None, "PostgreSQL schema to use (created if missing).")
     #: Explicit server secrets, newest first (``KEYHOUSE_SECRET`` then
     #: ``KEYHOUSE_PREVIOUS_SECRETS``). Empty means: use the secret file in ``home``.
     #: Kept out of ``repr`` so settings can be logged or shown in a traceback.
     secrets: tuple[str, ...] = field(default=(), repr=False)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    public_url: str = "http://127.0.0.1:8000"
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    max_body_bytes: int = 8 * 1024 * 1024
+    host: str = setting("127.0.0.1", "Where `serve` listens (`--host` overrides).")
+    port: int = setting(
+        8000,
+        "Where `serve` listens (`--port` overrides).",
+        Rule(lambda v: 0 <= v <= 65535, "{name} must be between 0 and 65535, got {value}"),
+    )
+    workers: int = setting(1, "Worker processes (`--workers`).", at_least(1))
+    public_url: str = setting(
+        "http://127.0.0.1:8000", "How members reach this server; used in messages."
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        (), "CIDRs of reverse proxies whose `X-Forwarded-For` is believed (comma-separated)."
+    )
+    max_body_bytes: int = setting(8 * 1024 * 1024, "Larger request bodies get a 413.")
     #: The connection guard (``keyhouse/server.py``; docs/operations.md, "Slow and broken
-    #: connections"). Seconds a client has to send a request's headers, counted from the
-    #: connection's start or the request's first byte.
-    header_timeout: float = 10.0
-    #: Seconds a request body may go without a byte (a body shorter than its Content-Length,
-    #: or a chunked body never terminated, is closed after this long).
-    body_timeout: float = 30.0
-    #: Seconds an idle keep-alive connection stays open between requests.
-    keep_alive_timeout: float = 30.0
-    #: The request line and headers together; larger ones get a 431 and the connection closes.
-    max_header_bytes: int = 32 * 1024
-    #: Open connections from one client address, per worker (0: no cap). Trusted proxies are
-    #: exempt: they carry many clients.
-    max_connections_per_ip: int = 256
-    #: How often each worker looks for key/member changes (seconds).
-    change_poll_interval: float = 0.25
-    #: How often "last used" times are written, in one batch (seconds).
-    last_used_flush_interval: float = 10.0
-    #: Local inference queue: how many requests may wait, and for how long.
-    queue_size: int = 64
-    queue_timeout: float = 60.0
-    log_level: str = "info"
-    #: One line per HTTP request (method, path, status, model, tokens, ms). Off by default for
-    #: a production server, where usage records say more; ``make run`` turns it on.
-    access_log: bool = False
-    #: Set by ``serve --workers N``: the model host's socket, shared by the workers.
-    engine_socket: str | None = None
-    #: The organisation's timezone: requests per day count calendar days here.
-    timezone: str = "UTC"
-    #: Redis, for limits shared by workers and replicas. None: in-process limits (one worker).
-    redis_url: str | None = None
-    #: When the limit store is unavailable: "open" (let requests through, log a warning) or
-    #: "closed" (refuse them with a 503).
-    limits_failure: str = "open"
-    #: A concurrency slot expires on its own after this long, even if never released.
-    slot_ttl: float = 600.0
-    default_tier: str = DEFAULT_TIER
-    #: Money. The organisation's currency (USD, CNY, or plain "credits"), shown, never converted.
-    currency: str = "credits"
-    #: "enforce": no credit, no request. "meter-only": record and report, never refuse.
-    #: "off": no ledger, no usage records at all.
-    billing_mode: str = "enforce"
-    #: The free credit every new member gets, and for how many days (0: it never expires).
-    trial_credit: Decimal = Decimal("5")
-    trial_days: int = 90
-    #: Each server spends from slices ("leases") of a balance; this is how much it asks for
-    #: beyond the request at hand, in the currency.
-    lease_size: Decimal = Decimal("0.5")
-    #: A lease not renewed for this long comes back (its server has died).
-    lease_ttl: float = 30.0
-    #: Settlements and usage rows are written at least this often (seconds), and on shutdown.
-    billing_flush_interval: float = 0.2
-    #: Raw usage rows are kept this many days (roll-ups are kept for good).
-    usage_retention_days: int = 90
-    #: Stored responses (``POST /v1/responses`` with ``store``) are kept this many days
-    #: (0: for good).
-    responses_retention_days: int = 30
+    #: connections").
+    header_timeout: float = setting(
+        10.0,
+        "Seconds a client has to send a request's line and headers (from the connection's "
+        "start, or the request's first byte); then a 408 and the connection closes.",
+        SECONDS,
+    )
+    body_timeout: float = setting(
+        30.0,
+        "Seconds a request body may go without a byte (a body shorter than its "
+        "`Content-Length`, an unterminated chunked body); then a 408 and the connection closes.",
+        SECONDS,
+    )
+    keep_alive_timeout: float = setting(
+        30.0,
+        "Seconds an idle keep-alive connection stays open between requests. Keep it above "
+        "your load balancer's idle timeout.",
+        SECONDS,
+    )
+    max_header_bytes: int = setting(
+        32 * 1024,
+        "The request line and headers together; larger ones get a 431.",
+        at_least(1024, "{name} must be at least %s"),
+    )
+    max_connections_per_ip: int = setting(
+        256,
+        "Open connections from one address, per worker (`0`: no cap); more get a 429. "
+        "Trusted proxies are exempt.",
+        at_least(0, "{name} must be ≥ 0 (0: no cap)"),
+    )
+    change_poll_interval: float = setting(
+        0.25, "Seconds between checks for revoked/changed keys.", SECONDS
+    )
+    last_used_flush_interval: float = setting(
+        10.0, 'Seconds between batched "last used" writes.', SECONDS
+    )
+    queue_size: int = setting(64, "Requests that may wait for each local model.")
+    queue_timeout: float = setting(60.0, "Seconds a request may wait before a 503.", SECONDS)
+    log_level: str = setting("info", "`debug`, `info`, `warning`, `error`.")
+    access_log: bool = setting(
+        False,
+        "A line per HTTP request: method, path (no query string), status, model and tokens "
+        "for metered calls, milliseconds; never a key. `make run` turns it on.",
+    )
+    engine_socket: str | None = setting(
+        None, "Set by `serve --workers N`: the model host's socket, shared by the workers."
+    )
+    timezone: str = setting(
+        "UTC",
+        "The organisation's timezone (when a day turns over for per-day limits).",
+        Rule(_known_timezone, "{name}: unknown timezone {value!r}"),
+    )
+    redis_url: str | None = setting(
+        None,
+        "Redis for limits shared by workers and replicas (required with `--workers` > 1).",
+    )
+    limits_failure: Literal["open", "closed"] = setting(
+        "open", "When Redis is away: `open` (let requests through, warn) or `closed` (503)."
+    )
+    slot_ttl: float = setting(
+        600.0, "Seconds after which an unreleased in-flight slot frees itself.", SECONDS
+    )
+    default_tier: str = setting(DEFAULT_TIER, "The tier of members who have none.")
+    currency: str = setting(
+        "credits",
+        "The organisation's currency (`USD`, `CNY`, or plain `credits`), shown, never "
+        "converted ([billing.md](billing.md)).",
+    )
+    billing_mode: Literal["enforce", "meter-only", "off"] = setting(
+        "enforce",
+        "`enforce`: no credit, no request; `meter-only`: record and report, never refuse; "
+        "`off`: no ledger, no usage records.",
+    )
+    trial_credit: Decimal = setting(  # noqa: RUF009 (a field, like field())
+        Decimal("5"), "The free credit every new member gets, in the currency."
+    )
+    trial_days: int = setting(90, "Days the trial credit lasts (`0`: it never expires).")
+    lease_size: Decimal = setting(  # noqa: RUF009 (a field, like field())
+        Decimal("0.5"),
+        "How much each server takes from a balance beyond the request at hand, in the currency.",
+        Rule(lambda v: v > 0, "{name} must be above 0"),
+    )
+    lease_ttl: float = setting(
+        30.0, "Seconds after which a lease not renewed comes back (its server died).", SECONDS
+    )
+    billing_flush_interval: float = setting(
+        0.2, "Settlements and usage rows are written at least this often (seconds).", SECONDS
+    )
+    usage_retention_days: int = setting(
+        90, "Days raw usage rows are kept (roll-ups are kept for good)."
+    )
+    responses_retention_days: int = setting(
+        30,
+        "Days a stored response (`POST /v1/responses` with `store`) is kept for `GET` and "
+        "`previous_response_id`; `0` keeps them for good ([responses.md](responses.md)).",
+    )
     tiers: Mapping[str, Tier] = field(default_factory=lambda: {DEFAULT_TIER: BUILTIN_DEFAULT_TIER})
     models: tuple[ModelSpec, ...] = ()
     accounts: AccountSettings = field(default_factory=AccountSettings)
@@ -328,92 +464,42 @@ class Settings:
         return replace(self, **changes)
 
 
-# --------------------------------------------------------------------------- parsing helpers
-
-_SCALARS: dict[str, type] = {
-    "host": str,
-    "port": int,
-    "workers": int,
-    "public_url": str,
-    "database_url": str,
-    "database_schema": str,
-    "max_body_bytes": int,
-    "header_timeout": float,
-    "body_timeout": float,
-    "keep_alive_timeout": float,
-    "max_header_bytes": int,
-    "max_connections_per_ip": int,
-    "change_poll_interval": float,
-    "last_used_flush_interval": float,
-    "queue_size": int,
-    "queue_timeout": float,
-    "log_level": str,
-    "access_log": bool,
-    "engine_socket": str,
-    "timezone": str,
-    "redis_url": str,
-    "limits_failure": str,
-    "slot_ttl": float,
-    "default_tier": str,
-    "currency": str,
-    "billing_mode": str,
-    "trial_days": int,
-    "lease_ttl": float,
-    "billing_flush_interval": float,
-    "usage_retention_days": int,
-    "responses_retention_days": int,
-}
+#: Documented beside the declared settings, read by hand in ``load_settings``.
+HAND_READ = (
+    Row(
+        "KEYHOUSE_HOME",
+        None,
+        "`~/.keyhouse`",
+        "Where the SQLite database and the secret file live.",
+    ),
+    Row("KEYHOUSE_CONFIG", None, "`$KEYHOUSE_HOME/keyhouse.toml`", "The TOML file."),
+    Row(
+        "KEYHOUSE_SECRET",
+        "secret",
+        "–",
+        "The server secret (≥ 32 characters). Required with PostgreSQL. Without it, Keyhouse "
+        "creates `$KEYHOUSE_HOME/secret` (mode 0600) on first start.",
+    ),
+    Row(
+        "KEYHOUSE_PREVIOUS_SECRETS",
+        "previous_secrets",
+        "–",
+        "Older secrets (comma-separated), still accepted for keys made under them.",
+    ),
+)
+#: Top-level TOML keys that are not declared settings.
+_TABLES = {"secret", "previous_secrets", "models", "tiers", *SECTIONS}
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# --------------------------------------------------------------------------- the docs
 
 
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"setting {name!r}: expected true or false, got {value!r}")
-    try:
-        if kind is int and isinstance(value, str | int) and not isinstance(value, bool):
-            return int(value)
-        if kind is float and isinstance(value, str | int | float) and not isinstance(value, bool):
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-    except ValueError:
-        pass
-    raise ConfigError(f"setting {name!r}: expected {kind.__name__}, got {value!r}")
-
-
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    raise ConfigError(f"expected a list or a comma-separated string, got {value!r}")
-
-
-def _decimal(name: str, value: Any) -> Decimal:
-    if isinstance(value, float):
-        # TOML floats are binary; read their shortest decimal form, never the float itself.
-        value = repr(value)
-    try:
-        price = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"{name}: not a decimal number: {value!r}") from None
-    if not price.is_finite() or price < 0:
-        raise ConfigError(f"{name}: must be a finite number ≥ 0, got {value!r}")
-    return price
-
-
-def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
-    try:
-        return tuple(ipaddress.ip_network(v, strict=False) for v in values)
-    except ValueError as exc:
-        raise ConfigError(f"not a CIDR: {exc}") from None
+def docs_tables(docs: Path) -> dict[Path, dict[str, str]]:
+    """The generated blocks of the settings' pages."""
+    return {
+        docs / "configuration.md": {"settings": markdown_table(Settings, HAND_READ)},
+        docs / "accounts.md": {"accounts-settings": section_table(AccountSettings)},
+    }
 
 
 # --------------------------------------------------------------------------- models
@@ -472,24 +558,10 @@ def default_models() -> tuple[ModelSpec, ...]:
     )
 
 
-_MODEL_KEYS = {
-    "name",
-    "aliases",
-    "backend",
-    "settings",
-    "input_price",
-    "cached_input_price",
-    "output_price",
-    "default_max_tokens",
-    "context_length",
-    "owned_by",
-    "created",
-    "limits",
-    "deployments",
-    "system_prompt",
-    "default_temperature",
-}
-_DEPLOYMENT_KEYS = {"name", "backend", "weight", "priority"}
+#: The keys a ``[[models]]`` table may have: its declared fields, and those read by hand.
+_MODEL_KEYS = names(ModelSpec) | {"name", "aliases", "backend", "settings", "limits", "deployments"}
+#: A deployment's own keys; the others are its backend's settings.
+_DEPLOYMENT_KEYS = names(DeploymentSpec) | {"name", "backend"}
 
 
 def parse_deployment(raw: Any, model: str, where: str, index: int) -> DeploymentSpec:
@@ -504,19 +576,14 @@ def parse_deployment(raw: Any, model: str, where: str, index: int) -> Deployment
     if isinstance(raw.get("settings"), Mapping):  # settings = {…} is accepted too
         settings = {**settings.pop("settings"), **settings}
     default = f"{model}:{backend}" if index == 0 else f"{model}:{backend}#{index + 1}"
-    weight = _coerce(f"{where}.weight", raw.get("weight", 1), int)
-    if weight < 0:
-        raise ConfigError(f"{where}: weight must be ≥ 0")
-    return DeploymentSpec(
+    spec = DeploymentSpec(
         name=str(raw.get("name") or default),
         backend=backend,
         settings=settings,
-        weight=weight,
-        priority=_coerce(f"{where}.priority", raw.get("priority", 0), int),
+        **read_declared(DeploymentSpec, raw, f"{where}."),
     )
-
-
-_LIMIT_KEYS = ("rpm", "tpm", "rpd", "max_parallel")
+    check_declared(spec, f"{where}: ")
+    return spec
 
 
 def parse_limits(raw: Any, where: str) -> LimitSet:
@@ -597,46 +664,19 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         raise ConfigError(f"{where} ({name}): deployment names must differ")
     if sum(d.weight for d in deployments) == 0:
         raise ConfigError(f"{where} ({name}): at least one deployment needs a weight above 0")
-    cached = raw.get("cached_input_price")
     aliases = raw.get("aliases", [])
     if isinstance(aliases, list | tuple) and not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{where} ({name}): 'aliases' must be non-empty strings")
+    values = {"created": default_created, **read_declared(ModelSpec, raw, f"{name}.")}
     spec = ModelSpec(
         name=name,
         deployments=deployments,
         aliases=tuple(_as_list(aliases)),
-        input_price=_decimal(f"{name}.input_price", raw.get("input_price", 0)),
-        cached_input_price=None
-        if cached is None
-        else _decimal(f"{name}.cached_input_price", cached),
-        output_price=_decimal(f"{name}.output_price", raw.get("output_price", 0)),
-        default_max_tokens=_coerce(
-            f"{name}.default_max_tokens", raw.get("default_max_tokens", 512), int
-        ),
-        context_length=_coerce(f"{name}.context_length", raw.get("context_length", 8192), int),
-        owned_by=str(raw.get("owned_by", "keyhouse")),
-        created=_coerce(f"{name}.created", raw.get("created", default_created), int),
         limits=parse_limits(raw.get("limits"), f"{name}.limits"),
-        system_prompt=_optional_str(raw.get("system_prompt"), f"{where} ({name}).system_prompt"),
-        default_temperature=None
-        if raw.get("default_temperature") is None
-        else _coerce(f"{name}.default_temperature", raw["default_temperature"], float),
+        **values,
     )
-    if spec.default_temperature is not None and not 0 <= spec.default_temperature <= 2:
-        raise ConfigError(f"{where} ({name}): default_temperature must be between 0 and 2")
-    if spec.context_length < 16:
-        raise ConfigError(f"{where} ({name}): context_length must be ≥ 16")
-    if spec.default_max_tokens < 0:
-        raise ConfigError(f"{where} ({name}): default_max_tokens must be ≥ 0")
+    check_declared(spec, f"{where} ({name}): ")
     return spec
-
-
-def _optional_str(value: Any, where: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: must be a non-empty string")
-    return value
 
 
 def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
@@ -653,70 +693,28 @@ def check_unique_names(models: tuple[ModelSpec, ...]) -> None:
             seen[name] = model.name
 
 
-# --------------------------------------------------------------------------- accounts
+# --------------------------------------------------------------------------- sections
 
 
 def parse_section(cls: type, raw: Any, where: str, env: Mapping[str, str], prefix: str) -> Any:
-    """A ``[section]`` table into ``cls`` (a frozen dataclass of scalars and string tuples);
+    """A ``[section]`` table into ``cls`` (a frozen dataclass of declared settings);
     ``KEYHOUSE_{PREFIX}_{FIELD}`` overrides the file (e.g. ``KEYHOUSE_MAIL_PASSWORD``)."""
-    import dataclasses
-
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"[{where}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(fields)
+    unknown = set(raw) - names(cls)
     if unknown:
         raise ConfigError(f"[{where}]: unknown settings {sorted(unknown)}")
-    values: dict[str, Any] = {}
-    for name, spec in fields.items():
-        value = env.get(f"KEYHOUSE_{prefix}_{name.upper()}", raw.get(name))
-        if value is None:
-            continue
-        default = spec.default
-        if isinstance(default, tuple):
-            values[name] = tuple(_as_list(value))
-        elif isinstance(default, bool):
-            values[name] = _coerce(f"{where}.{name}", value, bool)
-        elif isinstance(default, float):
-            values[name] = _coerce(f"{where}.{name}", value, float)
-        elif isinstance(default, int):
-            values[name] = _coerce(f"{where}.{name}", value, int)
-        else:
-            values[name] = _coerce(f"{where}.{name}", value, str)
-    return cls(**values)
+    section = cls(**read_declared(cls, raw, f"{where}.", env, f"KEYHOUSE_{prefix}_"))
+    check_declared(section, f"{where}.")
+    return section
 
 
 def check_accounts(a: AccountSettings, mail: MailSettings, sms: SmsSettings) -> None:
-    if a.signup not in ("open", "domains", "invite"):
-        raise ConfigError("accounts.signup must be 'open', 'domains' or 'invite'")
+    """What one field's rules cannot say: settings that need each other."""
     if a.signup == "domains" and not a.allowed_domains:
         raise ConfigError("accounts.signup = 'domains' needs accounts.allowed_domains")
-    if a.default_language not in ("en", "zh-CN"):
-        raise ConfigError("accounts.default_language must be 'en' or 'zh-CN'")
-    for name in (
-        "code_max_tries",
-        "codes_per_hour_email",
-        "codes_per_hour_phone",
-        "codes_per_hour_ip",
-        "signups_per_hour_ip",
-        "signins_per_minute_ip",
-        "phone_max_accounts",
-        "signin_max_failures",
-        "password_min_length",
-    ):
-        if getattr(a, name) < 1:
-            raise ConfigError(f"accounts.{name} must be ≥ 1")
-    for name in ("code_ttl", "lockout", "session_ttl", "invitation_ttl"):
-        if not 0 < getattr(a, name) < float("inf"):
-            raise ConfigError(f"accounts.{name} must be a positive number of seconds")
-    if not 0 <= a.resend_cooldown < float("inf"):
-        raise ConfigError("accounts.resend_cooldown must be ≥ 0 seconds")
-    if mail.security not in ("starttls", "tls", "none"):
-        raise ConfigError("mail.security must be 'starttls', 'tls' or 'none'")
-    if sms.provider not in ("console", "webhook"):
-        raise ConfigError("sms.provider must be 'console' or 'webhook'")
     if sms.provider == "webhook" and not (sms.webhook_url and sms.webhook_secret):
         raise ConfigError("sms.provider = 'webhook' needs sms.webhook_url and sms.webhook_secret")
 
@@ -742,17 +740,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     else:
         config_path = None
 
-    values: dict[str, Any] = {}
-    for key, kind in _SCALARS.items():
-        env_value = env.get(f"KEYHOUSE_{key.upper()}")
-        raw = env_value if env_value is not None else data.get(key)
-        if raw is not None:
-            values[key] = _coerce(key, raw, kind)
+    values: dict[str, Any] = read_declared(Settings, data, env=env)
     values.setdefault("database_url", f"sqlite:///{home / 'keyhouse.db'}")
-
-    proxies = env.get("KEYHOUSE_TRUSTED_PROXIES", data.get("trusted_proxies"))
-    if proxies is not None:
-        values["trusted_proxies"] = parse_networks(_as_list(proxies))
 
     secret = env.get("KEYHOUSE_SECRET") or data.get("secret")
     previous = env.get("KEYHOUSE_PREVIOUS_SECRETS", data.get("previous_secrets"))
@@ -774,65 +763,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     check_unique_names(models)
 
     tiers = parse_tiers(data.get("tiers"))
-    for name in ("trial_credit", "lease_size"):
-        raw_money = env.get(f"KEYHOUSE_{name.upper()}", data.get(name))
-        if raw_money is not None:
-            values[name] = _decimal(name, raw_money)
-
-    values["accounts"] = parse_section(
-        AccountSettings, data.get("accounts"), "accounts", env, "ACCOUNTS"
-    )
-    values["mail"] = parse_section(MailSettings, data.get("mail"), "mail", env, "MAIL")
-    values["sms"] = parse_section(SmsSettings, data.get("sms"), "sms", env, "SMS")
-    values["oidc"] = parse_section(OidcSettings, data.get("oidc"), "oidc", env, "OIDC")
+    for table, cls in SECTIONS.items():
+        values[table] = parse_section(cls, data.get(table), table, env, table.upper())
     check_accounts(values["accounts"], values["mail"], values["sms"])
 
-    unknown = (
-        set(data)
-        - set(_SCALARS)
-        - {"trusted_proxies", "secret", "previous_secrets", "models", "tiers"}
-        - {"trial_credit", "lease_size", "accounts", "mail", "sms", "oidc"}
-    )
+    unknown = set(data) - names(Settings) - _TABLES
     if unknown:
         raise ConfigError(f"{config_path}: unknown settings {sorted(unknown)}")
 
     settings = Settings(home=home, config_path=config_path, models=models, tiers=tiers, **values)
-    if settings.workers < 1:
-        raise ConfigError("workers must be ≥ 1")
-    if not 0 <= settings.port <= 65535:
-        raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
-    try:
-        from zoneinfo import ZoneInfo
-
-        ZoneInfo(settings.timezone)
-    except Exception:
-        raise ConfigError(f"timezone: unknown timezone {settings.timezone!r}") from None
-    if settings.limits_failure not in ("open", "closed"):
-        raise ConfigError("limits_failure must be 'open' or 'closed'")
-    if settings.billing_mode not in ("enforce", "meter-only", "off"):
-        raise ConfigError("billing_mode must be 'enforce', 'meter-only' or 'off'")
-    if settings.lease_size <= 0:
-        raise ConfigError("lease_size must be above 0")
+    check_declared(settings)
     if settings.default_tier not in settings.tiers:
         raise ConfigError(
             f"default_tier {settings.default_tier!r} is not a tier ({sorted(settings.tiers)})"
         )
-    for name in (
-        "change_poll_interval",
-        "last_used_flush_interval",
-        "queue_timeout",
-        "slot_ttl",
-        "lease_ttl",
-        "billing_flush_interval",
-        "header_timeout",
-        "body_timeout",
-        "keep_alive_timeout",
-    ):
-        # 0, a negative number or NaN would turn a background loop into a busy loop.
-        if not 0 < getattr(settings, name) < float("inf"):
-            raise ConfigError(f"{name} must be a positive number of seconds")
-    if settings.max_header_bytes < 1024:
-        raise ConfigError("max_header_bytes must be at least 1024")
-    if settings.max_connections_per_ip < 0:
-        raise ConfigError("max_connections_per_ip must be ≥ 0 (0: no cap)")
     return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m keyhouse.config --write-docs [DOCS]``: regenerate the settings tables."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "--write-docs":
+        raise SystemExit("usage: python -m keyhouse.config --write-docs [docs-folder]")
+    docs = Path(args[1]) if len(args) > 1 else Path("docs")
+    for path in write_docs(docs_tables(docs)):
+        print(f"rewrote {path}")
+
+
+if __name__ == "__main__":
+    main()
