@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from keyhouse.cli import _run, _settings, main
+from keyhouse.cli.base import (
+    settings_or_exit,
+    transact,
+)
+from keyhouse.clock import SystemClock
 
 if TYPE_CHECKING:
     from keyhouse.billing.reports import Line, Totals
@@ -22,7 +26,7 @@ def _day(value: str | None, name: str) -> date | None:
         raise click.BadParameter(f"not a date as YYYY-MM-DD: {value!r}", param_hint=name) from None
 
 
-@main.command("usage")
+@click.command("usage")
 @click.option("--user", "user", default=None, help="A member's email or id (default: everyone).")
 @click.option(
     "--by",
@@ -53,9 +57,8 @@ def usage(
     roll-ups."""
     from keyhouse.accounts.members import find_member
     from keyhouse.billing import reports
-    from keyhouse.clock import SystemClock
 
-    settings = _settings()
+    settings = settings_or_exit()
     if group_by in ("member", "deployment") and user is not None:
         raise click.BadParameter(f"--by {group_by} is for everyone's usage (leave out --user)")
     end = _day(until, "--until") or reports.today(SystemClock().now(), settings.timezone)
@@ -74,7 +77,7 @@ def usage(
         )
         return report, member.email if member is not None else None
 
-    report, email = _run(work, settings)
+    report, email = transact(work, settings)
     if as_csv:
         click.echo(reports.to_csv(report, settings.currency), nl=False)
         return
