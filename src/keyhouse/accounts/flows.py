@@ -20,43 +20,36 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyhouse.accounts import audit, codes, policy, sessions
+from keyhouse.accounts import audit, challenges, codes, policy, sessions
+from keyhouse.accounts.challenges import (
+    EMAIL_CHANGE,
+    EMAIL_VERIFY,
+    PASSWORD_RESET,
+    PHONE_VERIFY,
+    Deps,
+    email_taken,
+    own,
+    throttle_attempts,
+)
 from keyhouse.accounts.members import create_member
 from keyhouse.accounts.passwords import hash_password, verify_password
 from keyhouse.accounts.refusals import Refused, TooMany
-from keyhouse.clock import Clock
-from keyhouse.config import Settings
-from keyhouse.db.changes import MEMBER, record_change
-from keyhouse.db.engine import Database, take_write_lock
+from keyhouse.db.engine import take_write_lock
 from keyhouse.db.models import Member, WebSession
 from keyhouse.errors import InvalidRequest
-from keyhouse.i18n import LANGUAGES, t
-from keyhouse.keys.secrets import SecretRing
-from keyhouse.limits.limiter import Limiter, RateLimited
-from keyhouse.limits.rules import US, Rule
-from keyhouse.notify import DeliveryFailed, Notifier
+from keyhouse.i18n import LANGUAGES
+from keyhouse.limits.limiter import RateLimited
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 200
 _background: set[asyncio.Task[None]] = set()
-
-
-class Deps(Protocol):
-    """What the flows use; ``keyhouse.app.Services`` is one."""
-
-    db: Database
-    clock: Clock
-    ring: SecretRing
-    settings: Settings
-    limiter: Limiter
-    notifier: Notifier
 
 
 @dataclass(frozen=True)
@@ -70,68 +63,20 @@ class SignedIn:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _site(settings: Settings) -> str:
-    from keyhouse.accounts.admin import site_name
-
-    return site_name(settings)
-
-
-def _minutes(settings: Settings) -> int:
-    return max(1, math.ceil(settings.accounts.code_ttl / 60))
-
-
-async def _mail_code(deps: Deps, to: str, kind: str, language: str, code: str) -> None:
-    """Mail ``code`` (``kind``: verify_email, password_reset, email_change); refused with
-    ``delivery_failed`` if the mail server would not take it."""
-    words = {"code": code, "minutes": _minutes(deps.settings), "site": _site(deps.settings)}
-    subject = t(language, f"mail.{kind}.subject", **words)
-    body = t(language, f"mail.{kind}.body", **words)
-    try:
-        await deps.notifier.mail.send(to, subject, body)
-    except DeliveryFailed:
-        raise Refused("delivery_failed", status=503) from None
-
-
-async def _text_code(deps: Deps, to: str, language: str, code: str) -> None:
-    words = {"code": code, "minutes": _minutes(deps.settings), "site": _site(deps.settings)}
-    try:
-        await deps.notifier.sms.send(to, t(language, "sms.verify_phone", **words))
-    except DeliveryFailed:
-        raise Refused("delivery_failed", status=503) from None
-
-
-async def _throttle(deps: Deps, name: str, ip: str | None, limit: int, period_s: float) -> None:
-    """One per-IP throttle; no IP (a test client), no throttle."""
-    if not ip:
-        return
-    rule = Rule(
-        key=codes.subject_key(deps.ring, name, ip),
-        kind="rate",
-        limit=limit,
-        period_us=int(period_s * US),
-    )
-    await deps.limiter.hit(rule)
-
-
 async def throttle_signins(deps: Deps, ip: str | None) -> None:
     try:
-        await _throttle(deps, "signin-ip", ip, deps.settings.accounts.signins_per_minute_ip, 60)
+        await challenges.throttle_ip(
+            deps, "signin-ip", ip, deps.settings.accounts.signins_per_minute_ip, 60
+        )
     except RateLimited as exc:
         raise TooMany("too_many_signins", codes.retry_seconds(exc)) from None
 
 
-async def throttle_attempts(deps: Deps, ip: str | None) -> None:
-    """Code guesses per IP: the per-code try limit stops guessing one code; this stops one
-    client from guessing many (the sign-in budget, counted apart)."""
-    try:
-        await _throttle(deps, "verify-ip", ip, deps.settings.accounts.signins_per_minute_ip, 60)
-    except RateLimited as exc:
-        raise TooMany("too_many_attempts", codes.retry_seconds(exc)) from None
-
-
 async def throttle_signups(deps: Deps, ip: str | None) -> None:
     try:
-        await _throttle(deps, "signup-ip", ip, deps.settings.accounts.signups_per_hour_ip, 3600)
+        await challenges.throttle_ip(
+            deps, "signup-ip", ip, deps.settings.accounts.signups_per_hour_ip, 3600
+        )
     except RateLimited as exc:
         raise TooMany("too_many_signups", codes.retry_seconds(exc)) from None
 
@@ -144,23 +89,6 @@ async def member_by_email(session: AsyncSession, email: str) -> Member | None:
             )
         )
     ).scalar_one_or_none()
-
-
-async def _email_taken(session: AsyncSession, email: str, *, besides: str | None = None) -> bool:
-    query = select(Member.id).where(func.lower(Member.email) == email.lower())
-    if besides is not None:
-        query = query.where(Member.id != besides)
-    return (await session.execute(query.limit(1))).first() is not None
-
-
-async def _own(session: AsyncSession, deps: Deps, member_id: str) -> Member:
-    """The signed-in member, about to change their own account: gone or suspended, no."""
-    member = await session.get(Member, member_id)
-    if member is None or member.deleted_at is not None:
-        raise Refused("not_signed_in", status=401)
-    if member.status == "suspended":
-        raise policy.paused(member, deps.settings)
-    return member
 
 
 def _spawn(coroutine: Any) -> None:
@@ -201,19 +129,11 @@ async def signup(
     policy.check_email_domain(email, settings, invited=invitation is not None)
     await throttle_signups(deps, ip)
     async with deps.db.session() as session:
-        if await _email_taken(session, email):
+        if await email_taken(session, email):
             raise Refused("email_taken", status=409, param="email")
     send_code = settings.require_email
     if send_code:
-        await codes.throttle_send(
-            deps.limiter,
-            deps.ring,
-            settings,
-            purpose="email-verify",
-            channel="email",
-            target=email,
-            ip=ip,
-        )
+        await challenges.throttle(deps, EMAIL_VERIFY, email, ip)
     password_hash = await hash_password(password)
     code: str | None = None
     try:
@@ -226,15 +146,7 @@ async def signup(
                 invited = True
             member = await _new_member(session, deps, email, password_hash, language, invited)
             if send_code and member.email_verified_at is None:
-                code = await codes.issue(
-                    session,
-                    deps.clock,
-                    deps.ring,
-                    settings,
-                    member_id=member.id,
-                    purpose="email-verify",
-                    target=member.email,
-                )
+                code = await challenges.issue(session, deps, EMAIL_VERIFY, member.id, member.email)
             await policy.refresh_status(session, deps.clock, deps.settings, member)
             await audit.record(
                 session,
@@ -260,7 +172,7 @@ async def signup(
     sent = True
     if code is not None:
         try:
-            await _mail_code(deps, member.email, "verify_email", member.language, code)
+            await challenges.deliver(deps, EMAIL_VERIFY, member.email, member.language, code)
         except Refused:
             sent = False
     return SignedIn(member, new, code_sent=sent)
@@ -288,55 +200,15 @@ async def _new_member(
 async def resend_email_code(deps: Deps, member_id: str, *, ip: str | None) -> bool:
     """Another code to the member's address; False (nothing sent) if it is verified already."""
     async with deps.db.session() as session:
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
     if member.email_verified_at is not None:
         return False
-    settings = deps.settings.accounts
-    await codes.throttle_send(
-        deps.limiter,
-        deps.ring,
-        settings,
-        purpose="email-verify",
-        channel="email",
-        target=member.email,
-        ip=ip,
-    )
-    async with deps.db.session() as session, session.begin():
-        code = await codes.issue(
-            session,
-            deps.clock,
-            deps.ring,
-            settings,
-            member_id=member.id,
-            purpose="email-verify",
-            target=member.email,
-        )
-    await _mail_code(deps, member.email, "verify_email", member.language, code)
+    await challenges.send(deps, EMAIL_VERIFY, member, member.email, ip=ip)
     return True
 
 
 async def verify_email(deps: Deps, member_id: str, code: str, *, ip: str | None) -> Member:
-    await throttle_attempts(deps, ip)
-    async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
-        checked = await codes.check(
-            session,
-            deps.clock,
-            deps.ring,
-            deps.settings.accounts,
-            member_id=member.id,
-            purpose="email-verify",
-            code=code,
-        )
-        if checked.code is not None:
-            if checked.code.target.lower() != member.email.lower():
-                checked = codes.Checked(refusal=Refused("no_code_pending", param="code"))
-            else:
-                member.email_verified_at = deps.clock.now()
-                member.updated_at = deps.clock.now()
-                await policy.refresh_status(session, deps.clock, deps.settings, member)
-    checked.raise_if_refused()
-    return member
+    return await challenges.answer(deps, EMAIL_VERIFY, member_id, code, ip=ip)
 
 
 # ----------------------------------------------------------------------------- profile
@@ -355,7 +227,7 @@ async def update_profile(
 ) -> Member:
     """Name, birthday and language; only what is given changes."""
     async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
         if name is not _UNSET:
             cleaned = " ".join((name or "").split())
             if not cleaned or len(cleaned) > NAME_MAX:
@@ -380,97 +252,21 @@ async def update_profile(
 # ----------------------------------------------------------------------------- phone
 
 
-async def _phone_users(session: AsyncSession, phone: str, besides: str) -> int:
-    """Other live accounts this number has verified."""
-    return (
-        await session.execute(
-            select(func.count())
-            .select_from(Member)
-            .where(
-                Member.phone == phone,
-                Member.phone_verified_at.is_not(None),
-                Member.deleted_at.is_(None),
-                Member.id != besides,
-            )
-        )
-    ).scalar_one()
-
-
 async def start_phone(deps: Deps, member_id: str, phone: str, *, ip: str | None) -> str:
     """Text a code to ``phone`` (E.164 returned). A verified number stays until the new one is
     verified. Refused if the number has verified ``phone_max_accounts`` other accounts."""
     settings = deps.settings.accounts
     number = policy.parse_phone(phone)
     async with deps.db.session() as session:
-        member = await _own(session, deps, member_id)
-        if await _phone_users(session, number, member.id) >= settings.phone_max_accounts:
+        member = await own(session, deps, member_id)
+        if await challenges.phone_users(session, number, member.id) >= settings.phone_max_accounts:
             raise Refused("phone_taken", status=409, param="phone")
-    await codes.throttle_send(
-        deps.limiter,
-        deps.ring,
-        settings,
-        purpose="phone-verify",
-        channel="phone",
-        target=number,
-        ip=ip,
-    )
-    async with deps.db.session() as session, session.begin():
-        code = await codes.issue(
-            session,
-            deps.clock,
-            deps.ring,
-            settings,
-            member_id=member.id,
-            purpose="phone-verify",
-            target=number,
-        )
-    await _text_code(deps, number, member.language, code)
+    await challenges.send(deps, PHONE_VERIFY, member, number, ip=ip)
     return number
 
 
-async def _lock_number(session: AsyncSession, number: str) -> None:
-    """Serialise verifications of one number, so two accounts cannot both take its last
-    place (SQLite: the write lock already does)."""
-    await take_write_lock(session)
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": number})
-
-
 async def verify_phone(deps: Deps, member_id: str, code: str, *, ip: str | None) -> Member:
-    await throttle_attempts(deps, ip)
-    settings = deps.settings.accounts
-    async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
-        checked = await codes.check(
-            session,
-            deps.clock,
-            deps.ring,
-            settings,
-            member_id=member.id,
-            purpose="phone-verify",
-            code=code,
-        )
-        if checked.code is not None:
-            number = checked.code.target
-            await _lock_number(session, number)
-            if await _phone_users(session, number, member.id) >= settings.phone_max_accounts:
-                checked = codes.Checked(refusal=Refused("phone_taken", status=409, param="phone"))
-            else:
-                replaced = member.phone_verified_at is not None
-                member.phone = number
-                member.phone_verified_at = deps.clock.now()
-                member.updated_at = deps.clock.now()
-                await policy.refresh_status(session, deps.clock, deps.settings, member)
-                await audit.record(
-                    session,
-                    deps.clock,
-                    actor=member.id,
-                    action="account.phone_change" if replaced else "account.phone_verify",
-                    target=member.id,
-                    ip=ip,
-                )
-    checked.raise_if_refused()
-    return member
+    return await challenges.answer(deps, PHONE_VERIFY, member_id, code, ip=ip)
 
 
 # ----------------------------------------------------------------------------- sign-in
@@ -568,40 +364,21 @@ async def forgot_password(deps: Deps, *, email: str, ip: str | None) -> None:
     """Mail a reset code if the address has an account. The answer is the same either way,
     and so is its timing: the throttles count unknown addresses too, and the mail goes out in
     the background."""
-    settings = deps.settings.accounts
     address = policy.parse_email(email)
-    await codes.throttle_send(
-        deps.limiter,
-        deps.ring,
-        settings,
-        purpose="password-reset",
-        channel="email",
-        target=address,
-        ip=ip,
-    )
+    await challenges.throttle(deps, PASSWORD_RESET, address, ip)
     async with deps.db.session() as session, session.begin():
         member = await member_by_email(session, address)
         if member is None or member.status == "suspended":
             return
-        code = await codes.issue(
-            session,
-            deps.clock,
-            deps.ring,
-            settings,
-            member_id=member.id,
-            purpose="password-reset",
-            target=member.email,
-        )
-    _spawn(_mail_quietly(deps, member.email, "password_reset", member.language, code, member.id))
+        code = await challenges.issue(session, deps, PASSWORD_RESET, member.id, member.email)
+    _spawn(_mail_quietly(deps, member.email, member.language, code, member.id))
 
 
-async def _mail_quietly(
-    deps: Deps, to: str, kind: str, language: str, code: str, member_id: str
-) -> None:
+async def _mail_quietly(deps: Deps, to: str, language: str, code: str, member_id: str) -> None:
     try:
-        await _mail_code(deps, to, kind, language, code)
+        await challenges.deliver(deps, PASSWORD_RESET, to, language, code)
     except Refused:
-        log.warning("the %s mail for member %s was not sent", kind, member_id)
+        log.warning("the %s mail for member %s was not sent", "password_reset", member_id)
 
 
 async def reset_password(
@@ -616,40 +393,9 @@ async def reset_password(
     password_hash = await hash_password(password)  # known or not: the same work
     async with deps.db.session() as session, session.begin():
         member = await member_by_email(session, address)
-        if member is None:
-            checked = codes.Checked(refusal=Refused("no_code_pending", param="code"))
-        else:
-            checked = await codes.check(
-                session,
-                deps.clock,
-                deps.ring,
-                settings,
-                member_id=member.id,
-                purpose="password-reset",
-                code=code,
-            )
-        if member is not None and checked.code is not None:
-            if checked.code.target.lower() != member.email.lower():
-                checked = codes.Checked(refusal=Refused("no_code_pending", param="code"))
-            elif member.status == "suspended":
-                checked = codes.Checked(refusal=policy.paused(member, deps.settings))
-            else:
-                now = deps.clock.now()
-                member.password_hash = password_hash
-                member.failed_signins = 0
-                member.locked_until = None
-                member.email_verified_at = member.email_verified_at or now
-                member.updated_at = now
-                await sessions.end_all_sessions(session, member.id)
-                await policy.refresh_status(session, deps.clock, deps.settings, member)
-                await audit.record(
-                    session,
-                    deps.clock,
-                    actor=member.id,
-                    action="account.password_reset",
-                    target=member.id,
-                    ip=ip,
-                )
+        checked = await challenges.check(
+            session, deps, PASSWORD_RESET, member, code, ip=ip, password_hash=password_hash
+        )
     checked.raise_if_refused()
 
 
@@ -666,13 +412,13 @@ async def change_password(
     settings = deps.settings.accounts
     await throttle_signins(deps, ip)
     async with deps.db.session() as session:
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
     if not (await verify_password(member.password_hash, current)).ok:
         raise Refused("invalid_credentials", status=403, param="current_password")
     policy.check_password(new, settings, email=member.email)
     password_hash = await hash_password(new)
     async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
         member.password_hash = password_hash
         member.updated_at = deps.clock.now()
         query = delete(WebSession).where(WebSession.member_id == member.id)
@@ -701,8 +447,8 @@ async def start_email_change(
     settings = deps.settings.accounts
     address = policy.parse_email(email)
     async with deps.db.session() as session:
-        member = await _own(session, deps, member_id)
-        taken = await _email_taken(session, address, besides=member.id)
+        member = await own(session, deps, member_id)
+        taken = await email_taken(session, address, besides=member.id)
     if member.password_hash is not None:
         await throttle_signins(deps, ip)
         if not (await verify_password(member.password_hash, password or "")).ok:
@@ -711,63 +457,12 @@ async def start_email_change(
         policy.check_email_domain(address, settings)
     if taken:
         raise Refused("email_taken", status=409, param="email")
-    await codes.throttle_send(
-        deps.limiter,
-        deps.ring,
-        settings,
-        purpose="email-change",
-        channel="email",
-        target=address,
-        ip=ip,
-    )
-    async with deps.db.session() as session, session.begin():
-        code = await codes.issue(
-            session,
-            deps.clock,
-            deps.ring,
-            settings,
-            member_id=member.id,
-            purpose="email-change",
-            target=address,
-        )
-    await _mail_code(deps, address, "email_change", member.language, code)
+    await challenges.send(deps, EMAIL_CHANGE, member, address, ip=ip)
     return address
 
 
 async def verify_email_change(deps: Deps, member_id: str, code: str, *, ip: str | None) -> Member:
-    await throttle_attempts(deps, ip)
-    async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
-        checked = await codes.check(
-            session,
-            deps.clock,
-            deps.ring,
-            deps.settings.accounts,
-            member_id=member.id,
-            purpose="email-change",
-            code=code,
-        )
-        if checked.code is not None:
-            address = checked.code.target
-            if await _email_taken(session, address, besides=member.id):
-                checked = codes.Checked(refusal=Refused("email_taken", status=409, param="email"))
-            else:
-                now = deps.clock.now()
-                member.email = address
-                member.email_verified_at = now
-                member.updated_at = now
-                await record_change(session, MEMBER, member.id, now)
-                await policy.refresh_status(session, deps.clock, deps.settings, member)
-                await audit.record(
-                    session,
-                    deps.clock,
-                    actor=member.id,
-                    action="account.email_change",
-                    target=member.id,
-                    ip=ip,
-                )
-    checked.raise_if_refused()
-    return member
+    return await challenges.answer(deps, EMAIL_CHANGE, member_id, code, ip=ip)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -823,14 +518,14 @@ async def delete_account(
 
     await throttle_signins(deps, ip)
     async with deps.db.session() as session:
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
     if (
         member.password_hash is not None
         and not (await verify_password(member.password_hash, password or "")).ok
     ):
         raise Refused("invalid_credentials", status=403, param="password")
     async with deps.db.session() as session, session.begin():
-        member = await _own(session, deps, member_id)
+        member = await own(session, deps, member_id)
         await admin.delete_member(
             session,
             deps.clock,
