@@ -756,6 +756,26 @@ async def test_change_email_loses_a_race_for_the_address(world: World) -> None:
     assert error.code == "email_taken"
 
 
+async def test_codes_sent_to_an_old_address_stop_counting(world: World) -> None:
+    """A verify or reset code went to an address; once the account's address has changed,
+    that code proves nothing about the new one."""
+    result = await signup(world)
+    member, old, new = result.member, result.member.email, email()
+    verify_code = world.box.code(old)
+    await flows.forgot_password(world, email=old, ip=IP)
+    await flows.settle()
+    reset_code = world.box.code(old)
+    await flows.start_email_change(world, member.id, email=new, password=PASSWORD, ip=IP)
+    await flows.verify_email_change(world, member.id, world.box.code(new), ip=IP)
+    error = await refusal(flows.verify_email(world, member.id, verify_code, ip=IP))
+    assert error.code == "no_code_pending"
+    error = await refusal(
+        flows.reset_password(world, email=new, code=reset_code, password="a new password!", ip=IP)
+    )
+    assert error.code == "no_code_pending"
+    await flows.signin(world, email=new, password=PASSWORD, ip=IP)  # the password is unchanged
+
+
 # ----------------------------------------------------------------------------- logs
 
 
