@@ -102,3 +102,41 @@ def test_parse_expiry() -> None:
     assert parse_expiry("2027-01-31T12:00:00Z") == datetime(2027, 1, 31, 12, tzinfo=UTC)
     with pytest.raises(click.BadParameter):
         parse_expiry("soon")
+
+
+def test_main_runs_in_process_with_an_argument_list(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``main(argv)`` runs a command as ``keyhouse …`` would, exit code included."""
+    from keyhouse.cli import main
+
+    monkeypatch.setenv("KEYHOUSE_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as done:
+        main(["secret", "new"])
+    assert done.value.code == 0
+    assert len(capsys.readouterr().out.strip()) >= 32
+    with pytest.raises(SystemExit) as done:
+        main(["no-such-command"])
+    assert done.value.code == 2
+
+
+def test_settings_lists_every_declared_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keyhouse settings`` is printed from the declarations, sections included."""
+    from keyhouse.cli import main
+    from keyhouse.config import SECTIONS, Settings
+    from keyhouse.config_table import declared
+
+    with pytest.raises(SystemExit):
+        main(["settings"])
+    out = capsys.readouterr().out
+    for setting in declared(Settings):
+        assert f"KEYHOUSE_{setting.name.upper()} " in out
+    for table, cls in SECTIONS.items():
+        assert f"[{table}]" in out
+        for setting in declared(cls):
+            assert f"  {setting.name} " in out
+    with pytest.raises(SystemExit):
+        main(["settings", "--markdown"])
+    assert "| `KEYHOUSE_WORKERS` | `workers` | `1` |" in capsys.readouterr().out
