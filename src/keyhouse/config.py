@@ -141,9 +141,9 @@ class ModelSpec:
     deployments: tuple[DeploymentSpec, ...]
     aliases: tuple[str, ...] = ()
     #: Prices per 1M tokens, in the organisation's currency, read as decimals.
-    input_price: Decimal = setting(Decimal(0), "Price per 1M input tokens.")  # noqa: RUF009 (a field, like field())
-    cached_input_price: Decimal | None = setting(None, "Price per 1M cached input tokens.")  # noqa: RUF009 (a field, like field())
-    output_price: Decimal = setting(Decimal(0), "Price per 1M output tokens.")  # noqa: RUF009 (a field, like field())
+    input_price: Decimal = setting(Decimal(0), "Price per 1M input tokens.")
+    cached_input_price: Decimal | None = setting(None, "Price per 1M cached input tokens.")
+    output_price: Decimal = setting(Decimal(0), "Price per 1M output tokens.")
     default_max_tokens: int = setting(512, "Output allowance of requests with none.", at_least(0))
     context_length: int = setting(8192, "The context window.", at_least(16))
     owned_by: str = setting("keyhouse", "What /v1/models shows.")
@@ -422,11 +422,11 @@ class Settings:
         "`enforce`: no credit, no request; `meter-only`: record and report, never refuse; "
         "`off`: no ledger, no usage records.",
     )
-    trial_credit: Decimal = setting(  # noqa: RUF009 (a field, like field())
+    trial_credit: Decimal = setting(
         Decimal("5"), "The free credit every new member gets, in the currency."
     )
     trial_days: int = setting(90, "Days the trial credit lasts (`0`: it never expires).")
-    lease_size: Decimal = setting(  # noqa: RUF009 (a field, like field())
+    lease_size: Decimal = setting(
         Decimal("0.5"),
         "How much each server takes from a balance beyond the request at hand, in the currency.",
         Rule(lambda v: v > 0, "{name} must be above 0"),

@@ -19,13 +19,24 @@ def settings(markdown: bool) -> None:
     if markdown:
         click.echo(markdown_table(Settings, HAND_READ), nl=False)
         return
-    for row in rows(Settings, HAND_READ):
-        click.echo(f"{row.env:<36} {row.default.strip('`'):<26} {_plain(row.help)}")
+    top = [(row.env, row.default.strip("`"), row.help) for row in rows(Settings, HAND_READ)]
+    _columns(top)
     for table, cls in SECTIONS.items():
         click.echo(f"\n[{table}]  (or KEYHOUSE_{table.upper()}_<NAME>)")
-        for d in declared(cls):
-            default = shown(d.default, toml=True).strip("`")
-            click.echo(f"  {d.name:<34} {default:<26} {_plain(d.meta.help)}")
+        _columns(
+            [
+                ("  " + d.name, shown(d.default, toml=True).strip("`"), d.meta.help)
+                for d in declared(cls)
+            ]
+        )
+
+
+def _columns(lines: list[tuple[str, str, str]]) -> None:
+    """Name, default and help in aligned columns."""
+    name_width = max(len(name) for name, _, _ in lines)
+    default_width = max(len(default) for _, default, _ in lines)
+    for name, default, help_text in lines:
+        click.echo(f"{name:<{name_width}}  {default:<{default_width}}  {_plain(help_text)}")
 
 
 def _plain(text: str) -> str:
