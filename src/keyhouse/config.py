@@ -27,7 +27,13 @@ BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
     "local-embedding": frozenset({"embeddings"}),
     # Any OpenAI-compatible server: OpenAI, DeepSeek, vLLM, SGLang, Ollama, llama.cpp's server…
     "openai": frozenset({"chat.completions", "completions", "embeddings", "responses"}),
+    # Azure OpenAI: deployment URLs, ``api-version``, the ``api-key`` header.
+    "azure": frozenset({"chat.completions", "completions", "embeddings", "responses"}),
+    # Anthropic's Messages API, translated from and to chat.
+    "anthropic": frozenset({"chat.completions", "responses"}),
 }
+#: Upstream kinds whose ``endpoints`` setting narrows what a deployment serves.
+_NARROWABLE = frozenset({"openai", "azure"})
 LOCAL_KINDS = frozenset({"local", "local-embedding"})
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -92,7 +98,7 @@ class DeploymentSpec:
 
     @property
     def endpoints(self) -> frozenset[str]:
-        only = self.settings.get("endpoints") if self.backend == "openai" else None
+        only = self.settings.get("endpoints") if self.backend in _NARROWABLE else None
         if not only:
             return BACKEND_ENDPOINTS[self.backend]
         # Responses are translated to chat: a deployment that serves chat serves them too.
@@ -105,6 +111,12 @@ class DeploymentSpec:
         """An upstream that serves OpenAI's Responses API itself (``responses_api = true``):
         requests pass through to its ``/responses`` instead of being translated to chat."""
         return self.backend == "openai" and self.settings.get("responses_api") is True
+
+    @property
+    def vision(self) -> bool:
+        """It reads image content parts (``vision = true``); requests with images go only to
+        deployments that do."""
+        return self.settings.get("vision") is True
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from keyhouse.api.protocol import (
 )
 from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
 from keyhouse.backends.breaker import Breaker
+from keyhouse.backends.vision import has_images, no_vision
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import KeyhouseError, Overloaded
 
@@ -66,15 +67,22 @@ class Router:
     def system_fingerprint(self) -> str | None:
         return None
 
-    def order(self) -> list[Deployment]:
+    def order(self, vision: bool = False) -> list[Deployment]:
         """Priority groups, lowest first; within one, a weighted random order
-        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last)."""
+        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last). With ``vision``,
+        only the deployments that read images."""
 
         def key(d: Deployment) -> tuple[int, float]:
             weight = d.spec.weight
             return d.spec.priority, -(self.rng() ** (1 / weight)) if weight > 0 else 1.0
 
-        return sorted(self.deployments, key=key)
+        members = [d for d in self.deployments if d.spec.vision] if vision else self.deployments
+        return sorted(members, key=key)
+
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """Images for a model none of whose deployments reads them: a 400, before any hold."""
+        if has_images(request) and not any(d.spec.vision for d in self.deployments):
+            raise no_vision(request, self.spec.name)  # type: ignore[arg-type]
 
     def _unavailable(self, errors: list[BaseException]) -> KeyhouseError:
         last = errors[-1] if errors else None
@@ -89,7 +97,9 @@ class Router:
     # ------------------------------------------------------------------ streams
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.chat(request, call), call)
+        self.check(request)
+        vision = has_images(request)
+        return self._stream(lambda backend: backend.chat(request, call), call, vision)
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
         return self._stream(lambda backend: backend.complete(request, call), call)
@@ -99,10 +109,10 @@ class Router:
         return self._stream(lambda backend: backend.respond(request, call), call)  # type: ignore[attr-defined]
 
     async def _stream(
-        self, start: Callable[[Backend], AsyncIterator[Event]], call: Call
+        self, start: Callable[[Backend], AsyncIterator[Event]], call: Call, vision: bool = False
     ) -> AsyncIterator[Event]:
         errors: list[BaseException] = []
-        for deployment in self.order():
+        for deployment in self.order(vision):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1
