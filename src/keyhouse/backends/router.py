@@ -67,16 +67,21 @@ class Router:
     def system_fingerprint(self) -> str | None:
         return None
 
-    def order(self, vision: bool = False) -> list[Deployment]:
+    def order(self, vision: bool = False, endpoint: str | None = None) -> list[Deployment]:
         """Priority groups, lowest first; within one, a weighted random order
-        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last). With ``vision``,
-        only the deployments that read images."""
+        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last). Only the deployments
+        that serve ``endpoint`` (a model's kinds may differ), and with ``vision`` only those
+        that read images."""
 
         def key(d: Deployment) -> tuple[int, float]:
             weight = d.spec.weight
             return d.spec.priority, -(self.rng() ** (1 / weight)) if weight > 0 else 1.0
 
-        members = [d for d in self.deployments if d.spec.vision] if vision else self.deployments
+        members = [
+            d
+            for d in self.deployments
+            if (d.spec.vision or not vision) and (endpoint is None or endpoint in d.spec.endpoints)
+        ]
         return sorted(members, key=key)
 
     def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
@@ -99,20 +104,28 @@ class Router:
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
         self.check(request)
         vision = has_images(request)
-        return self._stream(lambda backend: backend.chat(request, call), call, vision)
+        return self._stream(
+            lambda backend: backend.chat(request, call), call, vision, "chat.completions"
+        )
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.complete(request, call), call)
+        return self._stream(
+            lambda backend: backend.complete(request, call), call, endpoint="completions"
+        )
 
     def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
         """The Responses API as the client wrote it (every deployment here speaks it)."""
         return self._stream(lambda backend: backend.respond(request, call), call)  # type: ignore[attr-defined]
 
     async def _stream(
-        self, start: Callable[[Backend], AsyncIterator[Event]], call: Call, vision: bool = False
+        self,
+        start: Callable[[Backend], AsyncIterator[Event]],
+        call: Call,
+        vision: bool = False,
+        endpoint: str | None = None,
     ) -> AsyncIterator[Event]:
         errors: list[BaseException] = []
-        for deployment in self.order(vision):
+        for deployment in self.order(vision, endpoint):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1
@@ -155,7 +168,7 @@ class Router:
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed:
         errors: list[BaseException] = []
-        for deployment in self.order():
+        for deployment in self.order(endpoint="embeddings"):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1

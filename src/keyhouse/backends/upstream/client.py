@@ -455,7 +455,11 @@ class UpstreamBackend:
                     f"The upstream deployment {self.deployment.name} failed (HTTP {status}).",
                     status=502,
                 )
-            raise client_error(status, data)
+            raise self.client_error(status, data)
+
+    def client_error(self, status: int, data: bytes) -> KeyhouseError:
+        """The server's refusal of the client's request, as the client gets it."""
+        return client_error(status, data)
 
     @staticmethod
     async def _read(response: aiohttp.ClientResponse) -> bytes:
