@@ -32,8 +32,16 @@ BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
     # Anthropic's Messages API, translated from and to chat.
     "anthropic": frozenset({"chat.completions", "responses"}),
 }
-#: Upstream kinds whose ``endpoints`` setting narrows what a deployment serves.
+#: Upstream kinds whose ``endpoints`` setting narrows what a deployment serves (or adds the
+#: media endpoints to it).
 _NARROWABLE = frozenset({"openai", "azure"})
+#: Passed-through endpoints a deployment serves only when its ``endpoints`` name them, and the
+#: unit each is billed by (``media_prices``: per image, per second of audio, per character).
+MEDIA_ENDPOINTS: dict[str, str] = {
+    "images.generations": "image",
+    "audio.transcriptions": "second",
+    "audio.speech": "character",
+}
 LOCAL_KINDS = frozenset({"local", "local-embedding"})
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -141,6 +149,12 @@ class ModelSpec:
     system_prompt: str | None = None
     #: The temperature of requests that give none (None: the backend's own, 1 for OpenAI's).
     default_temperature: float | None = None
+    #: Prices of the media endpoints, in the currency per unit: ("image" | "second" |
+    #: "character", price) pairs (``media_prices = { image = "0.04" }``).
+    media_prices: tuple[tuple[str, Decimal], ...] = ()
+
+    def media_price(self, unit: str) -> Decimal:
+        return dict(self.media_prices).get(unit, Decimal(0))
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -500,6 +514,7 @@ _MODEL_KEYS = {
     "deployments",
     "system_prompt",
     "default_temperature",
+    "media_prices",
 }
 _DEPLOYMENT_KEYS = {"name", "backend", "weight", "priority"}
 
@@ -633,6 +648,7 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         default_temperature=None
         if raw.get("default_temperature") is None
         else _coerce(f"{name}.default_temperature", raw["default_temperature"], float),
+        media_prices=_media_prices(raw.get("media_prices"), f"{where} ({name})"),
     )
     if spec.default_temperature is not None and not 0 <= spec.default_temperature <= 2:
         raise ConfigError(f"{where} ({name}): default_temperature must be between 0 and 2")
@@ -641,6 +657,17 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
     if spec.default_max_tokens < 0:
         raise ConfigError(f"{where} ({name}): default_max_tokens must be ≥ 0")
     return spec
+
+
+def _media_prices(raw: Any, where: str) -> tuple[tuple[str, Decimal], ...]:
+    if raw is None:
+        return ()
+    units = sorted(set(MEDIA_ENDPOINTS.values()))
+    if not isinstance(raw, Mapping) or set(raw) - set(units):
+        raise ConfigError(f"{where}: media_prices is a table of {', '.join(units)} prices")
+    return tuple(
+        sorted((unit, _decimal(f"{where}.media_prices.{unit}", v)) for unit, v in raw.items())
+    )
 
 
 def _optional_str(value: Any, where: str) -> str | None:

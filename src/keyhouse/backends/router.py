@@ -164,6 +164,34 @@ class Router:
                 deployment.in_flight -= 1
         raise self._unavailable(errors)
 
+    # ------------------------------------------------------------------ media
+
+    async def media(
+        self, endpoint: str, run: Callable[[Deployment], Any], call: Call
+    ) -> tuple[bytes, str]:
+        """A media endpoint on the first deployment serving it that answers (``run`` makes
+        that deployment's request: its model name differs)."""
+        errors: list[BaseException] = []
+        for deployment in self.order(endpoint=endpoint):
+            if not deployment.breaker.allow():
+                continue
+            deployment.in_flight += 1
+            try:
+                result: tuple[bytes, str] = await run(deployment)
+            except BaseException as exc:
+                if not can_fall_back(exc):
+                    deployment.breaker.done()
+                    raise
+                deployment.breaker.failure()
+                errors.append(exc)
+                continue
+            finally:
+                deployment.in_flight -= 1
+            deployment.breaker.success()
+            call.meter.deployment = deployment.spec.name
+            return result
+        raise self._unavailable(errors)
+
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed:

@@ -382,14 +382,16 @@ class UpstreamBackend:
         """How this kind of server takes a key."""
         return {"Authorization": f"Bearer {secret}"}
 
-    async def post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+    async def post(
+        self, path: str, body: bytes, content_type: str = "application/json"
+    ) -> aiohttp.ClientResponse:
         """POST with the next usable key; keys refused (401/403) or throttled (429) are benched
         and the next one tried. Raises UpstreamFailure when the deployment cannot answer."""
         assert self.session is not None, "backend not started"
         url = self.url(path)
         tried: set[int] = set()
         while True:
-            headers = {"Content-Type": "application/json", **self.settings.headers}
+            headers = {"Content-Type": content_type, **self.settings.headers}
             index = None
             if self.keys is not None:
                 picked = self.keys.pick(tried)
@@ -577,6 +579,14 @@ class UpstreamBackend:
             ) from None
         finally:
             response.release()
+
+    async def media(self, path: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """A media endpoint (``/images/generations``, ``/audio/…``) passed through: the body
+        as given (the caller has put this deployment's model name in it), the answer's bytes
+        and content type as they came."""
+        response = await self.post(path, body, content_type)
+        kind = response.headers.get("Content-Type", "application/octet-stream")
+        return await self._read(response), kind
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
         body = self.payload(request, stream=False)
