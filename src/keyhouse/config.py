@@ -51,6 +51,20 @@ BACKEND_ENDPOINTS: dict[str, frozenset[str]] = {
     "local-embedding": frozenset({"embeddings"}),
     # Any OpenAI-compatible server: OpenAI, DeepSeek, vLLM, SGLang, Ollama, llama.cpp's server…
     "openai": frozenset({"chat.completions", "completions", "embeddings", "responses"}),
+    # Azure OpenAI: deployment URLs, ``api-version``, the ``api-key`` header.
+    "azure": frozenset({"chat.completions", "completions", "embeddings", "responses"}),
+    # Anthropic's Messages API, translated from and to chat.
+    "anthropic": frozenset({"chat.completions", "responses"}),
+}
+#: Upstream kinds whose ``endpoints`` setting narrows what a deployment serves (or adds the
+#: media endpoints to it).
+_NARROWABLE = frozenset({"openai", "azure"})
+#: Passed-through endpoints a deployment serves only when its ``endpoints`` name them, and the
+#: unit each is billed by (``media_prices``: per image, per second of audio, per character).
+MEDIA_ENDPOINTS: dict[str, str] = {
+    "images.generations": "image",
+    "audio.transcriptions": "second",
+    "audio.speech": "character",
 }
 LOCAL_KINDS = frozenset({"local", "local-embedding"})
 
@@ -117,7 +131,7 @@ class DeploymentSpec:
 
     @property
     def endpoints(self) -> frozenset[str]:
-        only = self.settings.get("endpoints") if self.backend == "openai" else None
+        only = self.settings.get("endpoints") if self.backend in _NARROWABLE else None
         if not only:
             return BACKEND_ENDPOINTS[self.backend]
         # Responses are translated to chat: a deployment that serves chat serves them too.
@@ -130,6 +144,12 @@ class DeploymentSpec:
         """An upstream that serves OpenAI's Responses API itself (``responses_api = true``):
         requests pass through to its ``/responses`` instead of being translated to chat."""
         return self.backend == "openai" and self.settings.get("responses_api") is True
+
+    @property
+    def vision(self) -> bool:
+        """It reads image content parts (``vision = true``); requests with images go only to
+        deployments that do."""
+        return self.settings.get("vision") is True
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,12 @@ class ModelSpec:
         "Temperature of requests with none.",
         Rule(lambda v: 0 <= v <= 2, "{name} must be between 0 and 2"),
     )
+    #: Prices of the media endpoints, in the currency per unit: ("image" | "second" |
+    #: "character", price) pairs (``media_prices = { image = "0.04" }``).
+    media_prices: tuple[tuple[str, Decimal], ...] = ()
+
+    def media_price(self, unit: str) -> Decimal:
+        return dict(self.media_prices).get(unit, Decimal(0))
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -559,7 +585,15 @@ def default_models() -> tuple[ModelSpec, ...]:
 
 
 #: The keys a ``[[models]]`` table may have: its declared fields, and those read by hand.
-_MODEL_KEYS = names(ModelSpec) | {"name", "aliases", "backend", "settings", "limits", "deployments"}
+_MODEL_KEYS = names(ModelSpec) | {
+    "name",
+    "aliases",
+    "backend",
+    "settings",
+    "limits",
+    "deployments",
+    "media_prices",
+}
 #: A deployment's own keys; the others are its backend's settings.
 _DEPLOYMENT_KEYS = names(DeploymentSpec) | {"name", "backend"}
 
@@ -674,9 +708,21 @@ def parse_model(raw: Mapping[str, Any], where: str, default_created: int) -> Mod
         aliases=tuple(_as_list(aliases)),
         limits=parse_limits(raw.get("limits"), f"{name}.limits"),
         **values,
+        media_prices=_media_prices(raw.get("media_prices"), f"{where} ({name})"),
     )
     check_declared(spec, f"{where} ({name}): ")
     return spec
+
+
+def _media_prices(raw: Any, where: str) -> tuple[tuple[str, Decimal], ...]:
+    if raw is None:
+        return ()
+    units = sorted(set(MEDIA_ENDPOINTS.values()))
+    if not isinstance(raw, Mapping) or set(raw) - set(units):
+        raise ConfigError(f"{where}: media_prices is a table of {', '.join(units)} prices")
+    return tuple(
+        sorted((unit, _decimal(f"{where}.media_prices.{unit}", v)) for unit, v in raw.items())
+    )
 
 
 def check_unique_names(models: tuple[ModelSpec, ...]) -> None:

@@ -37,7 +37,8 @@ DEFAULT_MAX_TOKENS = 64
 
 def toml(fake: FakeUpstream, extra_settings: str = "") -> str:
     cost = f'cost = {{ input = "{ORG_INPUT}", output = "{ORG_OUTPUT}" }}'
-    timeouts = "timeouts = { drain = 2 }"
+    # The fake stands for a model that reads images (``vision``): the hold counts them.
+    timeouts = "vision = true, timeouts = { drain = 2 }"
     return f"""
 trial_credit = "0"
 billing_flush_interval = 30

@@ -32,6 +32,10 @@ ROOTS = [
     "ResponseStreamEvent",
     # The organisation usage and costs pages (GET /v1/organization/usage/…, /costs).
     "UsageResponse",
+    # The media endpoints passed through to upstreams (api/media).
+    "ImagesResponse",
+    "CreateTranscriptionResponseJson",
+    "CreateTranscriptionResponseVerboseJson",
 ]
 PREFIX = "#/components/schemas/"
 

@@ -309,6 +309,8 @@ class ChatChoice(Out):
 
 
 class ChatCompletion(Out):
+    omit_unless_set = frozenset({"system_fingerprint"})
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -334,7 +336,7 @@ class ChunkChoice(Out):
 
 
 class ChatCompletionChunk(Out):
-    omit_unless_set = frozenset({"usage"})
+    omit_unless_set = frozenset({"usage", "system_fingerprint"})
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -360,7 +362,7 @@ class CompletionChoice(Out):
 
 
 class Completion(Out):
-    omit_unless_set = frozenset({"usage"})
+    omit_unless_set = frozenset({"usage", "system_fingerprint"})
 
     id: str
     object: Literal["text_completion"] = "text_completion"

@@ -59,6 +59,16 @@ class Head:
         self._id: str | None = None
 
     @property
+    def fingerprint(self) -> dict[str, str]:
+        """``system_fingerprint`` when there is one: OpenAI's schema has it a string or absent
+        (a route over several deployments cannot name one before it has picked)."""
+        return (
+            {}
+            if self.system_fingerprint is None
+            else {"system_fingerprint": self.system_fingerprint}
+        )
+
+    @property
     def id(self) -> str:
         if self._id is None:
             self._id = new_id(self.prefix)
@@ -144,7 +154,7 @@ async def chat_completion(events: AsyncIterator[Event], head: Head) -> bytes:
         id=head.id,
         created=head.created,
         model=head.model,
-        system_fingerprint=head.system_fingerprint,
+        **head.fingerprint,
         choices=[
             p.ChatChoice(
                 index=index,
@@ -197,8 +207,11 @@ class Frame:
             + str(head.created).encode()
             + b',"model":'
             + orjson.dumps(head.model)
-            + b',"system_fingerprint":'
-            + orjson.dumps(head.system_fingerprint)
+            + (
+                b',"system_fingerprint":' + orjson.dumps(head.system_fingerprint)
+                if head.system_fingerprint is not None
+                else b""
+            )
             + b',"choices":['
         )
         self.after = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
@@ -255,7 +268,7 @@ async def chat_stream(
             id=head.id,
             created=head.created,
             model=head.model,
-            system_fingerprint=head.system_fingerprint,
+            **head.fingerprint,
             choices=[],
             usage=usage_out(usage),
         )
@@ -298,7 +311,7 @@ async def completion(events: AsyncIterator[Event], head: Head) -> bytes:
         id=head.id,
         created=head.created,
         model=head.model,
-        system_fingerprint=head.system_fingerprint,
+        **head.fingerprint,
         choices=[
             p.CompletionChoice(
                 index=index,
@@ -353,7 +366,7 @@ async def completion_stream(
             id=head.id,
             created=head.created,
             model=head.model,
-            system_fingerprint=head.system_fingerprint,
+            **head.fingerprint,
             choices=[],
             usage=usage_out(usage),
         )

@@ -586,3 +586,8 @@ routes = [
     HTTPRoute("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
     HTTPRoute("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
 ]
+
+# The media endpoints live in their own module (which uses the gate and limits above).
+from keyhouse.api import media  # noqa: E402
+
+routes += media.routes

@@ -13,11 +13,20 @@ from keyhouse.backends.breaker import Breaker
 from keyhouse.backends.catalog import Catalog
 from keyhouse.backends.local.backend import Engine, LocalChatBackend, LocalEmbeddingBackend
 from keyhouse.backends.router import Deployment, Router
+from keyhouse.backends.upstream.anthropic import AnthropicBackend
+from keyhouse.backends.upstream.azure import AzureBackend
 from keyhouse.backends.upstream.client import UpstreamBackend
 from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError
 
 log = logging.getLogger("keyhouse.backends")
+
+#: Upstream kinds and the backend class that speaks to each.
+UPSTREAMS: dict[str, type[UpstreamBackend]] = {
+    "openai": UpstreamBackend,
+    "azure": AzureBackend,
+    "anthropic": AnthropicBackend,
+}
 
 
 def _breaker(deployment: DeploymentSpec) -> Breaker:
@@ -44,7 +53,7 @@ def _backend(spec: ModelSpec, deployment: DeploymentSpec, engine: Engine | None)
         return LocalChatBackend(engine, spec, deployment)  # type: ignore[arg-type]
     if deployment.backend == "local-embedding":
         return LocalEmbeddingBackend(engine, spec, deployment)  # type: ignore[arg-type]
-    return UpstreamBackend(spec, deployment)
+    return UPSTREAMS[deployment.backend](spec, deployment)
 
 
 class Backends:

@@ -23,6 +23,7 @@ from keyhouse.api.protocol import (
 )
 from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
 from keyhouse.backends.breaker import Breaker
+from keyhouse.backends.vision import has_images, no_vision
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import KeyhouseError, Overloaded
 
@@ -66,15 +67,27 @@ class Router:
     def system_fingerprint(self) -> str | None:
         return None
 
-    def order(self) -> list[Deployment]:
+    def order(self, vision: bool = False, endpoint: str | None = None) -> list[Deployment]:
         """Priority groups, lowest first; within one, a weighted random order
-        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last)."""
+        (Efraimidis–Spirakis: sort by u^(1/weight); weight 0 comes last). Only the deployments
+        that serve ``endpoint`` (a model's kinds may differ), and with ``vision`` only those
+        that read images."""
 
         def key(d: Deployment) -> tuple[int, float]:
             weight = d.spec.weight
             return d.spec.priority, -(self.rng() ** (1 / weight)) if weight > 0 else 1.0
 
-        return sorted(self.deployments, key=key)
+        members = [
+            d
+            for d in self.deployments
+            if (d.spec.vision or not vision) and (endpoint is None or endpoint in d.spec.endpoints)
+        ]
+        return sorted(members, key=key)
+
+    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """Images for a model none of whose deployments reads them: a 400, before any hold."""
+        if has_images(request) and not any(d.spec.vision for d in self.deployments):
+            raise no_vision(request, self.spec.name)  # type: ignore[arg-type]
 
     def _unavailable(self, errors: list[BaseException]) -> KeyhouseError:
         last = errors[-1] if errors else None
@@ -89,20 +102,30 @@ class Router:
     # ------------------------------------------------------------------ streams
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.chat(request, call), call)
+        self.check(request)
+        vision = has_images(request)
+        return self._stream(
+            lambda backend: backend.chat(request, call), call, vision, "chat.completions"
+        )
 
     def complete(self, request: CompletionRequest, call: Call) -> AsyncIterator[Event]:
-        return self._stream(lambda backend: backend.complete(request, call), call)
+        return self._stream(
+            lambda backend: backend.complete(request, call), call, endpoint="completions"
+        )
 
     def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
         """The Responses API as the client wrote it (every deployment here speaks it)."""
         return self._stream(lambda backend: backend.respond(request, call), call)  # type: ignore[attr-defined]
 
     async def _stream(
-        self, start: Callable[[Backend], AsyncIterator[Event]], call: Call
+        self,
+        start: Callable[[Backend], AsyncIterator[Event]],
+        call: Call,
+        vision: bool = False,
+        endpoint: str | None = None,
     ) -> AsyncIterator[Event]:
         errors: list[BaseException] = []
-        for deployment in self.order():
+        for deployment in self.order(vision, endpoint):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1
@@ -141,11 +164,39 @@ class Router:
                 deployment.in_flight -= 1
         raise self._unavailable(errors)
 
+    # ------------------------------------------------------------------ media
+
+    async def media(
+        self, endpoint: str, run: Callable[[Deployment], Any], call: Call
+    ) -> tuple[bytes, str]:
+        """A media endpoint on the first deployment serving it that answers (``run`` makes
+        that deployment's request: its model name differs)."""
+        errors: list[BaseException] = []
+        for deployment in self.order(endpoint=endpoint):
+            if not deployment.breaker.allow():
+                continue
+            deployment.in_flight += 1
+            try:
+                result: tuple[bytes, str] = await run(deployment)
+            except BaseException as exc:
+                if not can_fall_back(exc):
+                    deployment.breaker.done()
+                    raise
+                deployment.breaker.failure()
+                errors.append(exc)
+                continue
+            finally:
+                deployment.in_flight -= 1
+            deployment.breaker.success()
+            call.meter.deployment = deployment.spec.name
+            return result
+        raise self._unavailable(errors)
+
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed:
         errors: list[BaseException] = []
-        for deployment in self.order():
+        for deployment in self.order(endpoint="embeddings"):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1

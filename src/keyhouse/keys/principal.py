@@ -19,6 +19,9 @@ ENDPOINTS = (
     "embeddings",
     "responses",
     "usage.read",
+    "images.generations",
+    "audio.transcriptions",
+    "audio.speech",
 )
 #: What a read-only key may call.
 READ_SCOPES = frozenset({MODELS_READ, USAGE_READ})

@@ -16,10 +16,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from keyhouse.config import DeploymentSpec, ModelSpec, Settings
+from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError, KeyhouseError
 
 PROMPT = [{"role": "user", "content": "Say this is a test!"}]
+#: The kinds checked here (those that speak OpenAI's wire format).
+CHECKED = ("openai", "azure")
+
+
+class _NoList(Exception):
+    """This kind of server lists no models at the deployment's address."""
 
 
 @dataclass
@@ -39,11 +45,11 @@ def _short(error: BaseException) -> str:
 
 
 async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float) -> Row:
-    from keyhouse.backends.upstream.client import UpstreamBackend
+    from keyhouse.backends.build import UPSTREAMS
 
     row = Row(spec.name, deployment.name, "")
     try:
-        backend = UpstreamBackend(spec, deployment)
+        backend = UPSTREAMS[deployment.backend](spec, deployment)
     except ConfigError as exc:
         row.verdict = f"FAIL config: {_short(exc)}"
         return row
@@ -53,13 +59,15 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
     assert backend.session is not None
     failures = []
     try:
-        # 1. keys and model list
+        # 1. keys and model list (Azure lists none at a deployment's address)
         headers = dict(s.headers)
         if backend.keys is not None:
             picked = backend.keys.pick()
             if picked is not None:
                 headers["Authorization"] = f"Bearer {picked[1].secret}"
         try:
+            if deployment.backend != "openai":
+                raise _NoList
             async with asyncio.timeout(timeout):
                 async with backend.session.get(s.base_url + "/models", headers=headers) as response:
                     body = await response.read()
@@ -73,6 +81,8 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
                 failures.append("key")
             else:
                 row.models = f"HTTP {response.status}"
+        except _NoList:
+            pass
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             row.models = f"unreachable: {type(exc).__name__}"
             failures.append("models")
@@ -118,10 +128,13 @@ async def check_all(
         for deployment in spec.deployments
     ]
     for spec, deployment in targets:
-        if deployment.backend != "openai":
+        if deployment.backend in LOCAL_KINDS:
             rows.append(
                 Row(spec.name, deployment.name, "local", verdict="local (see keyhouse check)")
             )
+            continue
+        if deployment.backend not in CHECKED:
+            rows.append(Row(spec.name, deployment.name, deployment.backend, verdict="not checked"))
             continue
         rows.append(await check_one(spec, deployment, timeout))
     if not rows:

@@ -73,6 +73,7 @@ _KEYS = {
     "max_connections",
     "max_tokens_field",
     "responses_api",
+    "vision",
 }
 #: The fields an upstream may take the output allowance in (servers that know only one).
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -104,13 +105,24 @@ class UpstreamSettings:
     max_tokens_field: str = "max_tokens"
 
 
-def upstream_settings(spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSettings:
-    """Validate an ``openai`` deployment's settings and read its keys (never from the TOML)."""
+def upstream_settings(
+    spec: ModelSpec,
+    deployment: DeploymentSpec,
+    extra_keys: frozenset[str] = frozenset(),
+    base_url: str | None = None,
+) -> UpstreamSettings:
+    """Validate an upstream deployment's settings and read its keys (never from the TOML).
+    Other kinds (``azure``, ``anthropic``) take ``extra_keys`` of their own, and may give the
+    ``base_url`` they build from them."""
     where = f"deployment {deployment.name}"
     raw = dict(deployment.settings)
-    unknown = set(raw) - _KEYS
+    unknown = set(raw) - _KEYS - extra_keys
     if unknown:
         raise ConfigError(f"{where}: unknown settings {sorted(unknown)}")
+    if not isinstance(raw.get("vision", False), bool):
+        raise ConfigError(f"{where}: vision must be true or false")
+    if base_url is not None:
+        raw["base_url"] = base_url
     base_url = raw.get("base_url")
     if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
         raise ConfigError(
@@ -283,14 +295,17 @@ class UpstreamBackend:
     def __init__(self, spec: ModelSpec, deployment: DeploymentSpec) -> None:
         self.spec = spec
         self.deployment = deployment
-        self.settings = upstream_settings(spec, deployment)
+        self.settings = self.read_settings(spec, deployment)
         self.keys = KeyPool(list(self.settings.keys)) if self.settings.keys else None
         self.session: aiohttp.ClientSession | None = None
         self.system_fingerprint = None
         self._drains: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"UpstreamBackend({self.deployment.name} → {self.settings.base_url})"
+        return f"{type(self).__name__}({self.deployment.name} → {self.settings.base_url})"
+
+    def read_settings(self, spec: ModelSpec, deployment: DeploymentSpec) -> UpstreamSettings:
+        return upstream_settings(spec, deployment)
 
     async def start(self) -> None:
         s = self.settings
@@ -359,14 +374,24 @@ class UpstreamBackend:
         if self.spec.default_temperature is not None and body.get("temperature") is None:
             body["temperature"] = self.spec.default_temperature
 
-    async def post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+    def url(self, path: str) -> str:
+        """Where an endpoint (``/chat/completions``, ``/embeddings`` …) of this deployment is."""
+        return self.settings.base_url + path
+
+    def auth_headers(self, secret: str) -> dict[str, str]:
+        """How this kind of server takes a key."""
+        return {"Authorization": f"Bearer {secret}"}
+
+    async def post(
+        self, path: str, body: bytes, content_type: str = "application/json"
+    ) -> aiohttp.ClientResponse:
         """POST with the next usable key; keys refused (401/403) or throttled (429) are benched
         and the next one tried. Raises UpstreamFailure when the deployment cannot answer."""
         assert self.session is not None, "backend not started"
-        url = self.settings.base_url + path
+        url = self.url(path)
         tried: set[int] = set()
         while True:
-            headers = {"Content-Type": "application/json", **self.settings.headers}
+            headers = {"Content-Type": content_type, **self.settings.headers}
             index = None
             if self.keys is not None:
                 picked = self.keys.pick(tried)
@@ -377,7 +402,7 @@ class UpstreamBackend:
                         status=503,
                     )
                 index, key = picked
-                headers["Authorization"] = f"Bearer {key.secret}"
+                headers.update(self.auth_headers(key.secret))
             try:
                 response = await self.session.post(url, data=body, headers=headers)
             except aiohttp.ConnectionTimeoutError:
@@ -432,7 +457,11 @@ class UpstreamBackend:
                     f"The upstream deployment {self.deployment.name} failed (HTTP {status}).",
                     status=502,
                 )
-            raise client_error(status, data)
+            raise self.client_error(status, data)
+
+    def client_error(self, status: int, data: bytes) -> KeyhouseError:
+        """The server's refusal of the client's request, as the client gets it."""
+        return client_error(status, data)
 
     @staticmethod
     async def _read(response: aiohttp.ClientResponse) -> bytes:
@@ -550,6 +579,14 @@ class UpstreamBackend:
             ) from None
         finally:
             response.release()
+
+    async def media(self, path: str, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """A media endpoint (``/images/generations``, ``/audio/…``) passed through: the body
+        as given (the caller has put this deployment's model name in it), the answer's bytes
+        and content type as they came."""
+        response = await self.post(path, body, content_type)
+        kind = response.headers.get("Content-Type", "application/octet-stream")
+        return await self._read(response), kind
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Relayed:
         body = self.payload(request, stream=False)
