@@ -31,6 +31,7 @@ from keyhouse.config_table import (
     Rule,
     at_least,
     check_declared,
+    decimal,
     markdown_table,
     names,
     read_declared,
@@ -721,7 +722,7 @@ def _media_prices(raw: Any, where: str) -> tuple[tuple[str, Decimal], ...]:
     if not isinstance(raw, Mapping) or set(raw) - set(units):
         raise ConfigError(f"{where}: media_prices is a table of {', '.join(units)} prices")
     return tuple(
-        sorted((unit, _decimal(f"{where}.media_prices.{unit}", v)) for unit, v in raw.items())
+        sorted((unit, decimal(f"{where}.media_prices.{unit}", v)) for unit, v in raw.items())
     )
 
 
