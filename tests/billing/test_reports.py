@@ -23,7 +23,7 @@ from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger, reports
 from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.money import Prices
-from keyhouse.billing.wallet import Hold, Settlement
+from keyhouse.billing.holds import Hold, Settlement
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
