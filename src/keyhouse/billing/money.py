@@ -7,11 +7,12 @@ whole micro-unit, once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from math import lcm
+from typing import Any, TypeVar, cast
 
 from keyhouse.backends.base import Usage
 from keyhouse.config import DeploymentSpec, ModelSpec
@@ -62,6 +63,11 @@ class Prices:
 
     @classmethod
     def of(cls, model: ModelSpec) -> Prices:
+        """A model's prices (made once per spec: every request asks)."""
+        return _memo(_OF_MODEL, model, cls._of)
+
+    @classmethod
+    def _of(cls, model: ModelSpec) -> Prices:
         cached = (
             model.cached_input_price if model.cached_input_price is not None else model.input_price
         )
@@ -70,7 +76,12 @@ class Prices:
     @classmethod
     def of_deployment(cls, deployment: DeploymentSpec) -> Prices | None:
         """What a deployment costs the organisation (its ``cost = {…}`` setting, per 1M tokens,
-        in the organisation's currency), for margin reports; None when it has none."""
+        in the organisation's currency), for margin reports; None when it has none. Made once
+        per spec: every settlement asks."""
+        return _memo(_OF_DEPLOYMENT, deployment, cls._of_deployment)
+
+    @classmethod
+    def _of_deployment(cls, deployment: DeploymentSpec) -> Prices | None:
         raw = deployment.settings.get("cost")
         if not isinstance(raw, Mapping) or not raw:
             return None
@@ -107,3 +118,22 @@ class Prices:
             return None
         left = budget * common - prompt_tokens * input_
         return max(0, left // output)
+
+
+_Spec = TypeVar("_Spec", ModelSpec, DeploymentSpec)
+_Made = TypeVar("_Made", Prices, Prices | None)
+#: Prices by spec object, the spec kept beside them (so that its id is never another's).
+_OF_MODEL: dict[int, tuple[Any, Any]] = {}
+_OF_DEPLOYMENT: dict[int, tuple[Any, Any]] = {}
+_MEMO_SIZE = 512  # specs: a reload makes new ones; the old ones go when this is full
+
+
+def _memo(memo: dict[int, tuple[Any, Any]], spec: _Spec, make: Callable[[_Spec], _Made]) -> _Made:
+    entry = memo.get(id(spec))
+    if entry is not None and entry[0] is spec:
+        return cast(_Made, entry[1])
+    made = make(spec)
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[id(spec)] = (spec, made)
+    return made

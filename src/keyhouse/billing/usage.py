@@ -162,7 +162,7 @@ def totals(
     odd: list[Settlement] = []
     known: dict[int, tuple[datetime, datetime] | None] = {}
     for s in settled:
-        quarter = int(s.at.timestamp()) // QUARTER
+        quarter = int(s.at.timestamp() // QUARTER)
         if quarter not in known:
             known[quarter] = _quarter_buckets(quarter, timezone)
         if known[quarter] is None:
