@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime
 from typing import Any
 
 from keyhouse.backends.base import Usage
@@ -133,15 +132,18 @@ class Wallet:
     async def price_version(self, model: str, prices: Prices) -> int | None:
         return await self.prices.of(model, prices)
 
-    def _accounts_for(self, principal: Principal, now: datetime) -> list[Account]:
+    def _accounts_for(self, principal: Principal) -> list[Account]:
+        """The member's balance, and the member's and the key's budgets for this period."""
         wanted: list[tuple[str, int | None, int | None]] = [
             (names.balance(principal.member_id), None, None)
         ]
+        now = None
         for scope, ref, budget in (
             ("m", principal.member_id, principal.member_budget),
             ("k", principal.key_id, principal.key_budget),
         ):
             if budget is not None and budget.hard is not None:
+                now = now or self.clock.now()
                 period = period_key(budget.period, now, self.settings.timezone)
                 wanted.append((names.budget(scope, ref, str(period)), budget.hard, budget.soft))
         out = []
@@ -149,11 +151,9 @@ class Wallet:
         for name, limit, soft in wanted:
             account = self.accounts.get(name)
             if account is None:
-                account = self.accounts.setdefault(
-                    name, Account(name, principal.member_id, limit, soft)
-                )
+                account = self.accounts[name] = Account(name, principal.member_id, limit, soft)
             account.limit, account.soft = limit, soft
-            account.last_used = used  # not idle: keep its lease
+            account.last_used = used  # not idle: its lease stays while this request leases
             out.append(account)
         return out
 
@@ -180,15 +180,18 @@ class Wallet:
             version = await self.prices.of(model, prices)
         if not self.enforce:
             return Hold(request_id, member_id, key_id, model, prices, version, NO_ACCOUNTS, 0)
-        now = self.clock.now()
-        accounts = self._accounts_for(principal, now)
+        accounts = self._accounts_for(principal)
         worst = prices.bound(prompt_tokens, output_tokens)
+        amount = worst
         for account in accounts:
-            if account.free < worst:
+            free = account.leased - account.held - account.pending
+            if free < worst:
                 async with account.lock:  # one lease request at a time per account here
                     if account.free < worst:
-                        await self.leases.lease(account, worst - account.free, now)
-        amount = min([worst, *(max(0, a.free) for a in accounts)])
+                        await self.leases.lease(account, worst - account.free, self.clock.now())
+                free = account.free
+            if free < amount:
+                amount = free if free > 0 else 0
         max_output = None
         if amount < worst:
             affordable = prices.affordable_output(amount, prompt_tokens)
@@ -198,10 +201,8 @@ class Wallet:
                 raise no_credit(self.settings.public_url, why(binding))
             max_output = per_choice
             amount = prices.bound(prompt_tokens, per_choice * max(outputs, 1))
-        used = time.monotonic()
         for account in accounts:
             account.held += amount
-            account.last_used = used
         return Hold(
             request_id, member_id, key_id, model, prices, version, accounts, amount, max_output
         )
