@@ -40,6 +40,8 @@ def placeholders(dialect: str, count: int, start: int = 0) -> list[str]:
 def sqlite_time(at: datetime) -> str:
     """A UTC time as SQLAlchemy stores it in SQLite (``db.models.UTCDateTime``):
     ``YYYY-MM-DD HH:MM:SS.ffffff``, the wall time in UTC, no offset."""
-    if at.tzinfo is not None and at.utcoffset():
+    if at.tzinfo is UTC:  # the clock's own times: one call, the offset cut off
+        return at.isoformat(" ", "microseconds")[:26]
+    if at.tzinfo is not None:
         at = at.astimezone(UTC)
     return at.replace(tzinfo=None).isoformat(" ", "microseconds")
