@@ -1,17 +1,34 @@
 """What the meter costs: requests/s with billing off, meter-only, and enforced (holds).
 
-    python bench/meter.py [--seconds 4] [--rounds 3]
+    python bench/meter.py [--seconds 4] [--rounds 3] [--against SRC]
 
 Three servers identical but for ``billing_mode``, through a fast fake upstream, at 16
 connections, in turns in one run (bench/compare.py); rate limits off in all three. "meter-only"
 records every request (usage rows, roll-ups, the ledger) in 200 ms batches; "enforce" also
 holds each request's worst case against leased credit. Target: the meter costs at most 10 %.
+
+``--cpu`` measures instead the wallet alone, in this process: the CPU time of N requests' hold,
+settle and flushes (one every ``--batch`` requests, as 200 ms at ~4,000 requests/s), per
+request, on SQLite — what the meter adds to each request, less sensitive than requests/s to
+what else the machine runs. With ``--against``, the other tree is measured in turns with this
+one, each in a process of its own.
+
+``--against SRC`` also runs the three servers from another source tree (``SRC`` is put first on
+their ``PYTHONPATH``; e.g. a ``git worktree`` of an older commit's ``src``) in the same turns,
+so that a change is measured before and after in the same state of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,6 +37,116 @@ from compare import compare
 
 TIERS = "[tiers.default]\n"  # no rate limits: only the meter differs
 TRIAL = 'trial_credit = "1000000"\n'
+MODES = {
+    "billing off": 'billing_mode = "off"\n' + TIERS,
+    "meter-only": 'billing_mode = "meter-only"\n' + TRIAL + TIERS,
+    "enforce (holds)": 'billing_mode = "enforce"\n' + TRIAL + TIERS,
+}
+BEFORE = " (before)"
+
+
+async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
+    """Microseconds of CPU (all threads) per request for the wallet's share of ``requests``."""
+    from keyhouse.accounts.members import create_member
+    from keyhouse.backends.base import Usage
+    from keyhouse.billing import ledger
+    from keyhouse.billing.money import Prices
+    from keyhouse.billing.wallet import Wallet
+    from keyhouse.clock import SystemClock
+    from keyhouse.config import load_settings
+    from keyhouse.db.engine import Database
+    from keyhouse.db.migrate import migrate
+    from keyhouse.keys.principal import Principal
+
+    home = tempfile.mkdtemp(prefix="keyhouse-meter-")
+    env = {"KEYHOUSE_HOME": home, "KEYHOUSE_CONFIG": "", "KEYHOUSE_SECRET": "b" * 43}
+    settings = load_settings(env).with_(billing_mode=mode)
+    db = Database(settings)
+    await migrate(db)
+    clock = SystemClock()
+    async with db.session() as session:
+        member = await create_member(session, clock, email="bench@example.org")
+        await ledger.grant(session, member.id, 10**15, clock.now())
+        await session.commit()
+    principal = Principal(
+        "key_bench", member.id, False, "active", "all", None, None, None, None, ""
+    )
+    prices = Prices(Decimal("0.15"), Decimal("0.15"), Decimal("0.60"))
+    org = Prices(Decimal("0.05"), Decimal("0.05"), Decimal("0.20"))
+    wallet = Wallet(db, clock, settings)
+
+    async def run(count: int, first: int) -> None:
+        for n in range(first, first + count):
+            hold = await wallet.hold(f"req_{n:024d}", principal, "gpt-4o-mini", prices, 20, 64, 1)
+            wallet.settle(
+                hold,
+                Usage(12, 9),
+                deployment="d",
+                latency_ms=3,
+                ttft_ms=None,
+                status=200,
+                org_prices=org,
+            )
+            if (n + 1) % batch == 0:
+                await wallet.flush()
+        await wallet.flush()
+
+    await run(2 * batch, 0)  # warm: statements prepared, leases taken
+    started = time.process_time()
+    await run(requests, 10**9)
+    spent = time.process_time() - started
+    await db.dispose()
+    return spent / requests * 1e6
+
+
+def cpu(args: argparse.Namespace) -> None:
+    trees = {"this tree": os.environ.get("PYTHONPATH", "")}
+    if args.against is not None:
+        trees["before"] = str(args.against.resolve())
+    results: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.rounds):
+        names = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for tree in names:
+            for mode in ("meter-only", "enforce"):
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--cpu-one",
+                        mode,
+                        "--requests",
+                        str(args.requests),
+                        "--batch",
+                        str(args.batch),
+                    ],
+                    env={**os.environ, "PYTHONPATH": trees[tree]},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                results.setdefault((tree, mode), []).append(float(out))
+    print(
+        f"The wallet alone, in process, SQLite: CPU per request ({args.requests} requests, "
+        f"a flush every {args.batch}, {args.rounds} rounds; median (min … max))"
+    )
+    for (tree, mode), values in results.items():
+        print(
+            f"  {tree:<10} {mode:<11} {statistics.median(values):6.1f} µs "
+            f"({min(values):.1f} … {max(values):.1f})"
+        )
+    if args.against is not None:
+        for mode in ("meter-only", "enforce"):
+            ratios = [
+                new / old
+                for new, old in zip(
+                    results[("this tree", mode)], results[("before", mode)], strict=True
+                )
+            ]
+            print(
+                f"  {mode}: this tree / before = {statistics.median(ratios):.2f} "
+                f"(per-round ratios {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
+    print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:
@@ -27,18 +154,40 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--against", type=Path, help="another source tree, measured alongside")
+    parser.add_argument("--cpu", action="store_true", help="the wallet's CPU per request")
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=800)
+    parser.add_argument("--cpu-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    compare(
-        {
-            "billing off": ('billing_mode = "off"\n' + TIERS, {}),
-            "meter-only": ('billing_mode = "meter-only"\n' + TRIAL + TIERS, {}),
-            "enforce (holds)": ('billing_mode = "enforce"\n' + TRIAL + TIERS, {}),
-        },
+    if args.cpu_one:
+        print(asyncio.run(wallet_cpu(args.cpu_one, args.requests, args.batch)))
+        return
+    if args.cpu:
+        cpu(args)
+        return
+    variants: dict[str, tuple[str, dict[str, str]]] = {
+        name: (toml, {}) for name, toml in MODES.items()
+    }
+    if args.against is not None:
+        env = {"PYTHONPATH": str(args.against.resolve())}
+        variants.update({name + BEFORE: (toml, env) for name, toml in MODES.items()})
+    medians = compare(
+        variants,
         baseline="billing off",
         connections=args.connections,
         seconds=args.seconds,
         rounds=args.rounds,
     )
+    if args.against is not None:
+        print("Each tree against its own 'billing off':")
+        for suffix, tree in (("", "this tree"), (BEFORE, str(args.against))):
+            off = medians["billing off" + suffix]
+            costs = ", ".join(
+                f"{name} {(1 - medians[name + suffix] / off) * 100:+.1f}%"
+                for name in list(MODES)[1:]
+            )
+            print(f"  {tree}: {costs}")
     print("Target: the meter costs at most 10 %.")
 
 

@@ -150,7 +150,7 @@ class Keyhouse:
     async def give_back(self) -> None:
         """Every lease back to the database (as the server does when its requests are idle)."""
         await self.flush()
-        await self.svc.wallet._return_leases(everything=True)
+        await self.svc.wallet.return_leases(everything=True)
 
 
 @contextlib.asynccontextmanager

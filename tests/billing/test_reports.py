@@ -22,8 +22,8 @@ from keyhouse.accounts.members import create_member
 from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger, reports
 from keyhouse.billing import usage as usage_rows
+from keyhouse.billing.holds import Hold, Settlement
 from keyhouse.billing.money import Prices
-from keyhouse.billing.wallet import Hold, Settlement
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database

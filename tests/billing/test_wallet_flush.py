@@ -16,9 +16,11 @@ from sqlalchemy import event, func, select
 
 from keyhouse.accounts.members import create_member
 from keyhouse.backends.base import Usage
+from keyhouse.billing.flush import ID_LOOKUP
+from keyhouse.billing.holds import Hold
 from keyhouse.billing.money import Prices
 from keyhouse.billing.usage import ROWS_PER_INSERT
-from keyhouse.billing.wallet import ID_LOOKUP, Hold, Wallet
+from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database

@@ -9,48 +9,78 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, func, insert, nulls_last, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, nulls_last, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing.money import to_micro
+from keyhouse.billing.sql import dialect_insert, dialect_name
 from keyhouse.config import Settings
-from keyhouse.db.models import Balance, LedgerEntry, Lot
+from keyhouse.db.models import Balance, LedgerEntry, Lot, UTCDateTime
 from keyhouse.errors import InvalidRequest
 from keyhouse.ids import new_id
 
 LOT_KINDS = ("trial", "grant", "code", "correction")
 
 
-async def insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> int:
-    """INSERT, or nothing if the key exists (on SQLite and PostgreSQL alike)."""
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    result = await session.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
-    return result.rowcount or 0
+def spendable(member_id: str, now: datetime) -> Select[tuple[str, int]]:
+    """The member's lots with credit left and not expired at ``now``, in the order charges
+    draw on them: the one expiring first first, lots without expiry last, ties to the older
+    lot. Locked until the transaction ends (PostgreSQL; on SQLite the write lock is)."""
+    return (
+        select(Lot.id, Lot.remaining)
+        .where(Lot.member_id == member_id, Lot.remaining > 0)
+        .where((Lot.expires_at.is_(None)) | (Lot.expires_at > now))
+        .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at, Lot.id)
+        .with_for_update()
+    )
+
+
+_BALANCES = Balance.__table__
+_LOTS = Lot.__table__
+
+#: The flush runs these for every member it charges: built once, with bound parameters.
+_ADD_TO_BALANCE = (
+    update(_BALANCES)
+    .where(_BALANCES.c.member_id == bindparam("member"))
+    .values(
+        balance=_BALANCES.c.balance + bindparam("amount"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+)
+_DRAW_ON_LOT = (
+    update(_LOTS)
+    .where(_LOTS.c.id == bindparam("lot"), _LOTS.c.remaining >= bindparam("take"))
+    .values(remaining=_LOTS.c.remaining - bindparam("take"))
+)
+
+
+@lru_cache(maxsize=2)
+def _new_balance(dialect: str) -> Any:
+    insert = dialect_insert(dialect)
+    return (
+        insert(_BALANCES)
+        .values(
+            member_id=bindparam("member"),
+            balance=0,
+            leased=0,
+            updated_at=bindparam("now", type_=UTCDateTime()),
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 async def ensure_balance(session: AsyncSession, member_id: str, now: datetime) -> None:
-    await insert_ignore(
-        session,
-        Balance.__table__,
-        {"member_id": member_id, "balance": 0, "leased": 0, "updated_at": now},
-    )
+    await session.execute(_new_balance(dialect_name(session)), {"member": member_id, "now": now})
 
 
 async def _add_to_balance(
     session: AsyncSession, member_id: str, amount: int, now: datetime
 ) -> None:
     await ensure_balance(session, member_id, now)
-    await session.execute(
-        update(Balance)
-        .where(Balance.member_id == member_id)
-        .values(balance=Balance.balance + amount, updated_at=now)
-    )
+    await session.execute(_ADD_TO_BALANCE, {"member": member_id, "amount": amount, "now": now})
 
 
 async def grant(
@@ -187,15 +217,7 @@ async def _draw(
 ) -> list[Drawn]:
     drawn: list[Drawn] = []
     left = cost
-    lots = (
-        await session.execute(
-            select(Lot.id, Lot.remaining)
-            .where(Lot.member_id == member_id, Lot.remaining > 0)
-            .where((Lot.expires_at.is_(None)) | (Lot.expires_at > now))
-            .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at, Lot.id)
-            .with_for_update()  # PostgreSQL: ours until commit (SQLite: the write lock is)
-        )
-    ).all()
+    lots = (await session.execute(spendable(member_id, now))).all()
     for lot_id, remaining in lots:
         if left <= 0:
             break
@@ -303,15 +325,7 @@ async def charge_many(
     charges = [(request_id, cost) for request_id, cost in charges if cost > 0]
     if not charges:
         return
-    lots = (
-        await session.execute(
-            select(Lot.id, Lot.remaining)
-            .where(Lot.member_id == member_id, Lot.remaining > 0)
-            .where((Lot.expires_at.is_(None)) | (Lot.expires_at > now))
-            .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at, Lot.id)
-            .with_for_update()  # PostgreSQL: ours until commit (SQLite: the write lock is)
-        )
-    ).all()
+    lots = (await session.execute(spendable(member_id, now))).all()
     left_in = {lot_id: remaining for lot_id, remaining in lots}
     order = [lot_id for lot_id, _ in lots]
     taken: dict[str | None, int] = {}
@@ -340,11 +354,7 @@ async def charge_many(
     for lot_id, take in taken.items():
         if lot_id is None:
             continue
-        result = await session.execute(
-            update(Lot)
-            .where(Lot.id == lot_id, Lot.remaining >= take)
-            .values(remaining=Lot.remaining - take)
-        )
+        result = await session.execute(_DRAW_ON_LOT, {"lot": lot_id, "take": take})
         if result.rowcount != 1:  # cannot happen under the row locks taken above
             raise LotRace(lot_id)
     await session.execute(insert(LedgerEntry.__table__), entries)  # Core: no ORM per row

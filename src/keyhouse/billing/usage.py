@@ -1,23 +1,26 @@
-"""Usage rows, their hourly and daily roll-ups, price versions and events — written in the
-billing flush's transaction, read by the usage API."""
+"""Usage rows, their hourly and daily roll-ups, and events — written in the billing flush's
+transaction, read by the usage API.
+
+A flush writes one row per request, so this is the meter's hot loop: each settlement becomes
+one tuple of driver-ready values (no dict, no SQLAlchemy type processing per row), and the
+roll-ups are summed per quarter hour of UTC before any timezone arithmetic (every offset in
+use is a whole number of quarter hours, so the local hour and day are the same throughout).
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import TextClause
 
-from keyhouse.billing.money import Prices
-from keyhouse.db.models import DeploymentRollup, Event, PriceVersion, UsageRecord, UsageRollup
-
-if TYPE_CHECKING:
-    from keyhouse.billing.wallet import Settlement
+from keyhouse.billing.holds import Settlement
+from keyhouse.billing.sql import dialect_name, placeholders, sqlite_time
+from keyhouse.db.models import DeploymentRollup, Event, UsageRecord, UsageRollup, UTCDateTime
 
 
 @lru_cache(maxsize=16)
@@ -33,115 +36,105 @@ def buckets(at: datetime, timezone: str) -> tuple[datetime, datetime]:
     return hour, day
 
 
-async def price_version(
-    session: AsyncSession, model: str, currency: str, prices: Prices, now: datetime
-) -> int:
-    values = {
-        "model": model,
-        "currency": currency,
-        "input": str(prices.input),
-        "cached_input": str(prices.cached_input),
-        "output": str(prices.output),
-    }
-    from keyhouse.billing.ledger import insert_ignore
-
-    await insert_ignore(session, PriceVersion.__table__, {**values, "created_at": now})
-    found = await session.execute(select(PriceVersion.id).filter_by(**values))
-    return int(found.scalar_one())
+QUARTER = 900  # seconds
 
 
-#: Usage rows go in as multi-row INSERTs of this many rows, the rest in halving sizes (32, 16,
+def _quarter_buckets(quarter: int, timezone: str) -> tuple[datetime, datetime] | None:
+    """The hour and day of every instant of the UTC quarter hour ``quarter`` (seconds since
+    the epoch // 900), or None where the zone's offset is not constant in whole quarter hours
+    through it (local mean times of the 19th century)."""
+    zone = _zone(timezone)
+    start = datetime.fromtimestamp(quarter * QUARTER, zone)
+    end = datetime.fromtimestamp(quarter * QUARTER + QUARTER - 1, zone)
+    offset = start.utcoffset()
+    if offset is None or offset != end.utcoffset() or offset.total_seconds() % QUARTER:
+        return None
+    return buckets(start, timezone)
+
+
+#: Usage rows go in as multi-row INSERTs of this many rows, the rest in halving sizes (16, 8,
 #: … 1). SQLite runs in the driver's own thread, which must win the GIL back from the busy event
 #: loop after every step: a row-by-row executemany waited for it once per row, so a flush under
 #: load took seconds, and the settlements queued meanwhile piled up in memory. Few fixed sizes
 #: keep the statements each connection prepares (one per length) few and small.
 ROWS_PER_INSERT = 32  # x 17 columns: within SQLite's oldest limit of 999 parameters
 
+#: The columns of a usage row, in the order ``_row`` gives their values.
+COLUMNS = (
+    "at",
+    "request_id",
+    "member_id",
+    "key_id",
+    "model",
+    "deployment",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost",
+    "price_version",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "estimated",
+    "overshoot",
+    "org_cost",
+)
+assert set(COLUMNS) == {c.name for c in UsageRecord.__table__.c} - {"id"}
 
-_COLUMNS = [column.name for column in UsageRecord.__table__.c if column.name != "id"]
 
-
-@lru_cache(maxsize=8)  # the sizes: 32, 16, … 1
-def _insert(rows: int) -> TextClause:
-    """``INSERT … VALUES`` for ``rows`` rows, made (and compiled, as text is cacheable and a
-    multi-row Core insert is not) once per size; parameters ``{column}_{row}``."""
-    table = UsageRecord.__table__
+@lru_cache(maxsize=16)  # two dialects x the sizes 32, 16, … 1
+def _insert(dialect: str, rows: int) -> str:
+    """``INSERT … VALUES`` for ``rows`` rows in the driver's own parameter style."""
+    width = len(COLUMNS)
+    marks = placeholders(dialect, rows * width)
     values = ", ".join(
-        "(" + ", ".join(f":{name}_{row}" for name in _COLUMNS) + ")" for row in range(rows)
+        "(" + ", ".join(marks[row * width : (row + 1) * width]) + ")" for row in range(rows)
     )
-    return text(f"INSERT INTO {table.name} ({', '.join(_COLUMNS)}) VALUES {values}").bindparams(
-        *(
-            bindparam(f"{name}_{row}", type_=table.c[name].type)
-            for row in range(rows)
-            for name in _COLUMNS
-        )
+    return f"INSERT INTO {UsageRecord.__tablename__} ({', '.join(COLUMNS)}) VALUES {values}"
+
+
+def _aware(at: datetime) -> datetime:
+    return at
+
+
+def _row(s: Settlement, stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    hold, usage = s.hold, s.usage
+    return (
+        stamp(s.at),
+        hold.request_id,
+        hold.member_id,
+        hold.key_id,
+        hold.model,
+        s.deployment,
+        usage.prompt_tokens,
+        usage.cached_tokens,
+        usage.completion_tokens,
+        s.cost,
+        hold.price_version,
+        s.latency_ms,
+        s.ttft_ms,
+        s.status,
+        usage.estimated,
+        s.overshoot,
+        s.org_cost,
     )
 
 
-async def _insert_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> None:
+    """The usage rows, as the driver takes them: SQLite stores times as UTC text (what
+    ``db.models.UTCDateTime`` writes), asyncpg takes aware datetimes."""
+    dialect = dialect_name(session)
+    stamp = sqlite_time if dialect == "sqlite" else _aware
+    connection = await session.connection()
     start, size = 0, ROWS_PER_INSERT
-    while start < len(rows):
-        while size > len(rows) - start:
+    while start < len(settled):
+        while size > len(settled) - start:
             size //= 2
-        params = {
-            f"{name}_{i}": row[name]
-            for i, row in enumerate(rows[start : start + size])
-            for name in _COLUMNS
-        }
-        await session.execute(_insert(size), params)
+        params: list[Any] = []
+        for s in settled[start : start + size]:
+            params.extend(_row(s, stamp))
+        await connection.exec_driver_sql(_insert(dialect, size), tuple(params))
         start += size
-
-
-async def record(session: AsyncSession, settled: list[Settlement], timezone: str) -> None:
-    """Usage rows for these settlements, and their roll-ups."""
-    if not settled:
-        return
-    rows = [
-        {
-            "at": s.at,
-            "request_id": s.hold.request_id,
-            "member_id": s.hold.member_id,
-            "key_id": s.hold.key_id,
-            "model": s.hold.model,
-            "deployment": s.deployment,
-            "prompt_tokens": s.usage.prompt_tokens,
-            "cached_tokens": s.usage.cached_tokens,
-            "completion_tokens": s.usage.completion_tokens,
-            "cost": s.cost,
-            "price_version": s.hold.price_version,
-            "latency_ms": s.latency_ms,
-            "ttft_ms": s.ttft_ms,
-            "status": s.status,
-            "estimated": s.usage.estimated,
-            "overshoot": s.overshoot,
-            "org_cost": s.org_cost,
-        }
-        for s in settled
-    ]
-    await _insert_rows(session, rows)
-    sums: dict[tuple[str, datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * 8)
-    margins: dict[tuple[datetime, str, str], list[int]] = defaultdict(lambda: [0] * 8)
-    for s in settled:
-        figures = (
-            1,
-            s.usage.prompt_tokens,
-            s.usage.cached_tokens,
-            s.usage.completion_tokens,
-            s.cost,
-            s.org_cost or 0,
-            s.overshoot,
-            1 if s.overshoot else 0,
-        )
-        hour, day = buckets(s.at, timezone)
-        for row in (
-            sums[("hour", hour, s.hold.member_id, s.hold.key_id, s.hold.model)],
-            sums[("day", day, s.hold.member_id, s.hold.key_id, s.hold.model)],
-            margins[(day, s.hold.model, s.deployment or "")],
-        ):
-            for i, value in enumerate(figures):
-                row[i] += value
-    await upsert_rollups(session, sums)
-    await upsert_margins(session, margins)
 
 
 #: The summed columns of both roll-up tables, in the order ``record`` sums them.
@@ -156,37 +149,117 @@ SUMMED = (
     "overshoots",
 )
 
-
-def _dialect_insert(session: AsyncSession) -> Any:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+RollupKey = tuple[str, datetime, str, str, str]  # period, bucket, member, key, model
+MarginKey = tuple[datetime, str, str]  # day, model, deployment ("" for none)
 
 
-async def _upsert(
+def totals(
+    settled: Sequence[Settlement], timezone: str
+) -> tuple[dict[RollupKey, list[int]], dict[MarginKey, list[int]]]:
+    """The settlements summed per hour and day, member, key and model (the roll-ups), and per
+    day, model and deployment (the margins)."""
+    per_quarter: dict[tuple[Any, ...], list[int]] = {}
+    odd: list[Settlement] = []
+    known: dict[int, tuple[datetime, datetime] | None] = {}
+    for s in settled:
+        quarter = int(s.at.timestamp() // QUARTER)
+        if quarter not in known:
+            known[quarter] = _quarter_buckets(quarter, timezone)
+        if known[quarter] is None:
+            odd.append(s)
+            continue
+        hold, usage = s.hold, s.usage
+        key = (quarter, hold.member_id, hold.key_id, hold.model, s.deployment)
+        row = per_quarter.get(key)
+        if row is None:
+            row = per_quarter[key] = [0, 0, 0, 0, 0, 0, 0, 0]
+        row[0] += 1
+        row[1] += usage.prompt_tokens
+        row[2] += usage.cached_tokens
+        row[3] += usage.completion_tokens
+        row[4] += s.cost
+        row[5] += s.org_cost or 0
+        if s.overshoot:
+            row[6] += s.overshoot
+            row[7] += 1
+    groups: list[tuple[datetime, datetime, str, str, str, str | None, list[int]]] = []
+    for (quarter, member, key_id, model, deployment), figures in per_quarter.items():
+        hour, day = known[quarter]  # type: ignore[misc]
+        groups.append((hour, day, member, key_id, model, deployment, figures))
+    for s in odd:
+        hour, day = buckets(s.at, timezone)
+        figures = [
+            1,
+            s.usage.prompt_tokens,
+            s.usage.cached_tokens,
+            s.usage.completion_tokens,
+            s.cost,
+            s.org_cost or 0,
+            s.overshoot,
+            1 if s.overshoot else 0,
+        ]
+        hold = s.hold
+        groups.append((hour, day, hold.member_id, hold.key_id, hold.model, s.deployment, figures))
+    rollups: dict[RollupKey, list[int]] = {}
+    margins: dict[MarginKey, list[int]] = {}
+    for hour, day, member, key_id, model, deployment, figures in groups:
+        for target, key in (
+            (rollups, ("hour", hour, member, key_id, model)),
+            (rollups, ("day", day, member, key_id, model)),
+            (margins, (day, model, deployment or "")),
+        ):
+            total = target.get(key)  # type: ignore[attr-defined]
+            if total is None:
+                target[key] = list(figures)  # type: ignore[index]
+            else:
+                for i, value in enumerate(figures):
+                    total[i] += value
+    return rollups, margins
+
+
+async def record(session: AsyncSession, settled: Sequence[Settlement], timezone: str) -> None:
+    """Usage rows for these settlements, and their roll-ups."""
+    if not settled:
+        return
+    await _insert_rows(session, settled)
+    rollups, margins = totals(settled, timezone)
+    await upsert_rollups(session, rollups)
+    await upsert_margins(session, margins)
+
+
+@lru_cache(maxsize=4)
+def _upsert(table_name: str) -> TextClause:
+    """``INSERT … ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum`` for one roll-up
+    table: the same text on SQLite and PostgreSQL, made (and compiled) once."""
+    table = {t.name: t for t in (UsageRollup.__table__, DeploymentRollup.__table__)}[table_name]
+    keys = [column.name for column in table.primary_key.columns]
+    columns = [*keys, *SUMMED]
+    updates = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in SUMMED)
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(':' + name for name in columns)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    ).bindparams(bindparam("bucket", type_=UTCDateTime()))
+
+
+async def _add(
     session: AsyncSession, table: Any, keys: tuple[str, ...], sums: dict[Any, list[int]]
 ) -> None:
-    insert = _dialect_insert(session)
-    for key, figures in sums.items():
-        statement = insert(table).values(**dict(zip(keys, key, strict=True)))
-        statement = statement.values(**dict(zip(SUMMED, figures, strict=True)))
-        excluded = statement.excluded
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={name: table.c[name] + excluded[name] for name in SUMMED},
-            )
-        )
+    if not sums:
+        return
+    assert keys == tuple(column.name for column in table.primary_key.columns)
+    rows = [
+        {**dict(zip(keys, key, strict=True)), **dict(zip(SUMMED, figures, strict=True))}
+        for key, figures in sums.items()
+    ]
+    await session.execute(_upsert(table.name), rows)
 
 
 async def upsert_margins(
     session: AsyncSession, sums: dict[tuple[datetime, str, str], list[int]]
 ) -> None:
     """Add to the daily roll-ups per model and deployment (margin and overshoot reports)."""
-    await _upsert(session, DeploymentRollup.__table__, ("bucket", "model", "deployment"), sums)
+    await _add(session, DeploymentRollup.__table__, ("bucket", "model", "deployment"), sums)
 
 
 async def upsert_rollups(
@@ -195,7 +268,7 @@ async def upsert_rollups(
     """Add to the hourly and daily roll-ups per member, key and model. Each value lists the
     ``SUMMED`` figures; shorter lists (older callers) leave the rest at zero."""
     full = {key: [*figures, *[0] * (len(SUMMED) - len(figures))] for key, figures in sums.items()}
-    await _upsert(
+    await _add(
         session,
         UsageRollup.__table__,
         ("period", "bucket", "member_id", "key_id", "model"),

@@ -1,0 +1,169 @@
+"""Writing settlements: one transaction per batch for the usage rows and roll-ups, the ledger's
+charges, budgets spent and leases shrunk.
+
+A request's usage row is the guard of exactly-once settlement: a request id that has a row
+already (never, unless something is badly wrong) is not charged again, and the unique index
+on request ids makes sure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyhouse.billing import ledger
+from keyhouse.billing import usage as usage_rows
+from keyhouse.billing.holds import Account, Settlement
+from keyhouse.billing.leases import Leases
+from keyhouse.billing.sql import dialect_name, placeholders
+from keyhouse.db.engine import take_write_lock
+from keyhouse.db.models import Balance, BudgetSpend, UsageRecord
+
+log = logging.getLogger("keyhouse.billing")
+
+#: Request ids are looked up this many at a time, the last lookup padded with repeats. Each
+#: length of an ``IN`` list is a statement of its own, and the drivers keep the statements they
+#: prepared (sqlite3: 128 per connection, asyncpg: 100): lists as long as each flush happened to
+#: be filled every connection with large, near-identical statements, so that the server's memory
+#: grew with the requests it served. (A fixed length also keeps a long backlog within the
+#: databases' limits on parameters.)
+ID_LOOKUP = 500  # within SQLite's oldest limit of 999 parameters
+
+
+@lru_cache(maxsize=2)
+def _lookup(dialect: str) -> str:
+    """The request-id look-up in the driver's own parameter style (no SQLAlchemy expression
+    of 500 literals to build per look-up)."""
+    marks = ", ".join(placeholders(dialect, ID_LOOKUP))
+    return f"SELECT request_id FROM {UsageRecord.__tablename__} WHERE request_id IN ({marks})"
+
+
+async def recorded(session: AsyncSession, ids: list[str]) -> set[str]:
+    """Those of ``ids`` that have a usage row already."""
+    seen: set[str] = set()
+    statement = _lookup(dialect_name(session))
+    connection = await session.connection()
+    for start in range(0, len(ids), ID_LOOKUP):
+        chunk = ids[start : start + ID_LOOKUP]
+        chunk += [chunk[-1]] * (ID_LOOKUP - len(chunk))
+        rows = await connection.exec_driver_sql(statement, tuple(chunk))
+        seen.update(rows.scalars())
+    return seen
+
+
+@dataclass(slots=True)
+class Written:
+    """What a committed batch lets an account forget: ``release`` of its pending charges, and
+    ``shrink`` of its lease (spent from it)."""
+
+    account: Account
+    release: int
+    shrink: int
+
+
+async def write(
+    session: AsyncSession,
+    batch: Sequence[Settlement],
+    now: datetime,
+    *,
+    timezone: str,
+    leases: Leases,
+) -> list[Written]:
+    """Write ``batch`` in ``session``'s transaction (the caller commits). Changes nothing in
+    memory: the caller applies what it returns once the commit succeeded."""
+    await take_write_lock(session)
+    seen = await recorded(session, [item.hold.request_id for item in batch])
+    if seen:
+        for item in batch:
+            if item.hold.request_id in seen:
+                log.error("%s was settled already; not charged again", item.hold.request_id)
+        fresh = [item for item in batch if item.hold.request_id not in seen]
+    else:
+        fresh = list(batch)
+    per_member: dict[str, list[tuple[str, int]]] = {}
+    for item in fresh:
+        per_member.setdefault(item.hold.member_id, []).append((item.hold.request_id, item.cost))
+    for member_id, charges in per_member.items():
+        await ledger.charge_many(session, member_id, charges, now)
+    written = await _spend(session, batch, fresh, now, leases)
+    await usage_rows.record(session, fresh, timezone)
+    return written
+
+
+async def _spend(
+    session: AsyncSession,
+    batch: Sequence[Settlement],
+    fresh: Sequence[Settlement],
+    now: datetime,
+    leases: Leases,
+) -> list[Written]:
+    """Leases and budgets: what the batch spent from each account held against."""
+    queued: dict[str, list[Account | int]] = {}  # name → [account, pending to release here]
+    charged: dict[str, int] = {}  # what was charged now, per account
+    for item in batch:
+        for account in item.hold.accounts:
+            entry = queued.get(account.name)
+            if entry is None:
+                queued[account.name] = [account, item.cost]
+            else:
+                entry[1] += item.cost  # type: ignore[operator]
+    if not queued:
+        return []
+    for item in fresh:
+        for account in item.hold.accounts:
+            charged[account.name] = charged.get(account.name, 0) + item.cost
+    written: list[Written] = []
+    for account, release in queued.values():  # type: ignore[misc]
+        spent = charged.get(account.name, 0)
+        # The lease pays as far as it goes; an overshoot beyond it is charged to the
+        # balance (or budget) itself, never to a lease below zero.
+        shrink = min(spent, max(0, account.leased))
+        lease_id = account.lease_id
+        if not shrink or lease_id is None or not await leases.shrink(session, lease_id, shrink):
+            shrink = 0
+        if account.is_budget:
+            await session.execute(
+                update(BudgetSpend)
+                .where(BudgetSpend.account == account.name)
+                .values(
+                    spent=BudgetSpend.spent + spent,
+                    leased=BudgetSpend.leased - shrink,
+                    updated_at=now,
+                )
+            )
+            await _soft_limit(session, account, now)
+        elif shrink:
+            await session.execute(
+                update(Balance)
+                .where(Balance.member_id == account.member_id)
+                .values(leased=Balance.leased - shrink)
+            )
+        written.append(Written(account, release, shrink))
+    return written
+
+
+async def _soft_limit(session: AsyncSession, account: Account, now: datetime) -> None:
+    """Tell once (an event, which the mailer sends) when a budget's spending passes its soft
+    limit."""
+    if account.soft is None:
+        return
+    crossed = await session.execute(
+        update(BudgetSpend)
+        .where(BudgetSpend.account == account.name, BudgetSpend.spent >= account.soft)
+        .where(BudgetSpend.soft_notified.is_(False))
+        .values(soft_notified=True)
+    )
+    if crossed.rowcount == 1:
+        await usage_rows.event(
+            session,
+            "budget.soft_limit",
+            account.member_id,
+            now,
+            {"account": account.name, "soft_limit": account.soft},
+        )

@@ -1,0 +1,47 @@
+"""The statements SQLite and PostgreSQL spell differently (``INSERT … ON CONFLICT``), and the
+driver-level spelling of the billing flush's hot inserts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def dialect_name(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind else "sqlite"
+
+
+def dialect_insert(session: AsyncSession | str) -> Any:
+    """The ``insert`` of the session's dialect (the one with ``on_conflict_do_…``)."""
+    dialect = session if isinstance(session, str) else dialect_name(session)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+async def insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> int:
+    """INSERT, or nothing if the key exists (on SQLite and PostgreSQL alike)."""
+    insert = dialect_insert(session)
+    result = await session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return result.rowcount or 0
+
+
+def placeholders(dialect: str, count: int, start: int = 0) -> list[str]:
+    """The driver's own parameter markers: ``?`` (sqlite3) or ``$1…`` (asyncpg)."""
+    if dialect == "postgresql":
+        return [f"${n}" for n in range(start + 1, start + count + 1)]
+    return ["?"] * count
+
+
+def sqlite_time(at: datetime) -> str:
+    """A UTC time as SQLAlchemy stores it in SQLite (``db.models.UTCDateTime``):
+    ``YYYY-MM-DD HH:MM:SS.ffffff``, the wall time in UTC, no offset."""
+    if at.tzinfo is UTC:  # the clock's own times: one call, the offset cut off
+        return at.isoformat(" ", "microseconds")[:26]
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
