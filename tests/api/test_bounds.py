@@ -14,7 +14,7 @@ import pytest
 from keyhouse.api import estimate
 from keyhouse.api.errors import error_body
 from keyhouse.api.http import attachment
-from keyhouse.api.protocol import (
+from keyhouse.wire.openai import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_TOOLS,

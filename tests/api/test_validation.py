@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.api.validation import BAD_JSON, parse, translate
 from keyhouse.errors import InvalidRequest
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from keyhouse.api.estimate import chat_prompt_bound
-from keyhouse.api.protocol import ChatCompletionRequest
+from keyhouse.wire.openai import ChatCompletionRequest
 from keyhouse.billing import reports
 from keyhouse.db.models import BudgetSpend, Event
 from tests.billing.meter_support import (

@@ -16,7 +16,7 @@ import pytest
 import quicktok
 from aiohttp import web
 
-from keyhouse.api.protocol import (
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,

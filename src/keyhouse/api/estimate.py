@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from keyhouse.api.protocol import (
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,

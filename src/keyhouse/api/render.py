@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from keyhouse.api import protocol as p
+from keyhouse.wire import openai as p
 from keyhouse.backends.base import (
     Embeddings,
     Event,

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from keyhouse.api import protocol as p
+from keyhouse.wire import openai as p
 from keyhouse.backends.base import Event, Relayed, TextDelta, Usage
 from keyhouse.errors import InvalidRequest, KeyhouseError, ServerError
 from keyhouse.ids import random_base62

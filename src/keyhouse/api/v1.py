@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from keyhouse.api import access, estimate, render, responses
-from keyhouse.api import protocol as p
+from keyhouse.wire import openai as p
 from keyhouse.api.http import (
     ClientGone,
     EventStream,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from keyhouse.api import protocol
+from keyhouse.wire import openai as protocol
 from keyhouse.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.config import ModelSpec
 
 

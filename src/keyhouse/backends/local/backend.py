@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from keyhouse.api.protocol import (
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
