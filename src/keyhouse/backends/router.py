@@ -15,16 +15,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
+from keyhouse.backends.breaker import Breaker
+from keyhouse.config import DeploymentSpec, ModelSpec
+from keyhouse.errors import KeyhouseError, Retryable
 from keyhouse.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponsesRequest,
 )
-from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
-from keyhouse.backends.breaker import Breaker
-from keyhouse.config import DeploymentSpec, ModelSpec
-from keyhouse.errors import KeyhouseError, Retryable
 
 log = logging.getLogger("keyhouse.router")
 
