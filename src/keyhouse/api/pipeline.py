@@ -176,6 +176,8 @@ class Answer(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve(self.handler, self.request, scope, receive, send, self.on_behalf)
+        if self.background is not None:  # FastAPI's, for the playground
+            await self.background()
 
 
 def route(path: str, handler: Handler, method: str) -> HTTPRoute:
