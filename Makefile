@@ -72,6 +72,7 @@ format: dev
 
 test: dev
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports --no-cache  # the layers of src/keyhouse (.importlinter)
 	$(VENV)/bin/pytest
 
 # The README's Python snippets: today's openai SDK and the seed's 0.28.1 cannot share an

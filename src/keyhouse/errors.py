@@ -93,7 +93,17 @@ class RequestTooLarge(KeyhouseError):
     code = "request_too_large"
 
 
-class Overloaded(KeyhouseError):
+class Retryable(KeyhouseError):
+    """This deployment could not answer, another one may: the one failure the router
+    (``backends/router``) moves on from, before the first byte reaches the client. A client's
+    own mistake is never one."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
+class Overloaded(Retryable):
     status = 503
     type = "server_error"
     code = "overloaded"

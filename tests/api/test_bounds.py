@@ -14,7 +14,11 @@ import pytest
 from keyhouse.api import estimate
 from keyhouse.api.errors import error_body
 from keyhouse.api.http import attachment
-from keyhouse.api.protocol import (
+from keyhouse.api.validation import parse
+from keyhouse.backends.local.backend import logit_bias
+from keyhouse.config import default_models
+from keyhouse.errors import InvalidRequest, ModelNotFound
+from keyhouse.wire.openai import (
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_TOOLS,
@@ -22,10 +26,6 @@ from keyhouse.api.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from keyhouse.api.validation import parse
-from keyhouse.backends.local.backend import logit_bias
-from keyhouse.config import default_models
-from keyhouse.errors import InvalidRequest, ModelNotFound
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -28,7 +28,7 @@ from keyhouse.api.estimate import (
     image_tokens,
     tiles_tokens,
 )
-from keyhouse.api.protocol import ChatCompletionRequest
+from keyhouse.wire.openai import ChatCompletionRequest
 from tests.upstream.openai_count import png, prompt_tokens
 
 #: The bound is at most this many times the true count plus SLACK, on every request.

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.api.validation import BAD_JSON, parse, translate
 from keyhouse.errors import InvalidRequest
+from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 USER = [{"role": "user", "content": "hi"}]
 

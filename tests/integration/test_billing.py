@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from keyhouse.api.estimate import chat_prompt_bound
-from keyhouse.api.protocol import ChatCompletionRequest
+from keyhouse.wire.openai import ChatCompletionRequest
 from tests.conftest import PG_URL, OpenAISpec, Server, pg_env, sse_events
 from tests.upstream.fake import Behaviour, FakeUpstream
 

@@ -16,17 +16,17 @@ import pytest
 import quicktok
 from aiohttp import web
 
-from keyhouse.api.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    ResponsesRequest,
-)
 from keyhouse.api.validation import parse
 from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
 from keyhouse.backends.upstream.client import UpstreamBackend, UpstreamFailure
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import InvalidRequest, KeyhouseError
+from keyhouse.wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
 from tests.upstream.fake import CALL_ARGUMENTS, Behaviour, FakeUpstream, Running, Seen
 
 K1 = "sk-test-aaaaaaaaaaaaaaaa1111"

@@ -29,7 +29,7 @@ from keyhouse.errors import InvalidRequest, PermissionDenied
 from keyhouse.i18n import t
 from keyhouse.keys.secrets import SecretRing
 from keyhouse.keys.store import list_keys, revoke_key
-from keyhouse.notify import DeliveryFailed, Mailer
+from keyhouse.notify import DeliveryFailed, Mailer, site_name
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ async def deliver(mailer: Mailer, mail: Mail | None) -> bool:
         log.warning("mail not sent: %s", type(exc).__name__)
         return False
     return True
-
-
-def site_name(settings: Settings) -> str:
-    """How mails name this installation."""
-    return "Keyhouse"
 
 
 def clean_reason(reason: str | None, *, required: bool) -> str | None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keyhouse.accounts import flows, sessions
 from keyhouse.accounts.policy import missing_steps
 from keyhouse.accounts.refusals import Refused
-from keyhouse.api.manage import CurrentActor, ip_of, language_of, services
+from keyhouse.api.deps import CurrentActor, ip_of, language_of, services
 from keyhouse.config import Settings
 from keyhouse.db.models import Member
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.accounts import admin, audit, invitations
-from keyhouse.api.manage import Actor, AdminActor, services
+from keyhouse.api.deps import Actor, AdminActor, services
 from keyhouse.api.member_keys import KeyOut, key_view
 from keyhouse.billing.ledger import balance_of
 from keyhouse.billing.money import show

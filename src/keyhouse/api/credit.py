@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from keyhouse.accounts import flows
-from keyhouse.api.manage import CurrentActor, ip_of, services
+from keyhouse.api.deps import CurrentActor, ip_of, services
 from keyhouse.billing import codes, ledger
 from keyhouse.billing.money import show
 

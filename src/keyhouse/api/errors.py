@@ -38,20 +38,11 @@ def error_response(exc: KeyhouseError, headers: dict[str, str] | None = None) ->
     )
 
 
-async def limit_headers(request: Request) -> dict[str, str]:
-    """The rate-limit headers for a /v1 error: those of the request's admission, or — when it
-    failed before one — the caller's limits as they stand."""
-    headers = getattr(request.state, "limit_headers", None)
-    if headers is not None:
-        return headers  # type: ignore[no-any-return]
-    from keyhouse.api.v1 import current_limits
-
-    return await current_limits(request)
-
-
 async def on_keyhouse_error(request: Request, exc: Exception) -> Response:
+    """A /v1 error already carries the rate-limit headers as they stand (``api/pipeline``
+    adds them on its way out)."""
     assert isinstance(exc, KeyhouseError)
-    return error_response(exc, await limit_headers(request))
+    return error_response(exc)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 
-from keyhouse.api.protocol import (
+from keyhouse.config import LOCAL_KINDS, ModelSpec
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
 )
-from keyhouse.config import LOCAL_KINDS, ModelSpec
 
 PER_MESSAGE = 4  # role markers and separators a chat template adds around each message
 

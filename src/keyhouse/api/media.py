@@ -22,28 +22,30 @@ import email.policy
 import math
 import secrets
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route as HTTPRoute
 
-from keyhouse.api.http import read_body, request_id, unless_disconnected
-from keyhouse.api.v1 import admit, gate, services, status_of
-from keyhouse.backends.base import Call, Meter, Usage
+from keyhouse.api.http import read_body, unless_disconnected
+from keyhouse.api.pipeline import (
+    NOTHING,
+    Exchange,
+    admit,
+    authenticate,
+    price,
+    resolve,
+    route,
+    status_of,
+)
+from keyhouse.backends.base import Call, Usage
 from keyhouse.backends.catalog import Route
 from keyhouse.billing.money import MICRO, Prices
 from keyhouse.config import MEDIA_ENDPOINTS
-from keyhouse.errors import InvalidRequest, ModelNotFound, NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    from keyhouse.app import Services
-    from keyhouse.keys.principal import Principal
+from keyhouse.errors import InvalidRequest
 
 #: OpenAI's limit on an audio upload.
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
@@ -54,28 +56,9 @@ GUESS_BYTES_PER_SECOND = 16_000
 MAX_SPEECH_CHARACTERS = 4096
 
 
-def route_to(svc: Services, principal: Principal, name: str, endpoint: str) -> Route:
-    route = svc.catalog.route(name)
-    if route is None:
-        raise ModelNotFound(name)
-    if not svc.catalog.allowed(principal, route.spec):
-        raise PermissionDenied(
-            f"The API key {principal.redacted} is not allowed to use the model `{name}`.",
-            param="model",
-            code="model_not_allowed",
-        )
-    if endpoint not in route.spec.endpoints:
-        raise NotFound(
-            f"The model `{name}` does not support the v1/{endpoint.replace('.', '/')} endpoint.",
-            param="model",
-            code="model_not_supported",
-        )
-    return route
-
-
-def unit_prices(route: Route, endpoint: str) -> Prices:
+def unit_prices(found: Route, endpoint: str) -> Prices:
     """The model's price per unit of this endpoint, as a price per 1M units."""
-    per_unit = route.spec.media_price(MEDIA_ENDPOINTS[endpoint]) * MICRO
+    per_unit = found.spec.media_price(MEDIA_ENDPOINTS[endpoint]) * MICRO
     return Prices(per_unit, per_unit, Decimal(0))
 
 
@@ -88,48 +71,27 @@ class Billed:
 
 
 async def run_media(
-    request: Request,
+    ex: Exchange,
     endpoint: str,
     name: str,
     bound: int,
     send: Callable[[Route, Call], Awaitable[tuple[bytes, str]]],
     used: Callable[[bytes, str], Billed],
 ) -> Response:
-    """Gate, route, limits, hold; the deployment's answer; then the charge for what it made."""
-    svc = services(request)
-    principal: Principal = request.state.principal
-    route = route_to(svc, principal, name, endpoint)
-    started = time.perf_counter()
-    admission = await admit(request, svc, principal, name, route.spec, bound)
-    rid = request_id(request)
+    """The pipeline's route, admit and price stages with units for tokens; the deployment's
+    answer; then the charge for what it made (nothing, if it failed)."""
+    found = resolve(ex, name, endpoint)
+    admission = await admit(ex, name, bound)
+    call = await price(ex, (bound, 0, 1), prices=unit_prices(found, endpoint))
+    meter = call.meter
     try:
-        hold = await svc.wallet.hold(
-            rid, principal, route.spec.name, unit_prices(route, endpoint), bound, 0, 1
-        )
-    except BaseException:
-        svc.limiter.finish(admission, 0)
-        raise
-    meter = Meter()
-    call = Call(rid, principal.member_id, route.spec, meter)
-    billed = Billed(0)
-    try:
-        data, kind = await unless_disconnected(request, send(route, call))
-        billed = used(data, kind)
+        data, kind = await unless_disconnected(ex.request, send(found, call))
     except BaseException as exc:
         meter.status = status_of(exc)
+        meter.close(NOTHING)
         raise
-    finally:
-        svc.limiter.finish(admission, billed.units)
-        deployments = route.spec.deployments
-        answered = meter.deployment or (deployments[0].name if len(deployments) == 1 else None)
-        svc.wallet.settle(
-            hold,
-            Usage(billed.units, 0, estimated=billed.estimated),
-            deployment=answered,
-            latency_ms=round((time.perf_counter() - started) * 1000),
-            ttft_ms=None,
-            status=meter.status,
-        )
+    billed = used(data, kind)
+    meter.settle(Usage(billed.units, 0, estimated=billed.estimated))
     return Response(data, media_type=kind, headers=admission.headers)
 
 
@@ -170,10 +132,9 @@ def _required_str(body: dict[str, Any], name: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 
-async def images_generations(request: Request) -> Response:
-    svc = services(request)
-    await gate(request, "images.generations")
-    body = _json_body(await read_body(request, svc.settings.max_body_bytes))
+async def images_generations(ex: Exchange) -> Response:
+    await authenticate(ex, "images.generations")
+    body = _json_body(await read_body(ex.request, ex.svc.settings.max_body_bytes))
     name = _required_str(body, "model")
     _required_str(body, "prompt")
     n = body.get("n", 1)
@@ -188,16 +149,15 @@ async def images_generations(request: Request) -> Response:
         return Billed(len(made), False) if isinstance(made, list) else Billed(n, True)
 
     send = upstream_json("images.generations", body)
-    return await run_media(request, "images.generations", name, n, send, used)
+    return await run_media(ex, "images.generations", name, n, send, used)
 
 
 # ----------------------------------------------------------------------------- speech
 
 
-async def audio_speech(request: Request) -> Response:
-    svc = services(request)
-    await gate(request, "audio.speech")
-    body = _json_body(await read_body(request, svc.settings.max_body_bytes))
+async def audio_speech(ex: Exchange) -> Response:
+    await authenticate(ex, "audio.speech")
+    body = _json_body(await read_body(ex.request, ex.svc.settings.max_body_bytes))
     name = _required_str(body, "model")
     text = _required_str(body, "input")
     if len(text) > MAX_SPEECH_CHARACTERS:
@@ -210,7 +170,7 @@ async def audio_speech(request: Request) -> Response:
     characters = len(text)
     send = upstream_json("audio.speech", body)
     return await run_media(
-        request, "audio.speech", name, characters, send, lambda _d, _k: Billed(characters)
+        ex, "audio.speech", name, characters, send, lambda _d, _k: Billed(characters)
     )
 
 
@@ -304,10 +264,10 @@ def reported_seconds(data: bytes) -> float | None:
     return float(duration) if isinstance(duration, int | float) else None
 
 
-async def audio_transcriptions(request: Request) -> Response:
-    await gate(request, "audio.transcriptions")
-    body = await read_body(request, MAX_AUDIO_BYTES + 64 * 1024)
-    parts = parse_form(request.headers.get("content-type", ""), body)
+async def audio_transcriptions(ex: Exchange) -> Response:
+    await authenticate(ex, "audio.transcriptions")
+    body = await read_body(ex.request, MAX_AUDIO_BYTES + 64 * 1024)
+    parts = parse_form(ex.request.headers.get("content-type", ""), body)
     fields = {p.name: p for p in parts}
     if "file" not in fields or fields["file"].filename is None:
         raise InvalidRequest("Missing required parameter: 'file'.", param="file")
@@ -339,11 +299,11 @@ async def audio_transcriptions(request: Request) -> Response:
             return Billed(max(1, math.ceil(local)))
         return Billed(max(1, math.ceil(len(audio) / GUESS_BYTES_PER_SECOND)), estimated=True)
 
-    return await run_media(request, "audio.transcriptions", name, bound, send, used)
+    return await run_media(ex, "audio.transcriptions", name, bound, send, used)
 
 
 routes = [
-    HTTPRoute("/v1/images/generations", images_generations, methods=["POST"]),
-    HTTPRoute("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
-    HTTPRoute("/v1/audio/speech", audio_speech, methods=["POST"]),
+    route("/v1/images/generations", images_generations, "POST"),
+    route("/v1/audio/transcriptions", audio_transcriptions, "POST"),
+    route("/v1/audio/speech", audio_speech, "POST"),
 ]

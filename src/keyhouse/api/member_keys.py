@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.accounts import audit
 from keyhouse.accounts.refusals import Refused
-from keyhouse.api.manage import Actor, CurrentActor, services
+from keyhouse.api.deps import Actor, CurrentActor, services
 from keyhouse.billing.money import show, to_micro
 from keyhouse.config import LimitSet, Settings
 from keyhouse.db.models import ApiKey, Member

@@ -22,7 +22,7 @@ from keyhouse.accounts.members import create_member
 from keyhouse.accounts.policy import check_email_domain, paused, refresh_status
 from keyhouse.accounts.refusals import Refused
 from keyhouse.api.accounts import set_session_cookies
-from keyhouse.api.manage import ip_of, language_of, services
+from keyhouse.api.deps import ip_of, language_of, services
 from keyhouse.db.models import Member, OidcIdentity
 
 router = APIRouter(prefix="/auth/oidc", tags=["sign-in with OpenID Connect"])

@@ -6,7 +6,8 @@ secret is thrown away at once, so nothing but this route can use it). It sits in
 key list like any other, so its spend shows there, and the member may restrict or revoke it
 (the next playground call makes a fresh one). A playground call hands that key's principal
 to the very ``/v1`` chat handler — limits, hold, backend, settlement and usage row as for any
-client — through ``v1.ON_BEHALF``, which only in-process code can set.
+client — handing the pipeline a principal it authenticated itself (``Answer(…, on_behalf=)``),
+which only in-process code can do.
 
 ``GET /api/usage/requests/{id}`` reads back what one of the member's own requests cost, from
 its usage row (written within a flush interval of the reply's end): the playground shows it
@@ -26,8 +27,9 @@ from starlette.responses import Response
 
 from keyhouse.accounts.refusals import Refused
 from keyhouse.api import v1
-from keyhouse.api.manage import CurrentActor, services
+from keyhouse.api.deps import CurrentActor, services
 from keyhouse.api.member_keys import may_create_keys
+from keyhouse.api.pipeline import Answer
 from keyhouse.api.usage import key_or_session_reader
 from keyhouse.billing.money import show
 from keyhouse.db.models import ApiKey, Member, UsageRecord
@@ -99,8 +101,8 @@ async def playground_principal(request: Request, member_id: str) -> Principal:
     ),
 )
 async def playground_chat(request: Request, actor: CurrentActor) -> Response:
-    request.scope[v1.ON_BEHALF] = await playground_principal(request, actor.member_id)
-    return await v1.chat_completions(request)
+    principal = await playground_principal(request, actor.member_id)
+    return Answer(v1.chat_completions, request, on_behalf=principal)
 
 
 class PlaygroundModel(BaseModel):

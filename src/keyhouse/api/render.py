@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from keyhouse.api import protocol as p
 from keyhouse.backends.base import (
     Embeddings,
     Event,
@@ -29,6 +28,7 @@ from keyhouse.backends.base import (
 )
 from keyhouse.errors import KeyhouseError, ServerError
 from keyhouse.ids import random_base62
+from keyhouse.wire import openai as p
 
 log = logging.getLogger("keyhouse.api")
 

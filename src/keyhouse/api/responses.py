@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from keyhouse.api import protocol as p
 from keyhouse.backends.base import Event, Relayed, TextDelta, Usage
 from keyhouse.errors import InvalidRequest, KeyhouseError, ServerError
 from keyhouse.ids import random_base62
+from keyhouse.wire import openai as p
 
 log = logging.getLogger("keyhouse.api")
 

@@ -24,12 +24,12 @@ from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from keyhouse.accounts import sessions
 from keyhouse.accounts.members import find_member
-from keyhouse.api.http import attachment, presented_key
-from keyhouse.api.v1 import gate, services
+from keyhouse.api.deps import optional_actor, services
+from keyhouse.api.http import attachment, presented_key, request_id
+from keyhouse.api.pipeline import Exchange, authenticate, route
 from keyhouse.billing import reports
 from keyhouse.billing.money import MICRO, show
 from keyhouse.db.models import Member
@@ -37,7 +37,7 @@ from keyhouse.errors import InvalidRequest, NotFound, PermissionDenied
 from keyhouse.keys.principal import USAGE_READ, Principal
 
 if TYPE_CHECKING:
-    from keyhouse.app import Services
+    from keyhouse.services import Services
 
 #: The longest range one request may cover, in days.
 MAX_DAYS = 366
@@ -82,9 +82,9 @@ class SessionReader:
     redacted: str = "the signed-in member"
 
 
-async def reader(request: Request) -> Principal:
+async def reader(ex: Exchange) -> Principal:
     """The caller's key, allowed to read usage (read-only keys are)."""
-    return await gate(request, USAGE_READ)
+    return await authenticate(ex, USAGE_READ)
 
 
 async def key_or_session_reader(request: Request) -> Reader:
@@ -92,12 +92,10 @@ async def key_or_session_reader(request: Request) -> Reader:
     member reads their own figures; an administrator in good standing, anyone's); else the
     usual "no API key" refusal."""
     if presented_key(request) is None and request.cookies.get(sessions.COOKIE):
-        from keyhouse.api.manage import optional_actor
-
         actor = await optional_actor(request)  # an expired session is refused here
         if actor is not None:
             return SessionReader(actor.member_id, actor.is_admin and actor.status == "active")
-    return await reader(request)
+    return await reader(Exchange(request, services(request), request_id(request)))
 
 
 def require_admin(principal: Reader) -> None:
@@ -315,13 +313,13 @@ async def admin_usage(request: Request) -> Response:
 # ----------------------------------------------------------------------------- legacy dashboard
 
 
-async def dashboard_subscription(request: Request) -> Response:
+async def dashboard_subscription(ex: Exchange) -> Response:
     """``GET /v1/dashboard/billing/subscription``: OpenAI's legacy object, as tools read it.
     ``hard_limit_usd`` (in the organisation's currency, whatever the name says) is everything
     the member could ever spend — the balance plus what was spent — so that
     ``hard_limit_usd - total_usage / 100`` over all usage is the balance left."""
-    svc = services(request)
-    principal = await reader(request)
+    svc = ex.svc
+    principal = await reader(ex)
     async with svc.db.session() as session:
         member = await subject(session, principal, None)
         view = await reports.balance_report(session, member.id, svc.clock.now())
@@ -352,11 +350,11 @@ async def dashboard_subscription(request: Request) -> Response:
     )
 
 
-async def dashboard_usage(request: Request) -> Response:
+async def dashboard_usage(ex: Exchange) -> Response:
     """``GET /v1/dashboard/billing/usage?start_date=&end_date=``: OpenAI's legacy daily costs,
     in hundredths of the currency ("cents"); ``end_date`` is excluded, as at OpenAI."""
-    svc = services(request)
-    principal = await reader(request)
+    request, svc = ex.request, ex.svc
+    principal = await reader(ex)
     query = request.query_params
     for name in ("start_date", "end_date"):
         if not query.get(name):
@@ -535,10 +533,10 @@ def embedding_models(svc: Services) -> set[str]:
 COST_GROUPS: dict[str, str | None] = {"project_id": None, "line_item": "model", "api_key_id": "key"}
 
 
-async def organization_costs(request: Request) -> Response:
+async def organization_costs(ex: Exchange) -> Response:
     """``GET /v1/organization/costs``: cost per day, optionally per line item (model) and key."""
-    svc = services(request)
-    principal = await reader(request)
+    request, svc = ex.request, ex.svc
+    principal = await reader(ex)
     require_admin(principal)
     page = Page(request, svc, COSTS_LIMITS)
     fields = group_fields(request, COST_GROUPS)
@@ -579,9 +577,9 @@ USAGE_GROUPS: dict[str, str | None] = {
 }
 
 
-async def organization_usage(request: Request, kind: str) -> Response:
-    svc = services(request)
-    principal = await reader(request)
+async def organization_usage(ex: Exchange, kind: str) -> Response:
+    request, svc = ex.request, ex.svc
+    principal = await reader(ex)
     require_admin(principal)
     page = Page(request, svc, USAGE_LIMITS)
     fields = group_fields(request, USAGE_GROUPS)
@@ -641,22 +639,22 @@ async def organization_usage(request: Request, kind: str) -> Response:
     return json(page.body(rows, result, len(dims)))
 
 
-async def organization_usage_completions(request: Request) -> Response:
+async def organization_usage_completions(ex: Exchange) -> Response:
     """``GET /v1/organization/usage/completions`` (chat and completions models)."""
-    return await organization_usage(request, "completions")
+    return await organization_usage(ex, "completions")
 
 
-async def organization_usage_embeddings(request: Request) -> Response:
+async def organization_usage_embeddings(ex: Exchange) -> Response:
     """``GET /v1/organization/usage/embeddings`` (embedding models)."""
-    return await organization_usage(request, "embeddings")
+    return await organization_usage(ex, "embeddings")
 
 
 routes = [
-    Route("/v1/dashboard/billing/subscription", dashboard_subscription, methods=["GET"]),
-    Route("/v1/dashboard/billing/usage", dashboard_usage, methods=["GET"]),
-    Route("/v1/organization/costs", organization_costs, methods=["GET"]),
-    Route("/v1/organization/usage/completions", organization_usage_completions, methods=["GET"]),
-    Route("/v1/organization/usage/embeddings", organization_usage_embeddings, methods=["GET"]),
+    route("/v1/dashboard/billing/subscription", dashboard_subscription, "GET"),
+    route("/v1/dashboard/billing/usage", dashboard_usage, "GET"),
+    route("/v1/organization/costs", organization_costs, "GET"),
+    route("/v1/organization/usage/completions", organization_usage_completions, "GET"),
+    route("/v1/organization/usage/embeddings", organization_usage_embeddings, "GET"),
 ]
 
 

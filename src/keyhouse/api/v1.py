@@ -1,308 +1,66 @@
-"""The ``/v1`` surface. Each handler is the pipeline, in order, for one endpoint:
+"""The ``/v1`` surface: each handler is the pipeline (``api/pipeline``) in order, for one
+endpoint — authenticate → read → route → admit → price → relay → answer.
 
-    key → Principal (cached) → body → wire model → model route → admission (limits)
-        → backend → render → limits corrected to the true usage (in the background)
-
-Later stages (reservations, settlement) slot in the same way; each is one call here.
+Chat and completions differ only in what a ``TextKind`` names (wire model, checks, estimates,
+backend method, renderers); one handler serves both. A new endpoint is one handler here and
+one line in ``routes``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route as HTTPRoute
 
-from keyhouse.api import access, estimate, render, responses
-from keyhouse.api import protocol as p
-from keyhouse.api.http import (
-    ClientGone,
-    EventStream,
-    client_ip,
-    presented_key,
-    read_body,
-    request_id,
-    unless_disconnected,
+from keyhouse.api import estimate, media, render, responses
+from keyhouse.api.http import unless_disconnected
+from keyhouse.api.pipeline import (
+    NOTHING,
+    Exchange,
+    admit,
+    answer,
+    authenticate,
+    price,
+    read,
+    relay,
+    resolve,
+    route,
+    status_of,
 )
-from keyhouse.api.validation import parse
-from keyhouse.backends.base import Call, Event, Meter, Relayed, Usage
+from keyhouse.backends.base import Backend, Call, Event, Relayed, Usage
 from keyhouse.backends.catalog import Catalog, Route
-from keyhouse.billing.money import Prices
 from keyhouse.config import ModelSpec
-from keyhouse.errors import (
-    AuthenticationFailed,
-    InvalidRequest,
-    KeyhouseError,
-    ModelNotFound,
-    NotFound,
-    PermissionDenied,
-)
+from keyhouse.errors import InvalidRequest, ModelNotFound, NotFound
 from keyhouse.keys.principal import MODELS_READ, Principal
-from keyhouse.limits.limiter import Admission
-from keyhouse.limits.policy import costs_for
+from keyhouse.services import Services
+from keyhouse.wire import openai as p
 
-if TYPE_CHECKING:
-    from keyhouse.app import Services
-
-NO_KEY = (
-    "You didn't provide an API key. You need to provide your API key in an Authorization header "
-    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
-    "blank username) if you're accessing the API from your browser and are prompted for a "
-    "username. You can obtain an API key from {url}/account/api-keys."
-)
-
-WRONG_ENDPOINT = {
-    "chat.completions": "This is not a chat model and thus not supported in the "
-    "v1/chat/completions endpoint.",
-    "completions": "This is not a completions model and thus not supported in the "
-    "v1/completions endpoint.",
-    "embeddings": "This is not an embedding model and thus not supported in the "
-    "v1/embeddings endpoint.",
-    "responses": "This model is not supported in the v1/responses endpoint.",
-}
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 
 
 def json_response(model: p.Out, headers: dict[str, str] | None = None) -> Response:
     return Response(model.wire(), media_type="application/json", headers=headers)
 
 
-#: Scope key under which a trusted in-process caller (the playground, ``api/playground``)
-#: hands ``gate`` a principal it authenticated itself; no client can set it.
-ON_BEHALF = "keyhouse.on_behalf"
-
-
-async def gate(request: Request, endpoint: str) -> Principal:
-    """Authenticate the key, then check the caller's IP and the key's endpoint scope."""
-    svc = services(request)
-    principal: Principal | None = request.scope.get(ON_BEHALF)
-    if principal is None:
-        key = presented_key(request)
-        if key is None:
-            raise AuthenticationFailed(NO_KEY.format(url=svc.settings.public_url))
-        principal = await svc.auth.authenticate(key)
-    if not principal.ip_allowed(client_ip(request.scope, svc.settings.trusted_proxies)):
-        raise PermissionDenied(
-            f"The API key {principal.redacted} may not be used from this IP address.",
-            code="ip_not_allowed",
-        )
-    if not principal.may_call(endpoint):
-        raise PermissionDenied(
-            "You have insufficient permissions for this operation: the API key "
-            f"{principal.redacted} is {principal.permissions} and may not call {endpoint}. "
-            "Ask for a key with that permission.",
-        )
-    # Errors from here on carry the rate-limit headers as they stand (see api/errors).
-    request.state.principal = principal
-    return principal
-
-
-async def current_limits(request: Request) -> dict[str, str]:
-    """The caller's key and member limits as they stand, taking nothing."""
-    svc = services(request)
-    principal = getattr(request.state, "principal", None)
-    if principal is None:
-        return {}
-    return await svc.limiter.peek(svc.rules.rules(principal, None, svc.clock.now()))
-
-
-def route_for(svc: Services, principal: Principal, name: str, endpoint: str) -> Route:
-    route = svc.catalog.route(name)
-    if route is None:
-        raise ModelNotFound(name)
-    if not svc.catalog.allowed(principal, route.spec):
-        raise PermissionDenied(
-            f"The API key {principal.redacted} is not allowed to use the model `{name}`.",
-            param="model",
-            code="model_not_allowed",
-        )
-    if endpoint not in route.spec.endpoints:
-        raise NotFound(WRONG_ENDPOINT[endpoint], param="model", code="model_not_supported")
-    return route
-
-
-def head(svc: Services, route: Route, prefix: str) -> render.Head:
+def head(svc: Services, found: Route, prefix: str) -> render.Head:
     return render.Head(
         prefix,
         created=int(svc.clock.now().timestamp()),
-        model=route.spec.name,
-        system_fingerprint=getattr(route.backend, "system_fingerprint", None),
+        model=found.spec.name,
+        system_fingerprint=getattr(found.backend, "system_fingerprint", None),
     )
 
 
-async def admit(
-    request: Request, svc: Services, principal: Principal, name: str, spec: ModelSpec, tokens: int
-) -> Admission:
-    """Count the request against every limit that applies, or refuse it with OpenAI's 429.
-    ``name`` is the model as the client named it (an alias, perhaps), for the message."""
-    rules = svc.rules.rules(principal, spec, svc.clock.now())
-    admission = await svc.limiter.admit(rules, costs_for(rules, tokens), subject=name)
-    request.state.limit_headers = admission.headers
-    return admission
-
-
-NOTHING = Usage(0, 0)
-
-
-async def begin(
-    request: Request,
-    svc: Services,
-    principal: Principal,
-    name: str,
-    route: Route,
-    tokens: int,
-    bound: tuple[int, int, int],
-) -> tuple[Call, Admission]:
-    """Admission (limits), then the hold (credit), then the call that carries both to the end:
-    its meter settles them, exactly once, with the true usage."""
-    started = time.perf_counter()
-    admission = await admit(request, svc, principal, name, route.spec, tokens)
-    rid = request_id(request)
-    prompt, output, choices = bound
-    try:
-        hold = await svc.wallet.hold(
-            rid, principal, route.spec.name, Prices.of(route.spec), prompt, output, choices
-        )
-    except BaseException:
-        svc.limiter.finish(admission, 0)
-        raise
-    deployments = route.spec.deployments
-    # Every backend gets the output allowance the hold pays for, per choice: the client's own
-    # cap or the model's default, lowered to what credit and budgets allow.
-    allowance = hold.max_output if hold.max_output is not None else output // max(choices, 1)
-
-    def settle(usage: Usage | None) -> None:
-        svc.limiter.finish(admission, usage.total_tokens if usage is not None else None)
-        if usage is not None:
-            access.note(
-                request.scope, route.spec.name, usage.prompt_tokens, usage.completion_tokens
-            )
-        now = time.perf_counter()
-        name = meter.deployment or (deployments[0].name if len(deployments) == 1 else None)
-        answered = next((d for d in deployments if d.name == name), None)
-        svc.wallet.settle(
-            hold,
-            usage,
-            deployment=name,
-            latency_ms=round((now - started) * 1000),
-            ttft_ms=round((meter.first_at - started) * 1000) if meter.first_at else None,
-            status=meter.status,
-            org_prices=Prices.of_deployment(answered) if answered is not None else None,
-        )
-
-    meter = Meter(settle)
-    return Call(rid, principal.member_id, route.spec, meter, allowance), admission
-
-
-def status_of(error: BaseException) -> int:
-    if isinstance(error, KeyhouseError):
-        return error.status
-    if isinstance(error, GeneratorExit | asyncio.CancelledError | ClientGone):
-        return 499  # the client went away
-    return 500
-
-
-def unused(meter: Meter, error: BaseException) -> Usage | None:
-    """What a request that failed cost, when its backend reported nothing: nothing, if no
-    token reached it (refused or failed before the first — by Keyhouse, the local model or an
-    upstream's 4xx/5xx); else unknown, which costs the hold."""
-    if meter.first_at is None and status_of(error) != 499:
-        return NOTHING
-    return None
-
-
-def precheck(route: Route, body: p.ChatCompletionRequest | p.CompletionRequest) -> None:
+def precheck(found: Route, body: p.ChatCompletionRequest | p.CompletionRequest) -> None:
     """The backend's own refusals that need no model (parameters it cannot honour, more
     output than its context), made before anything is held."""
-    check = getattr(route.backend, "check", None)
+    check = getattr(found.backend, "check", None)
     if check is not None:
         check(body)
-
-
-async def observed(events: AsyncIterator[Event], meter: Meter) -> AsyncIterator[Event]:
-    """Pass events through; note the first token's time and how it ended; a Usage event
-    settles the meter."""
-    try:
-        async for event in events:
-            if isinstance(event, Usage):
-                meter.settle(event)
-            elif meter.first_at is None:
-                meter.first_at = time.perf_counter()
-            yield event
-    except BaseException as exc:
-        meter.status = status_of(exc)
-        raise
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-
-
-async def run(
-    request: Request,
-    call: Call,
-    admission: Admission,
-    start: Callable[[], AsyncIterator[Event]],
-    collect: Callable[[AsyncIterator[Event]], Awaitable[bytes]],
-    renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]] | None,
-) -> Response:
-    """Run the backend and render its events — one JSON body, or a stream when a ``renderer``
-    is given. The meter is settled exactly once: by the usage the backend reports, or else
-    with nothing used (refused before it ran) or unknown (it ran, and said nothing)."""
-    meter = call.meter
-    try:
-        events = observed(start(), meter)
-    except BaseException as exc:
-        meter.status = status_of(exc)
-        meter.close(NOTHING)
-        raise
-    if renderer is not None:
-        return await stream(request, events, renderer, admission.headers, meter)
-    try:
-        body = await unless_disconnected(request, collect(events))
-    except BaseException as exc:
-        await events.aclose()
-        meter.close(unused(meter, exc))
-        raise
-    meter.close(None)
-    return Response(body, media_type="application/json", headers=admission.headers)
-
-
-async def stream(
-    request: Request,
-    events: AsyncIterator[Event],
-    renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
-    headers: dict[str, str],
-    meter: Meter,
-) -> EventStream:
-    """Wait for the first event — errors before it are ordinary HTTP errors — then stream."""
-    try:
-        first = await unless_disconnected(request, anext(events))
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await events.aclose()  # type: ignore[attr-defined]
-        meter.close(NOTHING)
-        raise
-
-    async def replay() -> AsyncIterator[Event]:
-        try:
-            if first is not None:
-                yield first
-                async for event in events:
-                    yield event
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
-            meter.close(None)
-
-    return EventStream(render.guarded(renderer(replay())), headers)
 
 
 def check_stream_options(stream_flag: bool | None, options: p.StreamOptions | None) -> None:
@@ -312,6 +70,10 @@ def check_stream_options(stream_flag: bool | None, options: p.StreamOptions | No
             param="stream_options",
             code="invalid_value",
         )
+
+
+def include_usage(options: p.StreamOptions | None) -> bool:
+    return bool(options and options.include_usage)
 
 
 # ----------------------------------------------------------------------------- models
@@ -328,26 +90,25 @@ def models_body(catalog: Catalog, allow: frozenset[str] | None) -> bytes:
     return p.ModelList(data=cards).wire()
 
 
-async def list_models(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, MODELS_READ)
-    headers = await current_limits(request)
-    body = models_body(svc.catalog, principal.models)
+async def list_models(ex: Exchange) -> Response:
+    principal = await authenticate(ex, MODELS_READ)
+    headers = await ex.limit_headers()
+    body = models_body(ex.svc.catalog, principal.models)
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def retrieve_model(request: Request) -> Response:
-    model: str = request.path_params["model"]
-    svc = services(request)
-    principal = await gate(request, MODELS_READ)
-    route = svc.catalog.route(model)
-    if route is None or not svc.catalog.allowed(principal, route.spec):
+async def retrieve_model(ex: Exchange) -> Response:
+    model: str = ex.request.path_params["model"]
+    principal = await authenticate(ex, MODELS_READ)
+    catalog = ex.svc.catalog
+    found = catalog.route(model)
+    if found is None or not catalog.allowed(principal, found.spec):
         raise ModelNotFound(model)
-    card = p.ModelCard(id=model, created=route.spec.created, owned_by=route.spec.owned_by)
-    return json_response(card, await current_limits(request))
+    card = p.ModelCard(id=model, created=found.spec.created, owned_by=found.spec.owned_by)
+    return json_response(card, await ex.limit_headers())
 
 
-# ----------------------------------------------------------------------------- chat
+# ----------------------------------------------------------------------------- chat, completions
 
 
 def check_chat(body: p.ChatCompletionRequest) -> None:
@@ -380,73 +141,88 @@ def check_chat(body: p.ChatCompletionRequest) -> None:
         )
 
 
-def include_usage(options: p.StreamOptions | None) -> bool:
-    return bool(options and options.include_usage)
-
-
-async def chat_completions(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, "chat.completions")
-    body = parse(p.ChatCompletionRequest, await read_body(request, svc.settings.max_body_bytes))
-    check_chat(body)
-    route = route_for(svc, principal, body.model, "chat.completions")
-    precheck(route, body)
-    tokens = estimate.chat_tokens(body, route.spec)
-    bound = estimate.chat_bound(body, route.spec)
-    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
-    admission.overhead_tokens = estimate.uncounted(body, route.spec)
-    info = head(svc, route, "chatcmpl-")
-    usage = include_usage(body.stream_options)
-    return await run(
-        request,
-        call,
-        admission,
-        lambda: route.backend.chat(body, call),
-        lambda events: render.chat_completion(events, info),
-        (lambda events: render.chat_stream(events, info, usage)) if body.stream else None,
-    )
-
-
-# ----------------------------------------------------------------------------- completions
-
-
-async def completions(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, "completions")
-    body = parse(p.CompletionRequest, await read_body(request, svc.settings.max_body_bytes))
+def check_completion(body: p.CompletionRequest) -> None:
     check_stream_options(body.stream, body.stream_options)
-    route = route_for(svc, principal, body.model, "completions")
-    precheck(route, body)
-    tokens = estimate.completion_tokens(body, route.spec)
-    bound = estimate.completion_bound(body, route.spec)
-    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
-    admission.overhead_tokens = estimate.uncounted(body, route.spec)
-    info = head(svc, route, "cmpl-")
-    usage = include_usage(body.stream_options)
-    return await run(
-        request,
-        call,
-        admission,
-        lambda: route.backend.complete(body, call),
-        lambda events: render.completion(events, info),
-        (lambda events: render.completion_stream(events, info, usage)) if body.stream else None,
-    )
+
+
+@dataclass(frozen=True, slots=True)
+class TextKind(Generic[Body]):
+    """What a text endpoint names for the pipeline; the rest is the same for all."""
+
+    endpoint: str
+    model: type[Body]
+    check: Callable[[Body], None]
+    tokens: Callable[[Body, ModelSpec], int]
+    bound: Callable[[Body, ModelSpec], tuple[int, int, int]]
+    start: Callable[[Backend, Body, Call], AsyncIterator[Event]]
+    prefix: str
+    collect: Callable[[AsyncIterator[Event], render.Head], Awaitable[bytes]]
+    stream: Callable[[AsyncIterator[Event], render.Head, bool], AsyncIterator[bytes]]
+
+
+CHAT = TextKind(
+    "chat.completions",
+    p.ChatCompletionRequest,
+    check_chat,
+    estimate.chat_tokens,
+    estimate.chat_bound,
+    lambda backend, body, call: backend.chat(body, call),
+    "chatcmpl-",
+    render.chat_completion,
+    render.chat_stream,
+)
+
+COMPLETIONS = TextKind(
+    "completions",
+    p.CompletionRequest,
+    check_completion,
+    estimate.completion_tokens,
+    estimate.completion_bound,
+    lambda backend, body, call: backend.complete(body, call),
+    "cmpl-",
+    render.completion,
+    render.completion_stream,
+)
+
+
+def text_handler(kind: TextKind[Any]) -> Callable[[Exchange], Awaitable[Response]]:
+    async def handle(ex: Exchange) -> Response:
+        await authenticate(ex, kind.endpoint)
+        body = await read(ex, kind.model)
+        kind.check(body)
+        found = resolve(ex, body.model, kind.endpoint)
+        precheck(found, body)
+        await admit(ex, body.model, kind.tokens(body, found.spec))
+        await price(ex, kind.bound(body, found.spec), estimate.uncounted(body, found.spec))
+        info = head(ex.svc, found, kind.prefix)
+        usage = include_usage(body.stream_options)
+        return await answer(
+            ex,
+            relay(ex, lambda call: kind.start(found.backend, body, call)),
+            lambda events: kind.collect(events, info),
+            (lambda events: kind.stream(events, info, usage)) if body.stream else None,
+        )
+
+    handle.__name__ = kind.endpoint.replace(".", "_")
+    return handle
+
+
+chat_completions = text_handler(CHAT)
+completions = text_handler(COMPLETIONS)
 
 
 # ----------------------------------------------------------------------------- embeddings
 
 
-async def embeddings(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, "embeddings")
-    body = parse(p.EmbeddingRequest, await read_body(request, svc.settings.max_body_bytes))
-    route = route_for(svc, principal, body.model, "embeddings")
-    tokens = estimate.embedding_tokens(body)
-    bound = (estimate.embedding_bound(body), 0, 1)
-    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
+async def embeddings(ex: Exchange) -> Response:
+    await authenticate(ex, "embeddings")
+    body = await read(ex, p.EmbeddingRequest)
+    found = resolve(ex, body.model, "embeddings")
+    admission = await admit(ex, body.model, estimate.embedding_tokens(body))
+    call = await price(ex, (estimate.embedding_bound(body), 0, 1))
     meter = call.meter
     try:
-        result = await unless_disconnected(request, route.backend.embed(body, call))
+        result = await unless_disconnected(ex.request, found.backend.embed(body, call))
     except BaseException as exc:
         meter.status = status_of(exc)
         meter.close(NOTHING)
@@ -455,7 +231,7 @@ async def embeddings(request: Request) -> Response:
         meter.close(None)
         return Response(result.data, media_type="application/json", headers=admission.headers)
     meter.settle(Usage(result.prompt_tokens, 0))
-    rendered = render.embedding_list(result, route.spec.name, body.encoding_format)
+    rendered = render.embedding_list(result, found.spec.name, body.encoding_format)
     return json_response(rendered, admission.headers)
 
 
@@ -487,19 +263,19 @@ async def previous_of(svc: Services, principal: Principal, body: p.ResponsesRequ
     return stored
 
 
-async def create_response(request: Request) -> Response:
+async def create_response(ex: Exchange) -> Response:
     """``POST /v1/responses``: passed through to deployments that speak the Responses API,
     translated to chat for all others (``api/responses``); metered, limited and held like
     chat."""
-    svc = services(request)
-    principal = await gate(request, RESPONSES)
-    body = parse(p.ResponsesRequest, await read_body(request, svc.settings.max_body_bytes))
+    svc = ex.svc
+    principal = await authenticate(ex, RESPONSES)
+    body = await read(ex, p.ResponsesRequest)
     check_responses(body)
-    route = route_for(svc, principal, body.model, RESPONSES)
+    found = resolve(ex, body.model, RESPONSES)
     previous = await previous_of(svc, principal, body)
     # Pass-through needs every deployment to speak the Responses API (any may answer), and a
     # previous response the upstream made itself (it holds that conversation).
-    passthrough = all(d.speaks_responses for d in route.spec.deployments) and (
+    passthrough = all(d.speaks_responses for d in found.spec.deployments) and (
         previous is None or previous.context is None
     )
     if previous is not None and previous.context is None and not passthrough:
@@ -513,22 +289,24 @@ async def create_response(request: Request) -> Response:
     history = previous.context if previous is not None else None
     turn = responses.translate(body, history, lenient=passthrough)
     if not passthrough:
-        precheck(route, turn.chat)
-    tokens = estimate.chat_tokens(turn.chat, route.spec)
-    bound = estimate.chat_bound(turn.chat, route.spec)
-    call, admission = await begin(request, svc, principal, body.model, route, tokens, bound)
-    admission.overhead_tokens = estimate.uncounted(turn.chat, route.spec)
+        precheck(found, turn.chat)
+    await admit(ex, body.model, estimate.chat_tokens(turn.chat, found.spec))
+    await price(
+        ex,
+        estimate.chat_bound(turn.chat, found.spec),
+        estimate.uncounted(turn.chat, found.spec),
+    )
     now = lambda: int(svc.clock.now().timestamp())  # noqa: E731
-    head = responses.Head(
+    info = responses.Head(
         id=responses.new_id("resp_"),
         item_id=responses.new_id("msg_"),
         created_at=now(),
-        model=route.spec.name,
+        model=found.spec.name,
         body=body,
         clock=now,
         context=turn.context,
-        temperature=route.spec.default_temperature
-        if route.spec.default_temperature is not None
+        temperature=found.spec.default_temperature
+        if found.spec.default_temperature is not None
         else 1.0,
     )
     member = principal.member_id
@@ -537,57 +315,50 @@ async def create_response(request: Request) -> Response:
         await svc.responses.save(member, made, context)
 
     keep = save if body.store is not False else None
+    start: Callable[[Call], AsyncIterator[Event]]
     if passthrough:
-        start = lambda: route.backend.respond(body, call)  # type: ignore[attr-defined]  # noqa: E731
+        start = lambda call: found.backend.respond(body, call)  # type: ignore[attr-defined]  # noqa: E731
     else:
-        start = lambda: responses.deltas(route.backend.chat(turn.chat, call))  # noqa: E731
-    return await run(
-        request,
-        call,
-        admission,
-        start,
-        lambda events: responses.collect(events, head, keep),
-        (lambda events: responses.stream(events, head, keep)) if body.stream else None,
+        start = lambda call: responses.deltas(found.backend.chat(turn.chat, call))  # noqa: E731
+    return await answer(
+        ex,
+        relay(ex, start),
+        lambda events: responses.collect(events, info, keep),
+        (lambda events: responses.stream(events, info, keep)) if body.stream else None,
     )
 
 
-async def retrieve_response(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, RESPONSES)
-    response_id: str = request.path_params["response_id"]
-    stored = await svc.responses.get(principal.member_id, response_id)
+async def retrieve_response(ex: Exchange) -> Response:
+    principal = await authenticate(ex, RESPONSES)
+    response_id: str = ex.request.path_params["response_id"]
+    stored = await ex.svc.responses.get(principal.member_id, response_id)
     if stored is None:
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     return Response(
         orjson.dumps(stored.body),
         media_type="application/json",
-        headers=await current_limits(request),
+        headers=await ex.limit_headers(),
     )
 
 
-async def delete_response(request: Request) -> Response:
-    svc = services(request)
-    principal = await gate(request, RESPONSES)
-    response_id: str = request.path_params["response_id"]
-    if not await svc.responses.delete(principal.member_id, response_id):
+async def delete_response(ex: Exchange) -> Response:
+    principal = await authenticate(ex, RESPONSES)
+    response_id: str = ex.request.path_params["response_id"]
+    if not await ex.svc.responses.delete(principal.member_id, response_id):
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
-    return json_response(p.ResponseDeleted(id=response_id), await current_limits(request))
+    return json_response(p.ResponseDeleted(id=response_id), await ex.limit_headers())
 
 
 #: Plain Starlette routes: the /v1 surface needs none of FastAPI's per-request machinery
-#: (OpenAI's own description is its documentation).
+#: (OpenAI's own description is its documentation). Each runs its handler through the pipeline.
 routes = [
-    HTTPRoute("/v1/models", list_models, methods=["GET"]),
-    HTTPRoute("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
-    HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
-    HTTPRoute("/v1/completions", completions, methods=["POST"]),
-    HTTPRoute("/v1/embeddings", embeddings, methods=["POST"]),
-    HTTPRoute("/v1/responses", create_response, methods=["POST"]),
-    HTTPRoute("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
-    HTTPRoute("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+    route("/v1/models", list_models, "GET"),
+    route("/v1/models/{model:path}", retrieve_model, "GET"),
+    route("/v1/chat/completions", chat_completions, "POST"),
+    route("/v1/completions", completions, "POST"),
+    route("/v1/embeddings", embeddings, "POST"),
+    route("/v1/responses", create_response, "POST"),
+    route("/v1/responses/{response_id}", retrieve_response, "GET"),
+    route("/v1/responses/{response_id}", delete_response, "DELETE"),
 ]
-
-# The media endpoints live in their own module (which uses the gate and limits above).
-from keyhouse.api import media  # noqa: E402
-
-routes += media.routes
+routes += media.routes  # images and audio: their own module, the same stages

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from keyhouse.api import protocol
 from keyhouse.errors import InvalidRequest
+from keyhouse.wire import openai as protocol
 
 M = TypeVar("M", bound=BaseModel)
 

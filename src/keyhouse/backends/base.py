@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.config import ModelSpec
+from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 class Meter:

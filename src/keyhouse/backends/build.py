@@ -13,20 +13,11 @@ from keyhouse.backends.breaker import Breaker
 from keyhouse.backends.catalog import Catalog
 from keyhouse.backends.local.backend import Engine, LocalChatBackend, LocalEmbeddingBackend
 from keyhouse.backends.router import Deployment, Router
-from keyhouse.backends.upstream.anthropic import AnthropicBackend
-from keyhouse.backends.upstream.azure import AzureBackend
-from keyhouse.backends.upstream.client import UpstreamBackend
+from keyhouse.backends.upstream.kinds import UPSTREAMS
 from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError
 
 log = logging.getLogger("keyhouse.backends")
-
-#: Upstream kinds and the backend class that speaks to each.
-UPSTREAMS: dict[str, type[UpstreamBackend]] = {
-    "openai": UpstreamBackend,
-    "azure": AzureBackend,
-    "anthropic": AnthropicBackend,
-}
 
 
 def _breaker(deployment: DeploymentSpec) -> Breaker:

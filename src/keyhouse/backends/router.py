@@ -15,26 +15,25 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyhouse.api.protocol import (
+from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
+from keyhouse.backends.breaker import Breaker
+from keyhouse.backends.vision import has_images, no_vision
+from keyhouse.config import DeploymentSpec, ModelSpec
+from keyhouse.errors import KeyhouseError, Retryable
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponsesRequest,
 )
-from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
-from keyhouse.backends.breaker import Breaker
-from keyhouse.backends.vision import has_images, no_vision
-from keyhouse.config import DeploymentSpec, ModelSpec
-from keyhouse.errors import KeyhouseError, Overloaded
 
 log = logging.getLogger("keyhouse.router")
 
 
 def can_fall_back(error: BaseException) -> bool:
-    """Would another deployment do better? (Not for the client's own mistakes.)"""
-    from keyhouse.backends.upstream.client import UpstreamFailure
-
-    return isinstance(error, UpstreamFailure | Overloaded)
+    """Would another deployment do better? Only a ``Retryable`` says so (an upstream that
+    could not answer, a local model that is overloaded); never the client's own mistakes."""
+    return isinstance(error, Retryable)
 
 
 @dataclass

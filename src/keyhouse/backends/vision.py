@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from keyhouse.api.protocol import ChatCompletionRequest
 from keyhouse.errors import InvalidRequest
+from keyhouse.wire.openai import ChatCompletionRequest
 
 IMAGE = "image_url"
 

@@ -14,6 +14,11 @@ from keyhouse.config import Settings
 from keyhouse.errors import KeyhouseError
 
 
+def site_name(settings: Settings) -> str:
+    """How mails name this installation."""
+    return "Keyhouse"
+
+
 class Mailer(Protocol):
     async def send(self, to: str, subject: str, text: str) -> None: ...
 

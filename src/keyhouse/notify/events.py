@@ -15,14 +15,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from keyhouse.accounts.admin import site_name
 from keyhouse.billing.money import show
 from keyhouse.clock import Clock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
 from keyhouse.db.models import BudgetSpend, Event, Member
 from keyhouse.i18n import t
-from keyhouse.notify import DeliveryFailed, Mailer
+from keyhouse.notify import DeliveryFailed, Mailer, site_name
 
 log = logging.getLogger("keyhouse.notify")
 

@@ -23,15 +23,15 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keyhouse.accounts import sessions
 from keyhouse.accounts.policy import missing_steps
+from keyhouse.api.deps import Actor
 from keyhouse.api.http import client_ip
-from keyhouse.api.manage import Actor
 from keyhouse.i18n import LANGUAGES, pick_language
 from keyhouse.web import i18n
 from keyhouse.web.i18n import gettext as _
 
 if TYPE_CHECKING:
-    from keyhouse.app import Services
     from keyhouse.db.models import Member
+    from keyhouse.services import Services
 
 LANG_COOKIE = "kh_lang"
 FORM_COOKIE = "kh_form"

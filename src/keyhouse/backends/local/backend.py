@@ -15,12 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from keyhouse.api.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    WireModel,
-)
 from keyhouse.backends.base import Call, Embeddings, Event, Meter, TextDelta
 from keyhouse.backends.local import tools
 from keyhouse.backends.local.e5 import EmbedJob
@@ -29,6 +23,12 @@ from keyhouse.backends.local.llama import GenerateJob, LlamaSettings
 from keyhouse.backends.local.schema_bounds import check_schema
 from keyhouse.config import DeploymentSpec, ModelSpec, bundled_gguf_path
 from keyhouse.errors import ConfigError, InvalidRequest
+from keyhouse.wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    WireModel,
+)
 
 
 class Engine(Protocol):

@@ -31,7 +31,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from keyhouse.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keyhouse.backends.base import Call, Embeddings, Event, Relayed, TextDelta, ToolCallDelta, Usage
 from keyhouse.backends.upstream.client import (
     UpstreamBackend,
@@ -46,6 +45,7 @@ from keyhouse.backends.upstream.fetch import FetchPolicy, data_url, fetch_image,
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError
 from keyhouse.logs import redact
+from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_VERSION = "2023-06-01"

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from keyhouse.backends.upstream.kinds import UPSTREAMS
 from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError, KeyhouseError
 
@@ -45,8 +46,6 @@ def _short(error: BaseException) -> str:
 
 
 async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float) -> Row:
-    from keyhouse.backends.build import UPSTREAMS
-
     row = Row(spec.name, deployment.name, "")
     try:
         backend = UPSTREAMS[deployment.backend](spec, deployment)

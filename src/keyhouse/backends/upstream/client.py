@@ -7,9 +7,9 @@ learns the truth; stripped again when the client did not ask). Where the server 
 usage, tokens are counted offline and marked as estimates. If the client goes away mid-stream,
 the server is read to the end — briefly, bounded — to learn the usage.
 
-Failures are sorted for the router: ``UpstreamFailure`` means "this deployment could not
-answer" (connection, timeout, 5xx, 429, our keys refused) and may go to another deployment;
-anything else is the client's own error and is passed back as the server said it.
+Failures are sorted for the router: ``UpstreamFailure`` (a ``Retryable``) means "this deployment
+could not answer" (connection, timeout, 5xx, 429, our keys refused) and may go to another
+deployment; anything else is the client's own error and is passed back as the server said it.
 """
 
 from __future__ import annotations
@@ -26,31 +26,27 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from keyhouse.api.protocol import (
+from keyhouse.backends.base import Call, Event, Relayed, Usage
+from keyhouse.backends.upstream import tokens
+from keyhouse.backends.upstream.keys import KeyPool, read_secret
+from keyhouse.config import DeploymentSpec, ModelSpec
+from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError, Retryable
+from keyhouse.logs import redact
+from keyhouse.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponsesRequest,
     WireModel,
 )
-from keyhouse.backends.base import Call, Event, Relayed, Usage
-from keyhouse.backends.upstream import tokens
-from keyhouse.backends.upstream.keys import KeyPool, read_secret
-from keyhouse.config import DeploymentSpec, ModelSpec
-from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError
-from keyhouse.logs import redact
 
 log = logging.getLogger("keyhouse.upstream")
 
 MAX_BODY = 64 * 1024 * 1024
 
 
-class UpstreamFailure(KeyhouseError):
+class UpstreamFailure(Retryable):
     """The deployment could not answer; another one may. Counts against its breaker."""
-
-    status = 502
-    type = "server_error"
-    code = "upstream_unavailable"
 
 
 # ----------------------------------------------------------------------------- settings

@@ -1,0 +1,24 @@
+"""The import contracts of ``.importlinter`` hold: every import under src/keyhouse runs downward
+through the layers, and no modules or packages import each other in a circle.
+
+``make test`` runs ``lint-imports`` too; this test makes any pytest run (CI's) fail the same way.
+Break it once by adding ``from keyhouse.api import v1`` to ``backends/base.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+import keyhouse
+
+CONFIG = Path(__file__).resolve().parents[1] / ".importlinter"
+
+
+def test_the_import_contracts_hold(capsys) -> None:
+    # The tree under test is the one imported here (PYTHONPATH first, else the installed one).
+    assert Path(keyhouse.__file__).resolve().parents[2] == CONFIG.parent, keyhouse.__file__
+    code = lint_imports(config_filename=str(CONFIG), no_cache=True, no_logo=True)
+    report = capsys.readouterr().out
+    assert code == 0, report
