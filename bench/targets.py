@@ -1,0 +1,338 @@
+"""Every speed target of the request path, each with its ratio and "met" or "not met", measured
+side by side in one run against a bare relay started by this same script.
+
+    python bench/targets.py [--seconds 4] [--rounds 3] [--cold-runs 3] [--no-limits]
+
+One worker, 16 keep-alive connections, meter (``billing_mode = "enforce"``) and limits
+(in-process, far above the load) on, through a fast fake upstream (``fake_upstream.py``), against
+the bare Starlette + aiohttp relay (``bare_proxy.py``):
+
+* plain: non-streamed chat, requests/s ≥ 0.6× the bare relay's;
+* streamed: streams of 200 chunks, server-sent events delivered per second ≥ 0.6× the bare
+  relay's (the same events: every stream is read whole and its events counted);
+* p99 warm ≤ 3× the bare relay's p99 (plain, 16 connections, after a 1 s warm-up);
+* p99 cold ≤ 3× the bare relay's: a freshly started server (and, for Keyhouse, a key it has
+  never seen) loaded from the moment it answers ``/health``, over the first two seconds —
+  each started ``--cold-runs`` times, the worst run counted;
+* p50 added at one connection ≤ 0.5 ms (Keyhouse's p50 minus the upstream's own);
+* limits ≤ 10 %: ``limits.py``'s three servers (billing off; limits off, in-process, Redis).
+
+Warm figures are the medians of ``--rounds`` rounds in which the contenders take turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpload
+from proxy import CHAT, CONFIG, STREAM
+from run import free_port, stop, wait_healthy
+
+HERE = Path(__file__).resolve().parent
+EMAIL = "targets@example.org"
+PATH = "/v1/chat/completions"
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    ratio: float
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.limit if self.higher_is_better else self.ratio <= self.limit
+
+    def line(self) -> str:
+        sign = "≥" if self.higher_is_better else "≤"
+        verdict = "met" if self.met else "NOT MET"
+        return f"  {self.name:<34} {self.measured:<44} {self.ratio:>7.2f} {sign} {self.limit:<5g} {verdict}"
+
+
+def ready_at(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
+    """Poll ``/health`` every 10 ms; the moment it first answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"process exited early:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return time.perf_counter()
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise SystemExit(f"no answer on port {port} in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.upstream_port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.home = root / "keyhouse"
+        self.home.mkdir()
+        (self.home / "keyhouse.toml").write_text(CONFIG.format(port=self.upstream_port))
+        self.env = {
+            **os.environ,
+            "KEYHOUSE_HOME": str(self.home),
+            "KEYHOUSE_CONFIG": str(self.home / "keyhouse.toml"),
+            "KEYHOUSE_LOG_LEVEL": "warning",
+        }
+
+    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> tuple[
+        subprocess.Popen[bytes], Path
+    ]:
+        log = self.root / f"{name}.log"
+        process = subprocess.Popen(
+            [sys.executable, *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
+        self.processes.append(process)
+        return process, log
+
+    def cli(self, *argv: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "keyhouse", *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def new_key(self) -> str:
+        return self.cli("keys", "create", "--user", EMAIL, "--name", f"bench-{time.time_ns()}")
+
+    def keyhouse(self, port: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        argv = ["-m", "keyhouse", "serve", "--port", str(port)]
+        return self.spawn(argv, name, self.env)
+
+    def bare(self, port: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        upstream = f"http://127.0.0.1:{self.upstream_port}/v1"
+        argv = [str(HERE / "bare_proxy.py"), "--port", str(port), "--upstream", upstream]
+        return self.spawn(argv, name)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+
+def cold(bench: Bench, which: str, runs: int, connections: int) -> list[httpload.Result]:
+    """Start a fresh server ``runs`` times; load it from the moment it is ready, 2 s."""
+    results = []
+    for run in range(runs):
+        port = free_port()
+        headers: dict[str, str] = {}
+        if which == "keyhouse":
+            headers = {"Authorization": f"Bearer {bench.new_key()}"}  # never seen by it
+            process, log = bench.keyhouse(port, f"keyhouse-cold-{run}")
+        else:
+            process, log = bench.bare(port, f"bare-cold-{run}")
+        ready_at(port, process, log, 120)
+        results.append(
+            httpload.post_load(
+                port, PATH, CHAT, headers, connections=connections, seconds=2.0, warmup=0
+            )
+        )
+        stop(process)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-limits", action="store_true", help="skip the limits servers")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    conns = args.connections
+
+    bench = Bench(Path(tempfile.mkdtemp(prefix="keyhouse-targets-")))
+    targets: list[Target] = []
+    try:
+        upstream, log = bench.spawn(
+            [str(HERE / "fake_upstream.py"), "--port", str(bench.upstream_port)], "upstream"
+        )
+        wait_healthy(bench.upstream_port, upstream, log, 30)
+        bench.cli("users", "create", "--email", EMAIL)
+
+        # Cold first: the fresh servers, before the warm ones load the machine.
+        print(f"Cold: a fresh server loaded at {conns} connections for its first 2 s")
+        cold_runs = {
+            name: cold(bench, name, args.cold_runs, conns) for name in ("bare", "keyhouse")
+        }
+        cold_p99 = {}
+        for name, results in cold_runs.items():
+            p99s = [r.percentile(99) for r in results]
+            maxes = [max(r.latencies, default=float("nan")) * 1000 for r in results]
+            cold_p99[name] = max(p99s)
+            print(
+                f"  {name:<9} p99 {', '.join(f'{v:.1f}' for v in p99s)} ms; "
+                f"max {', '.join(f'{v:.0f}' for v in maxes)} ms; "
+                f"req/s {', '.join(f'{r.per_second:.0f}' for r in results)}"
+                + (f"; {sum(r.errors for r in results)} errors" if any(r.errors for r in results) else "")
+            )
+
+        kh_port, bare_port = free_port(), free_port()
+        process, log = bench.keyhouse(kh_port, "keyhouse")
+        wait_healthy(kh_port, process, log, 120)
+        process, log = bench.bare(bare_port, "bare")
+        wait_healthy(bare_port, process, log, 30)
+        key = bench.new_key()
+        contenders = {
+            "direct": (bench.upstream_port, {}),
+            "bare": (bare_port, {}),
+            "keyhouse": (kh_port, {"Authorization": f"Bearer {key}"}),
+        }
+
+        def rounds(names: list[str], measure) -> dict[str, list]:  # type: ignore[no-untyped-def]
+            out: dict[str, list] = {name: [] for name in names}  # type: ignore[type-arg]
+            for round_ in range(args.rounds):
+                for name in names if round_ % 2 == 0 else list(reversed(names)):
+                    port, headers = contenders[name]
+                    out[name].append(measure(port, headers))
+            return out
+
+        print(f"\nWarm: {args.rounds} rounds of {args.seconds:g} s (after 1 s) per figure, in turns")
+        plain = rounds(
+            ["direct", "bare", "keyhouse"],
+            lambda port, headers: httpload.post_load(
+                port, PATH, CHAT, headers, connections=conns, seconds=args.seconds
+            ),
+        )
+        print(f"  plain, {conns} connections        req/s     p50 ms   p99 ms")
+        fig = {}
+        for name, results in plain.items():
+            fig[name] = (
+                statistics.median(r.per_second for r in results),
+                statistics.median(r.percentile(50) for r in results),
+                statistics.median(r.percentile(99) for r in results),
+            )
+            errors = sum(r.errors for r in results)
+            print(
+                f"    {name:<27} {fig[name][0]:>7.0f} {fig[name][1]:>9.2f} {fig[name][2]:>8.2f}"
+                + (f"  ({errors} errors)" if errors else "")
+            )
+        one = rounds(
+            ["direct", "bare", "keyhouse"],
+            lambda port, headers: httpload.post_load(
+                port, PATH, CHAT, headers, connections=1, seconds=args.seconds
+            ),
+        )
+        p50_one = {n: statistics.median(r.percentile(50) for r in rs) for n, rs in one.items()}
+        print(
+            "  plain, 1 connection, p50: "
+            + ", ".join(f"{name} {value:.3f} ms" for name, value in p50_one.items())
+        )
+        def streams(port: int, headers: dict[str, str]) -> tuple[httpload.Result, float]:
+            events: list[int] = []
+            result = httpload.post_load(
+                port, PATH, STREAM, headers, connections=conns, seconds=args.seconds, events=events
+            )
+            return result, sum(events) / result.seconds
+
+        streamed = rounds(["bare", "keyhouse"], streams)
+        events_per_s = {n: statistics.median(e for _, e in rs) for n, rs in streamed.items()}
+        print(f"  streamed, {conns} connections, 200-chunk streams: events/s (streams/s)")
+        for name, results in streamed.items():
+            per_stream = statistics.median(r.per_second for r, _ in results)
+            errors = sum(r.errors for r, _ in results)
+            print(
+                f"    {name:<27} {events_per_s[name]:>7.0f} ({per_stream:.0f})"
+                + (f"  ({errors} errors)" if errors else "")
+            )
+
+        targets += [
+            Target(
+                "plain req/s vs bare",
+                f"{fig['keyhouse'][0]:.0f} vs {fig['bare'][0]:.0f} req/s",
+                fig["keyhouse"][0] / fig["bare"][0],
+                0.6,
+                True,
+            ),
+            Target(
+                "streamed events/s vs bare",
+                f"{events_per_s['keyhouse']:.0f} vs {events_per_s['bare']:.0f} events/s",
+                events_per_s["keyhouse"] / events_per_s["bare"],
+                0.6,
+                True,
+            ),
+            Target(
+                "p99 warm vs bare",
+                f"{fig['keyhouse'][2]:.1f} vs {fig['bare'][2]:.1f} ms",
+                fig["keyhouse"][2] / fig["bare"][2],
+                3,
+                False,
+            ),
+            Target(
+                "p99 first 2 s after start vs bare",
+                f"{cold_p99['keyhouse']:.1f} vs {cold_p99['bare']:.1f} ms (worst run)",
+                cold_p99["keyhouse"] / cold_p99["bare"],
+                3,
+                False,
+            ),
+            Target(
+                "p50 added at 1 connection (ms)",
+                f"{p50_one['keyhouse']:.3f} − {p50_one['direct']:.3f} ms (direct)",
+                p50_one["keyhouse"] - p50_one["direct"],
+                0.5,
+                False,
+            ),
+        ]
+        bench.close()
+        bench.processes = []
+
+        if not args.no_limits:
+            print()
+            from compare import compare
+            from limits import OFF, ON
+
+            medians = compare(
+                {
+                    "limits off": (OFF, {}),
+                    "limits in-process": (ON, {}),
+                    "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
+                },
+                baseline="limits off",
+                connections=conns,
+                seconds=args.seconds,
+                rounds=args.rounds,
+            )
+            for name in ("limits in-process", "limits in Redis"):
+                cost = 1 - medians[name] / medians["limits off"]
+                targets.append(
+                    Target(
+                        f"{name} cost",
+                        f"{medians[name]:.0f} vs {medians['limits off']:.0f} req/s",
+                        cost,
+                        0.10,
+                        False,
+                    )
+                )
+
+        print(f"\nTargets (one worker, {conns} connections, meter and limits on)")
+        print(f"  {'target':<34} {'measured':<44} {'ratio':>7}")
+        for target in targets:
+            print(target.line())
+        print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
