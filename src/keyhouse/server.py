@@ -113,6 +113,62 @@ def _error(status: int, reason: str, message: str, code: str) -> bytes:
     ).encode() + body
 
 
+class Corked:
+    """A transport whose writes within one turn of the event loop leave in one ``send``.
+
+    uvicorn writes a response's status line and headers, then its body, then (chunked) the
+    end, each on its own; a stream writes each event on its own. Each write is a system call,
+    and on this path they were a fifth of the server's CPU. Here the writes made before the
+    loop next turns are joined and written once, just after the current step: a plain response
+    leaves in one ``send`` and a stream's events that arrived together leave together. Nothing
+    waits longer than the step that wrote it."""
+
+    __slots__ = ("_loop", "_pending", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if self.transport.is_closing():
+            return
+        self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending = []
+        self.transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the transport's own
+        return getattr(self.transport, name)
+
+
 class _TooLarge(Exception):
     """Raised from a parser callback to stop parsing an oversized header block."""
 
@@ -195,7 +251,7 @@ class GuardedHttp(HttpToolsProtocol):
     # ------------------------------------------------------------------ protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(Corked(transport, self.loop))  # type: ignore[arg-type]
         ip = self.client[0] if self.client else None
         if not self.guard.admit(ip):
             log.info("refusing a connection from %s: too many open connections", ip)
