@@ -15,6 +15,8 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    #: Every response, the warm-up's included (for CPU time per request).
+    total: int = 0
 
     @property
     def per_second(self) -> float:
@@ -86,6 +88,7 @@ async def _worker(
             writer.write(payload)
             counted: list[int] | None = [] if events is not None else None
             status, _ = await _read_response(reader, counted)
+            out.total += 1
             if started >= record_from:
                 if status == b"200":
                     out.latencies.append(time.perf_counter() - started)

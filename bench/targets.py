@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpload
+from compare import cpu_seconds
 from proxy import CHAT, CONFIG, STREAM
 from run import free_port, stop, wait_healthy
 
@@ -59,7 +60,10 @@ class Target:
     def line(self) -> str:
         sign = "≥" if self.higher_is_better else "≤"
         verdict = "met" if self.met else "NOT MET"
-        return f"  {self.name:<34} {self.measured:<44} {self.ratio:>7.2f} {sign} {self.limit:<5g} {verdict}"
+        return (
+            f"  {self.name:<36} {self.measured:<44} {self.ratio:>7.2f} {sign} "
+            f"{self.limit:<5g} {verdict}"
+        )
 
 
 def ready_at(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
@@ -94,9 +98,9 @@ class Bench:
             "KEYHOUSE_LOG_LEVEL": "warning",
         }
 
-    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> tuple[
-        subprocess.Popen[bytes], Path
-    ]:
+    def spawn(
+        self, argv: list[str], name: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.root / f"{name}.log"
         process = subprocess.Popen(
             [sys.executable, *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
@@ -185,37 +189,57 @@ def main() -> None:
                 f"  {name:<9} p99 {', '.join(f'{v:.1f}' for v in p99s)} ms; "
                 f"max {', '.join(f'{v:.0f}' for v in maxes)} ms; "
                 f"req/s {', '.join(f'{r.per_second:.0f}' for r in results)}"
-                + (f"; {sum(r.errors for r in results)} errors" if any(r.errors for r in results) else "")
+                + (
+                    f"; {sum(r.errors for r in results)} errors"
+                    if any(r.errors for r in results)
+                    else ""
+                )
             )
 
         kh_port, bare_port = free_port(), free_port()
-        process, log = bench.keyhouse(kh_port, "keyhouse")
-        wait_healthy(kh_port, process, log, 120)
-        process, log = bench.bare(bare_port, "bare")
-        wait_healthy(bare_port, process, log, 30)
+        kh, log = bench.keyhouse(kh_port, "keyhouse")
+        wait_healthy(kh_port, kh, log, 120)
+        bare, log = bench.bare(bare_port, "bare")
+        wait_healthy(bare_port, bare, log, 30)
         key = bench.new_key()
         contenders = {
-            "direct": (bench.upstream_port, {}),
-            "bare": (bare_port, {}),
-            "keyhouse": (kh_port, {"Authorization": f"Bearer {key}"}),
+            "direct": (bench.upstream_port, {}, upstream.pid),
+            "bare": (bare_port, {}, bare.pid),
+            "keyhouse": (kh_port, {"Authorization": f"Bearer {key}"}, kh.pid),
         }
+        #: Server CPU µs per request (or stream), per contender and figure, every round.
+        cpu: dict[tuple[str, str], list[float]] = {}
 
-        def rounds(names: list[str], measure) -> dict[str, list]:  # type: ignore[no-untyped-def]
+        def rounds(figure: str, names: list[str], measure) -> dict[str, list]:  # type: ignore[no-untyped-def]
             out: dict[str, list] = {name: [] for name in names}  # type: ignore[type-arg]
             for round_ in range(args.rounds):
                 for name in names if round_ % 2 == 0 else list(reversed(names)):
-                    port, headers = contenders[name]
-                    out[name].append(measure(port, headers))
+                    port, headers, pid = contenders[name]
+                    before = cpu_seconds(pid)
+                    result = measure(port, headers)
+                    served = (result[0] if isinstance(result, tuple) else result).total
+                    cpu.setdefault((figure, name), []).append(
+                        (cpu_seconds(pid) - before) / max(served, 1) * 1e6
+                    )
+                    out[name].append(result)
             return out
 
-        print(f"\nWarm: {args.rounds} rounds of {args.seconds:g} s (after 1 s) per figure, in turns")
+        def cpu_of(figure: str, name: str) -> float:
+            return statistics.median(cpu[figure, name])
+
+        print(
+            f"\nWarm: {args.rounds} rounds of {args.seconds:g} s (after 1 s) per figure, in turns"
+        )
         plain = rounds(
+            "plain",
             ["direct", "bare", "keyhouse"],
             lambda port, headers: httpload.post_load(
                 port, PATH, CHAT, headers, connections=conns, seconds=args.seconds
             ),
         )
-        print(f"  plain, {conns} connections        req/s     p50 ms   p99 ms")
+        print(
+            f"  plain, {conns} connections        req/s     p50 ms   p99 ms   server CPU µs/request"
+        )
         fig = {}
         for name, results in plain.items():
             fig[name] = (
@@ -226,9 +250,10 @@ def main() -> None:
             errors = sum(r.errors for r in results)
             print(
                 f"    {name:<27} {fig[name][0]:>7.0f} {fig[name][1]:>9.2f} {fig[name][2]:>8.2f}"
-                + (f"  ({errors} errors)" if errors else "")
+                f" {cpu_of('plain', name):>9.0f}" + (f"  ({errors} errors)" if errors else "")
             )
         one = rounds(
+            "one",
             ["direct", "bare", "keyhouse"],
             lambda port, headers: httpload.post_load(
                 port, PATH, CHAT, headers, connections=1, seconds=args.seconds
@@ -239,6 +264,7 @@ def main() -> None:
             "  plain, 1 connection, p50: "
             + ", ".join(f"{name} {value:.3f} ms" for name, value in p50_one.items())
         )
+
         def streams(port: int, headers: dict[str, str]) -> tuple[httpload.Result, float]:
             events: list[int] = []
             result = httpload.post_load(
@@ -246,15 +272,18 @@ def main() -> None:
             )
             return result, sum(events) / result.seconds
 
-        streamed = rounds(["bare", "keyhouse"], streams)
+        streamed = rounds("streamed", ["bare", "keyhouse"], streams)
         events_per_s = {n: statistics.median(e for _, e in rs) for n, rs in streamed.items()}
-        print(f"  streamed, {conns} connections, 200-chunk streams: events/s (streams/s)")
+        print(
+            f"  streamed, {conns} connections, 200-chunk streams: events/s (streams/s), "
+            "server CPU µs/stream"
+        )
         for name, results in streamed.items():
             per_stream = statistics.median(r.per_second for r, _ in results)
             errors = sum(r.errors for r, _ in results)
             print(
-                f"    {name:<27} {events_per_s[name]:>7.0f} ({per_stream:.0f})"
-                + (f"  ({errors} errors)" if errors else "")
+                f"    {name:<27} {events_per_s[name]:>7.0f} ({per_stream:.0f}) "
+                f"{cpu_of('streamed', name):>9.0f}" + (f"  ({errors} errors)" if errors else "")
             )
 
         targets += [
@@ -269,6 +298,21 @@ def main() -> None:
                 "streamed events/s vs bare",
                 f"{events_per_s['keyhouse']:.0f} vs {events_per_s['bare']:.0f} events/s",
                 events_per_s["keyhouse"] / events_per_s["bare"],
+                0.6,
+                True,
+            ),
+            Target(
+                "plain, CPU: bare µs ÷ keyhouse µs",
+                f"{cpu_of('plain', 'bare'):.0f} ÷ {cpu_of('plain', 'keyhouse'):.0f} µs/request",
+                cpu_of("plain", "bare") / cpu_of("plain", "keyhouse"),
+                0.6,
+                True,
+            ),
+            Target(
+                "streamed, CPU: bare µs ÷ keyhouse µs",
+                f"{cpu_of('streamed', 'bare'):.0f} ÷ {cpu_of('streamed', 'keyhouse'):.0f} "
+                "µs/stream",
+                cpu_of("streamed", "bare") / cpu_of("streamed", "keyhouse"),
                 0.6,
                 True,
             ),
@@ -302,6 +346,7 @@ def main() -> None:
             from compare import compare
             from limits import OFF, ON
 
+            limits_cpu: dict[str, float] = {}
             medians = compare(
                 {
                     "limits off": (OFF, {}),
@@ -312,6 +357,7 @@ def main() -> None:
                 connections=conns,
                 seconds=args.seconds,
                 rounds=args.rounds,
+                cpu_out=limits_cpu,
             )
             for name in ("limits in-process", "limits in Redis"):
                 cost = 1 - medians[name] / medians["limits off"]
@@ -324,11 +370,25 @@ def main() -> None:
                         False,
                     )
                 )
+                cpu_cost = limits_cpu[name] / limits_cpu["limits off"] - 1
+                targets.append(
+                    Target(
+                        f"{name} cost, CPU",
+                        f"{limits_cpu[name]:.0f} vs {limits_cpu['limits off']:.0f} µs/request",
+                        cpu_cost,
+                        0.10,
+                        False,
+                    )
+                )
 
         print(f"\nTargets (one worker, {conns} connections, meter and limits on)")
-        print(f"  {'target':<34} {'measured':<44} {'ratio':>7}")
+        print(f"  {'target':<36} {'measured':<44} {'ratio':>7}")
         for target in targets:
             print(target.line())
+        print(
+            "(CPU lines: the server's own CPU time per request, all threads. On a shared machine "
+            "requests/s follow the neighbours' load; CPU per request hardly does.)"
+        )
         print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
     finally:
         bench.close()
