@@ -120,9 +120,13 @@ class Bench:
     def new_key(self) -> str:
         return self.cli("keys", "create", "--user", EMAIL, "--name", f"bench-{time.time_ns()}")
 
-    def keyhouse(self, port: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def keyhouse(
+        self, port: int, name: str, source: str | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """``keyhouse serve``; from another source tree's ``src`` when ``source`` is given."""
         argv = ["-m", "keyhouse", "serve", "--port", str(port)]
-        return self.spawn(argv, name, self.env)
+        env = self.env if source is None else {**self.env, "PYTHONPATH": source}
+        return self.spawn(argv, name, env)
 
     def bare(self, port: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
         upstream = f"http://127.0.0.1:{self.upstream_port}/v1"
@@ -134,15 +138,17 @@ class Bench:
             stop(process)
 
 
-def cold(bench: Bench, which: str, runs: int, connections: int) -> list[httpload.Result]:
+def cold(
+    bench: Bench, which: str, runs: int, connections: int, source: str | None = None
+) -> list[httpload.Result]:
     """Start a fresh server ``runs`` times; load it from the moment it is ready, 2 s."""
     results = []
     for run in range(runs):
         port = free_port()
         headers: dict[str, str] = {}
-        if which == "keyhouse":
+        if which != "bare":
             headers = {"Authorization": f"Bearer {bench.new_key()}"}  # never seen by it
-            process, log = bench.keyhouse(port, f"keyhouse-cold-{run}")
+            process, log = bench.keyhouse(port, f"{which}-cold-{run}", source)
         else:
             process, log = bench.bare(port, f"bare-cold-{run}")
         ready_at(port, process, log, 120)
@@ -163,7 +169,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-limits", action="store_true", help="skip the limits servers")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also measure Keyhouse from this source tree's src directory (e.g. an earlier "
+        "commit's, from git archive), as 'before', in the same run",
+    )
     args = parser.parse_args()
+    ours = ["keyhouse", "before"] if args.before else ["keyhouse"]
     conns = args.connections
 
     bench = Bench(Path(tempfile.mkdtemp(prefix="keyhouse-targets-")))
@@ -178,7 +191,10 @@ def main() -> None:
         # Cold first: the fresh servers, before the warm ones load the machine.
         print(f"Cold: a fresh server loaded at {conns} connections for its first 2 s")
         cold_runs = {
-            name: cold(bench, name, args.cold_runs, conns) for name in ("bare", "keyhouse")
+            name: cold(
+                bench, name, args.cold_runs, conns, args.before if name == "before" else None
+            )
+            for name in ["bare", *ours]
         }
         cold_p99 = {}
         for name, results in cold_runs.items():
@@ -207,6 +223,11 @@ def main() -> None:
             "bare": (bare_port, {}, bare.pid),
             "keyhouse": (kh_port, {"Authorization": f"Bearer {key}"}, kh.pid),
         }
+        if args.before:
+            before_port = free_port()
+            old, log = bench.keyhouse(before_port, "before", args.before)
+            wait_healthy(before_port, old, log, 120)
+            contenders["before"] = (before_port, {"Authorization": f"Bearer {key}"}, old.pid)
         #: Server CPU µs per request (or stream), per contender and figure, every round.
         cpu: dict[tuple[str, str], list[float]] = {}
 
@@ -232,7 +253,7 @@ def main() -> None:
         )
         plain = rounds(
             "plain",
-            ["direct", "bare", "keyhouse"],
+            ["direct", "bare", *ours],
             lambda port, headers: httpload.post_load(
                 port, PATH, CHAT, headers, connections=conns, seconds=args.seconds
             ),
@@ -254,7 +275,7 @@ def main() -> None:
             )
         one = rounds(
             "one",
-            ["direct", "bare", "keyhouse"],
+            ["direct", "bare", *ours],
             lambda port, headers: httpload.post_load(
                 port, PATH, CHAT, headers, connections=1, seconds=args.seconds
             ),
@@ -272,7 +293,7 @@ def main() -> None:
             )
             return result, sum(events) / result.seconds
 
-        streamed = rounds("streamed", ["bare", "keyhouse"], streams)
+        streamed = rounds("streamed", ["bare", *ours], streams)
         events_per_s = {n: statistics.median(e for _, e in rs) for n, rs in streamed.items()}
         print(
             f"  streamed, {conns} connections, 200-chunk streams: events/s (streams/s), "
@@ -286,58 +307,59 @@ def main() -> None:
                 f"{cpu_of('streamed', name):>9.0f}" + (f"  ({errors} errors)" if errors else "")
             )
 
-        targets += [
-            Target(
-                "plain req/s vs bare",
-                f"{fig['keyhouse'][0]:.0f} vs {fig['bare'][0]:.0f} req/s",
-                fig["keyhouse"][0] / fig["bare"][0],
-                0.6,
-                True,
-            ),
-            Target(
-                "streamed events/s vs bare",
-                f"{events_per_s['keyhouse']:.0f} vs {events_per_s['bare']:.0f} events/s",
-                events_per_s["keyhouse"] / events_per_s["bare"],
-                0.6,
-                True,
-            ),
-            Target(
-                "plain, CPU: bare µs ÷ keyhouse µs",
-                f"{cpu_of('plain', 'bare'):.0f} ÷ {cpu_of('plain', 'keyhouse'):.0f} µs/request",
-                cpu_of("plain", "bare") / cpu_of("plain", "keyhouse"),
-                0.6,
-                True,
-            ),
-            Target(
-                "streamed, CPU: bare µs ÷ keyhouse µs",
-                f"{cpu_of('streamed', 'bare'):.0f} ÷ {cpu_of('streamed', 'keyhouse'):.0f} "
-                "µs/stream",
-                cpu_of("streamed", "bare") / cpu_of("streamed", "keyhouse"),
-                0.6,
-                True,
-            ),
-            Target(
-                "p99 warm vs bare",
-                f"{fig['keyhouse'][2]:.1f} vs {fig['bare'][2]:.1f} ms",
-                fig["keyhouse"][2] / fig["bare"][2],
-                3,
-                False,
-            ),
-            Target(
-                "p99 first 2 s after start vs bare",
-                f"{cold_p99['keyhouse']:.1f} vs {cold_p99['bare']:.1f} ms (worst run)",
-                cold_p99["keyhouse"] / cold_p99["bare"],
-                3,
-                False,
-            ),
-            Target(
-                "p50 added at 1 connection (ms)",
-                f"{p50_one['keyhouse']:.3f} − {p50_one['direct']:.3f} ms (direct)",
-                p50_one["keyhouse"] - p50_one["direct"],
-                0.5,
-                False,
-            ),
-        ]
+        for k in ours:
+            when = "" if k == "keyhouse" else " (before)"
+            targets += [
+                Target(
+                    "plain req/s vs bare" + when,
+                    f"{fig[k][0]:.0f} vs {fig['bare'][0]:.0f} req/s",
+                    fig[k][0] / fig["bare"][0],
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "streamed events/s vs bare" + when,
+                    f"{events_per_s[k]:.0f} vs {events_per_s['bare']:.0f} events/s",
+                    events_per_s[k] / events_per_s["bare"],
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "plain, CPU: bare µs ÷ keyhouse µs" + when,
+                    f"{cpu_of('plain', 'bare'):.0f} ÷ {cpu_of('plain', k):.0f} µs/request",
+                    cpu_of("plain", "bare") / cpu_of("plain", k),
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "streamed, CPU: bare µs ÷ keyhouse µs" + when,
+                    f"{cpu_of('streamed', 'bare'):.0f} ÷ {cpu_of('streamed', k):.0f} µs/stream",
+                    cpu_of("streamed", "bare") / cpu_of("streamed", k),
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "p99 warm vs bare" + when,
+                    f"{fig[k][2]:.1f} vs {fig['bare'][2]:.1f} ms",
+                    fig[k][2] / fig["bare"][2],
+                    3,
+                    False,
+                ),
+                Target(
+                    "p99 first 2 s after start vs bare" + when,
+                    f"{cold_p99[k]:.1f} vs {cold_p99['bare']:.1f} ms (worst run)",
+                    cold_p99[k] / cold_p99["bare"],
+                    3,
+                    False,
+                ),
+                Target(
+                    "p50 added at 1 connection (ms)" + when,
+                    f"{p50_one[k]:.3f} − {p50_one['direct']:.3f} ms (direct)",
+                    p50_one[k] - p50_one["direct"],
+                    0.5,
+                    False,
+                ),
+            ]
         bench.close()
         bench.processes = []
 
@@ -347,34 +369,42 @@ def main() -> None:
             from limits import OFF, ON
 
             limits_cpu: dict[str, float] = {}
+            variants = {
+                "limits off": (OFF, {}),
+                "limits in-process": (ON, {}),
+                "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
+            }
+            if args.before:
+                old = {"PYTHONPATH": args.before}
+                variants |= {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
             medians = compare(
-                {
-                    "limits off": (OFF, {}),
-                    "limits in-process": (ON, {}),
-                    "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
-                },
+                variants,
                 baseline="limits off",
                 connections=conns,
                 seconds=args.seconds,
                 rounds=args.rounds,
                 cpu_out=limits_cpu,
             )
-            for name in ("limits in-process", "limits in Redis"):
-                cost = 1 - medians[name] / medians["limits off"]
+            for name, off in [
+                (f"limits {n}{when}", f"limits off{when}")
+                for when in (["", " (before)"] if args.before else [""])
+                for n in ("in-process", "in Redis")
+            ]:
+                cost = 1 - medians[name] / medians[off]
                 targets.append(
                     Target(
                         f"{name} cost",
-                        f"{medians[name]:.0f} vs {medians['limits off']:.0f} req/s",
+                        f"{medians[name]:.0f} vs {medians[off]:.0f} req/s",
                         cost,
                         0.10,
                         False,
                     )
                 )
-                cpu_cost = limits_cpu[name] / limits_cpu["limits off"] - 1
+                cpu_cost = limits_cpu[name] / limits_cpu[off] - 1
                 targets.append(
                     Target(
                         f"{name} cost, CPU",
-                        f"{limits_cpu[name]:.0f} vs {limits_cpu['limits off']:.0f} µs/request",
+                        f"{limits_cpu[name]:.0f} vs {limits_cpu[off]:.0f} µs/request",
                         cpu_cost,
                         0.10,
                         False,
