@@ -67,7 +67,8 @@ def stages(path: str) -> tuple[collections.Counter[str], int]:
     for line in open(path, encoding="utf-8"):
         stack, _, n = line.rstrip().rpartition(" ")
         frames = stack.split(";")
-        if not frames or "MainThread" not in frames[0]:
+        threaded = frames[0].startswith("thread (")  # recorded with --threads
+        if threaded and "MainThread" not in frames[0]:
             continue
         samples = int(n)
         total += samples
