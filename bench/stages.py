@@ -64,7 +64,9 @@ MARKS = [
 def stages(path: str) -> tuple[collections.Counter[str], int]:
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in open(path, encoding="utf-8"):
+    with open(path, encoding="utf-8") as lines:
+        text = lines.read().splitlines()
+    for line in text:
         stack, _, n = line.rstrip().rpartition(" ")
         frames = stack.split(";")
         threaded = frames[0].startswith("thread (")  # recorded with --threads
