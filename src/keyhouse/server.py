@@ -119,9 +119,10 @@ class Corked:
     uvicorn writes a response's status line and headers, then its body, then (chunked) the
     end, each on its own; a stream writes each event on its own. Each write is a system call,
     and on this path they were a fifth of the server's CPU. Here the writes made before the
-    loop next turns are joined and written once, just after the current step: a plain response
-    leaves in one ``send`` and a stream's events that arrived together leave together. Nothing
-    waits longer than the step that wrote it."""
+    loop next turns are joined and written once, just after the current step (or as soon as
+    the response is complete, ``GuardedHttp.on_response_complete``): a plain response leaves in
+    one ``send`` and a stream's events that arrived together leave together. Nothing waits
+    longer than the step that wrote it."""
 
     __slots__ = ("_loop", "_pending", "transport")
 
@@ -342,6 +343,14 @@ class GuardedHttp(HttpToolsProtocol):
     def _block_size(self) -> int:
         """The request line and headers as received (the chunk may hold body bytes too)."""
         return len(self.url) + 12 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def on_response_complete(self) -> None:
+        # The answer is whole: out now, not after what the app does once it has sent it
+        # (settling, logging) — that would add to the client's wait.
+        flush = getattr(self.transport, "flush", None)
+        if flush is not None:
+            flush()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         self._in_body = False
