@@ -20,6 +20,17 @@ import httpload
 from run import free_port, stop, wait_healthy
 
 HERE = Path(__file__).resolve().parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, all its threads. On a shared machine
+    this is the steadier figure: other processes slow a server's requests/s down, but hardly
+    change the CPU time each of its requests takes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 CHAT = orjson.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say this is a test!"}]}
 )
@@ -40,9 +51,11 @@ def compare(
     connections: int,
     seconds: float,
     rounds: int,
+    cpu_out: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """``variants``: name → (TOML text before [[models]], extra environment). Prints a table of
-    requests/s and the cost of each variant against ``baseline``; returns the medians."""
+    requests/s and the cost of each variant against ``baseline``; returns the medians. With
+    ``cpu_out``, each variant's median server CPU µs per request is put there too."""
     upstream_port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -55,7 +68,7 @@ def compare(
         )
         processes.append(upstream)
         wait_healthy(upstream_port, upstream, log, 30)
-        servers: dict[str, tuple[int, str]] = {}
+        servers: dict[str, tuple[int, str, int]] = {}
         for name, (toml, extra) in variants.items():
             home = root / name.replace(" ", "-")
             home.mkdir()
@@ -89,13 +102,15 @@ def compare(
             )
             processes.append(process)
             wait_healthy(port, process, log, 120)
-            servers[name] = (port, key)
+            servers[name] = (port, key, process.pid)
 
         results: dict[str, list[float]] = {name: [] for name in servers}
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
         for round_ in range(rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for name in order:
-                port, key = servers[name]
+                port, key, pid = servers[name]
+                before = cpu_seconds(pid)
                 result = httpload.post_load(
                     port,
                     "/v1/chat/completions",
@@ -107,17 +122,23 @@ def compare(
                 if result.errors:
                     print(f"  {name}: {result.errors} errors")
                 results[name].append(result.per_second)
+                cpu[name].append((cpu_seconds(pid) - before) / max(result.total, 1) * 1e6)
         print(
             f"Non-streamed chat through a fake upstream, {connections} connections, "
             f"{rounds} rounds of {seconds:g} s, one worker"
         )
         medians = {name: statistics.median(values) for name, values in results.items()}
+        per_request = {name: statistics.median(values) for name, values in cpu.items()}
         for name, values in results.items():
             cost = (1 - medians[name] / medians[baseline]) * 100
+            cpu_cost = (per_request[name] / per_request[baseline] - 1) * 100
             print(
                 f"  {name:<24} {medians[name]:>7.0f} req/s   cost {cost:+5.1f}% "
-                f"(rounds: {', '.join(f'{v:.0f}' for v in values)})"
+                f"(rounds: {', '.join(f'{v:.0f}' for v in values)}); "
+                f"server CPU {per_request[name]:.0f} µs/request, cost {cpu_cost:+5.1f}%"
             )
+        if cpu_out is not None:
+            cpu_out.update(per_request)
         print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
         return medians
     finally:

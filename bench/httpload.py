@@ -15,6 +15,8 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    #: Every response, the warm-up's included (for CPU time per request).
+    total: int = 0
 
     @property
     def per_second(self) -> float:
@@ -38,8 +40,11 @@ def request_bytes(port: int, path: str, body: bytes, headers: dict[str, str]) ->
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, list[float]]:
-    """Status and, for chunked bodies, the arrival time of each chunk."""
+async def _read_response(
+    reader: asyncio.StreamReader, events: list[int] | None = None
+) -> tuple[bytes, list[float]]:
+    """Status and, for chunked bodies, the arrival time of each chunk; with ``events``, the
+    number of server-sent events in the body is appended to it."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = head[9:12]
     length = None
@@ -52,29 +57,43 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, list[floa
             chunked = True
     arrivals: list[float] = []
     if chunked:
+        body: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
             if size == 0:
                 await reader.readuntil(b"\r\n")
                 break
-            await reader.readexactly(size + 2)
+            chunk = await reader.readexactly(size + 2)
             arrivals.append(time.perf_counter())
+            if events is not None:
+                body.append(chunk[:-2])
+        if events is not None:
+            events.append(b"".join(body).count(b"data: "))
     elif length:
         await reader.readexactly(length)
     return status, arrivals
 
 
 async def _worker(
-    port: int, payload: bytes, stop_at: float, record_from: float, out: Result
+    port: int,
+    payload: bytes,
+    stop_at: float,
+    record_from: float,
+    out: Result,
+    events: list[int] | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (started := time.perf_counter()) < stop_at:
             writer.write(payload)
-            status, _ = await _read_response(reader)
+            counted: list[int] | None = [] if events is not None else None
+            status, _ = await _read_response(reader, counted)
+            out.total += 1
             if started >= record_from:
                 if status == b"200":
                     out.latencies.append(time.perf_counter() - started)
+                    if events is not None and counted:
+                        events.append(counted[0])
                 else:
                     out.errors += 1
     finally:
@@ -90,7 +109,11 @@ def post_load(
     connections: int,
     seconds: float,
     warmup: float = 1.0,
+    events: list[int] | None = None,
 ) -> Result:
+    """``connections`` keep-alive connections, one request in flight on each, for ``warmup``
+    then ``seconds`` (only those are recorded). With ``events``, each recorded response's
+    count of server-sent events is appended to it (for streams)."""
     payload = request_bytes(port, path, body, headers)
 
     async def run() -> Result:
@@ -98,7 +121,7 @@ def post_load(
         out = Result(seconds)
         await asyncio.gather(
             *(
-                _worker(port, payload, start + warmup + seconds, start + warmup, out)
+                _worker(port, payload, start + warmup + seconds, start + warmup, out, events)
                 for _ in range(connections)
             )
         )

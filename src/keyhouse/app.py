@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, clock) as svc:
+            from keyhouse import server
+
+            await server.warm(svc)  # before "ready": what the first requests would wait for
             app.state.services = svc
             api.state.services = svc
             # Everything made so far lives as long as the server: keep it out of the garbage

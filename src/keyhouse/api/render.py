@@ -39,6 +39,13 @@ def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def relay(event: Relayed) -> bytes:
+    """An upstream's chunks (those that came together) as one piece of the stream."""
+    if not event.more:
+        return b"data: " + event.data + b"\n\n"
+    return b"data: " + b"\n\ndata: ".join(event.chunks()) + b"\n\n"
+
+
 def new_id(prefix: str) -> str:
     return prefix + random_base62(29)
 
@@ -231,9 +238,9 @@ async def chat_stream(
         if isinstance(event, Usage):
             usage = event
             continue
-        if isinstance(event, Relayed):  # an upstream's chunk, as it came (usage included)
+        if isinstance(event, Relayed):  # an upstream's chunks, as they came (usage included)
             relayed = True
-            yield sse(event.data)
+            yield relay(event)
             continue
         index = event.index
         if index not in started:
@@ -338,7 +345,7 @@ async def completion_stream(
             continue
         if isinstance(event, Relayed):
             relayed = True
-            yield sse(event.data)
+            yield relay(event)
             continue
         if event.text or event.logprobs:
             logprobs = (

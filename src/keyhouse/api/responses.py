@@ -214,8 +214,9 @@ async def deltas(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
     try:
         async for event in events:
             if isinstance(event, Relayed):
-                for delta in _chat_deltas(event.data):
-                    yield delta
+                for chunk in event.chunks():  # several, when they came together
+                    for delta in _chat_deltas(chunk):
+                        yield delta
             else:
                 yield event
     finally:

@@ -119,9 +119,18 @@ class Usage:
 class Relayed:
     """An upstream's own bytes, passed on as they came: one stream chunk's JSON, or (not
     streaming) the whole response body. Keeps what Keyhouse does not model — a provider's
-    extra fields — intact."""
+    extra fields — intact.
+
+    A stream's chunks that arrived together travel as one event: ``data`` and then ``more``,
+    in order. Each layer then handles them once a read rather than once a chunk (a stream of
+    small chunks spent most of its time passing single chunks from layer to layer)."""
 
     data: bytes
+    more: tuple[bytes, ...] = ()
+
+    def chunks(self) -> tuple[bytes, ...]:
+        """Every chunk this event carries, in order."""
+        return (self.data, *self.more) if self.more else (self.data,)
 
 
 Event = TextDelta | ToolCallDelta | Usage | Relayed

@@ -55,34 +55,47 @@ class MemoryStore:
     async def acquire(
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision:
-        states: list[RuleState] = []
-        values = [self._value(rule, now_us) for rule in rules]
+        # The hot path of every limited request: one pass to read and judge, one to take and
+        # report, without helpers for the common kinds (a fifth of a cheap request's limits).
+        values: list[int] = []
         oks: list[bool] = []
-        for rule, cost, value in zip(rules, costs, values, strict=True):
-            if rule.kind == "rate":
-                oks.append(value + cost * rule.period_us <= rule.limit * rule.period_us)
-            elif rule.kind == "day":
-                oks.append(value + cost <= rule.limit)
+        allowed = True
+        for rule, cost in zip(rules, costs, strict=True):
+            kind = rule.kind
+            if kind == "rate":
+                value = self._rate(rule, now_us)
+                ok = value + cost * rule.period_us <= rule.limit * rule.period_us
+            elif kind == "day":
+                value = self._day(rule)
+                ok = value + cost <= rule.limit
             else:
-                oks.append(value + cost <= rule.limit)
-        allowed = all(oks)
+                value = len(self._live_slots(rule, now_us))
+                ok = value + cost <= rule.limit
+            values.append(value)
+            oks.append(ok)
+            allowed = allowed and ok
+        states: list[RuleState] = []
         slots: dict[str, str] = {}
+        take = allowed and commit
         for rule, cost, value, ok in zip(rules, costs, values, oks, strict=True):
             after = value
-            if allowed and commit and cost:
-                if rule.kind == "rate":
+            if allowed and cost:
+                kind = rule.kind
+                if kind == "rate":
                     after = value + cost * rule.period_us
-                    self._set_rate(rule, after, now_us)
-                elif rule.kind == "day":
+                    if take:
+                        self._rates[rule.key] = (after, now_us, now_us + -(-after // rule.limit))
+                elif kind == "day":
                     after = value + cost
-                    self._days[rule.key] = (rule.day_start_us, after, rule.day_end_us)
-                else:
+                    if take:
+                        self._days[rule.key] = (rule.day_start_us, after, rule.day_end_us)
+                elif take:
                     self._slots.setdefault(rule.key, {})[slot_id] = now_us + rule.period_us
                     slots[rule.key] = slot_id
                     after = value + 1
-            elif allowed and cost:  # a peek: report as if admitted
-                after = value + (cost * rule.period_us if rule.kind == "rate" else cost)
-            states.append(state_of(rule, after if allowed else value, cost, ok, now_us))
+                else:  # a peek: report as if admitted
+                    after = value + cost
+            states.append(state_of(rule, after, cost, ok, now_us))
         return Decision(allowed, states, slots)
 
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:

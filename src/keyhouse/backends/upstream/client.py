@@ -220,7 +220,11 @@ def _generated(choice: dict[str, Any], chat: bool) -> bool:
     if not chat:
         return bool(choice.get("text"))
     delta = choice.get("delta")
-    return isinstance(delta, dict) and any(delta.get(name) for name in _GENERATED)
+    if not isinstance(delta, dict):
+        return False
+    if delta.get("content"):  # nearly every chunk: decided without the loop
+        return True
+    return any(delta.get(name) for name in _GENERATED)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -311,6 +315,10 @@ class UpstreamBackend:
             timeout=aiohttp.ClientTimeout(total=s.total, connect=s.connect, sock_read=s.first_byte),
             json_serialize=lambda value: orjson.dumps(value).decode(),
             auto_decompress=True,
+            # An upstream's cookies are nobody's: one jar shared by every member's requests
+            # would hand one member's cookie to the next, and filling and filtering it is
+            # work on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def stop(self) -> None:
@@ -613,11 +621,12 @@ class UpstreamBackend:
             choices=self._choices(request),
             chat=isinstance(request, ChatCompletionRequest),
         )
-        lines = _sse(response)
+        reader = _Events(response)
+        batches = reader.batches()
         left_early = False  # the client went away before the upstream was done
         try:
             try:
-                first = await anext(lines)
+                first = await anext(batches)
             except StopAsyncIteration:
                 first = None
             except aiohttp.ServerTimeoutError:
@@ -628,12 +637,20 @@ class UpstreamBackend:
                     code="upstream_timeout",
                 ) from None
             if first is not None:
-                for event in self._relay(first, seen, wanted):
-                    yield event
+                # The chunks of one read go on together, as one event (see ``Relayed``); an
+                # error event among them ends the stream after the chunks before it.
+                out, failure = self._relay_all(first, seen, wanted)
+                if out is not None:
+                    yield out
+                if failure is not None:
+                    raise failure
                 if not seen.stopped:
-                    async for data in lines:
-                        for event in self._relay(data, seen, wanted):
-                            yield event
+                    async for batch in batches:
+                        out, failure = self._relay_all(batch, seen, wanted)
+                        if out is not None:
+                            yield out
+                        if failure is not None:
+                            raise failure
                         if seen.stopped:
                             break
             if seen.stopped:
@@ -664,13 +681,13 @@ class UpstreamBackend:
             if left_early and seen.usage is None:
                 # The client went away mid-stream: read on (bounded) to learn the true usage.
                 call.meter.defer()
-                # A client that hangs up cancels us mid-read, which ends ``lines`` too; the
-                # response itself reads on. (Suspended at a yield, ``lines`` holds no partial
-                # event: a fresh reader continues exactly where it stopped.)
+                # A client that hangs up cancels us mid-read, which ends ``batches`` too; the
+                # reader keeps any partial event, so the drain continues exactly where it
+                # stopped.
                 with contextlib.suppress(Exception):
-                    await lines.aclose()
+                    await batches.aclose()  # type: ignore[attr-defined]
                 task = asyncio.create_task(
-                    self._drain(_sse(response), response, seen, request, call)
+                    self._drain(reader.events(), response, seen, request, call)
                 )
                 self._drains.add(task)
                 task.add_done_callback(self._drains.discard)
@@ -680,15 +697,37 @@ class UpstreamBackend:
             else:
                 if left_early:  # gone after the usage chunk, before the Usage event
                     call.meter.settle(seen.usage)
-                await lines.aclose()
+                await batches.aclose()  # type: ignore[attr-defined]
                 response.release()
+
+    def _relay_all(
+        self, batch: list[bytes], seen: _Seen, wanted: bool
+    ) -> tuple[Relayed | None, KeyhouseError | None]:
+        """The chunks of one read → one event for the client (None: nothing to send), up to
+        where the allowance cuts the stream; and the failure a chunk reported, if one did."""
+        out: list[bytes] = []
+        failure: KeyhouseError | None = None
+        for data in batch:
+            try:
+                relayed = self._relay(data, seen, wanted)
+            except KeyhouseError as exc:
+                failure = exc
+                break
+            for event in relayed:
+                out.append(event.data)  # type: ignore[union-attr]
+            if seen.stopped:
+                break
+        if not out:
+            return None, failure
+        return Relayed(out[0], tuple(out[1:])), failure
 
     def _relay(self, data: bytes, seen: _Seen, wanted: bool) -> list[Event]:
         """One upstream chunk → what the client gets (and what the meter learns)."""
         chunk = _loads(data)
         if "error" in chunk and not chunk.get("choices"):
             raise upstream_stream_error(chunk["error"])
-        usage = _usage(chunk.get("usage"))
+        raw_usage = chunk.get("usage")
+        usage = _usage(raw_usage) if raw_usage else None
         if usage is not None:
             seen.usage = usage
         if not seen.started:
@@ -700,7 +739,9 @@ class UpstreamBackend:
             if not isinstance(choice, dict):
                 kept.append(choice)
                 continue
-            index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+            index = choice.get("index")
+            if not isinstance(index, int):
+                index = 0
             if index in seen.cut:  # cut here already: nothing more of it goes out
                 changed = True
                 continue
@@ -719,8 +760,8 @@ class UpstreamBackend:
             if isinstance(text, str):
                 seen.text.append(text)
                 seen.texts.setdefault(index, []).append(text)
-            if isinstance(delta, dict):  # a call's name and arguments are output too
-                for part in _call_texts(delta.get("tool_calls")):
+            if isinstance(delta, dict) and "tool_calls" in delta:  # output too
+                for part in _call_texts(delta["tool_calls"]):
                     seen.text.append(part)
                     seen.texts.setdefault(index, []).append(part)
             kept.append(choice)
@@ -734,6 +775,8 @@ class UpstreamBackend:
         if usage is not None and not chunk.get("choices"):
             return []  # the usage chunk the client did not ask for
         if "usage" in chunk:
+            if chunk["usage"] is None and data.endswith(_NULL_USAGE):  # the usual shape
+                return [Relayed(data[: -len(_NULL_USAGE)] + b"}")]
             del chunk["usage"]
             return [Relayed(orjson.dumps(chunk))]
         return [Relayed(data)]
@@ -821,6 +864,74 @@ async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield data
 
 
+class _Events:
+    """The ``data:`` payloads of a server-sent-event stream, up to ``[DONE]``, in batches:
+    those complete after each read of the connection. It keeps a partial line and event
+    between reads, so a fresh ``events()`` or ``batches()`` goes on exactly where the last
+    one stopped (the drain after a client left)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self._partial = b""
+        self._lines: list[bytes] = []
+        self.done = False
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        """The events that ``raw`` completes."""
+        if self._partial:
+            raw = self._partial + raw
+        lines = raw.split(b"\n")
+        self._partial = lines.pop()
+        return self._parse(lines)
+
+    def _parse(self, lines: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        buffer = self._lines
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if buffer:
+                    data = buffer[0] if len(buffer) == 1 else b"\n".join(buffer)
+                    buffer.clear()
+                    if data == b"[DONE]":
+                        self.done = True
+                        return out
+                    out.append(data)
+                continue
+            if line.startswith(b"data:"):
+                buffer.append(line[5:].lstrip(b" "))
+        return out
+
+    def end(self) -> list[bytes]:
+        """What is left when the connection ends: a last event without its blank line."""
+        if self.done:
+            return []
+        lines, self._partial = [self._partial, b""], b""
+        out = self._parse(lines)
+        self.done = True
+        return out
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        if self.done:
+            return
+        async for raw in self.response.content.iter_any():
+            out = self.feed(raw)
+            if out:
+                yield out
+            if self.done:
+                return
+        out = self.end()
+        if out:
+            yield out
+
+    async def events(self) -> AsyncIterator[bytes]:
+        async for batch in self.batches():
+            for data in batch:
+                yield data
+
+
+_NULL_USAGE = b',"usage":null}'
 _BASE = ("id", "object", "created", "model", "system_fingerprint")
 
 

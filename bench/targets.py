@@ -1,0 +1,428 @@
+"""Every speed target of the request path, each with its ratio and "met" or "not met", measured
+side by side in one run against a bare relay started by this same script.
+
+    python bench/targets.py [--seconds 4] [--rounds 3] [--cold-runs 3] [--no-limits]
+
+One worker, 16 keep-alive connections, meter (``billing_mode = "enforce"``) and limits
+(in-process, far above the load) on, through a fast fake upstream (``fake_upstream.py``), against
+the bare Starlette + aiohttp relay (``bare_proxy.py``):
+
+* plain: non-streamed chat, requests/s ≥ 0.6× the bare relay's;
+* streamed: streams of 200 chunks, server-sent events delivered per second ≥ 0.6× the bare
+  relay's (the same events: every stream is read whole and its events counted);
+* p99 warm ≤ 3× the bare relay's p99 (plain, 16 connections, after a 1 s warm-up);
+* p99 cold ≤ 3× the bare relay's: a freshly started server (and, for Keyhouse, a key it has
+  never seen) loaded from the moment it answers ``/health``, over the first two seconds —
+  each started ``--cold-runs`` times, the worst run counted;
+* p50 added at one connection ≤ 0.5 ms (Keyhouse's p50 minus the upstream's own);
+* limits ≤ 10 %: ``limits.py``'s three servers (billing off; limits off, in-process, Redis).
+
+Warm figures are the medians of ``--rounds`` rounds in which the contenders take turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpload
+from compare import cpu_seconds
+from proxy import CHAT, CONFIG, STREAM
+from run import free_port, stop, wait_healthy
+
+HERE = Path(__file__).resolve().parent
+EMAIL = "targets@example.org"
+PATH = "/v1/chat/completions"
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    ratio: float
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.limit if self.higher_is_better else self.ratio <= self.limit
+
+    def line(self) -> str:
+        sign = "≥" if self.higher_is_better else "≤"
+        verdict = "met" if self.met else "NOT MET"
+        return (
+            f"  {self.name:<36} {self.measured:<44} {self.ratio:>7.2f} {sign} "
+            f"{self.limit:<5g} {verdict}"
+        )
+
+
+def ready_at(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
+    """Poll ``/health`` every 10 ms; the moment it first answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"process exited early:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return time.perf_counter()
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise SystemExit(f"no answer on port {port} in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.upstream_port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.home = root / "keyhouse"
+        self.home.mkdir()
+        (self.home / "keyhouse.toml").write_text(CONFIG.format(port=self.upstream_port))
+        self.env = {
+            **os.environ,
+            "KEYHOUSE_HOME": str(self.home),
+            "KEYHOUSE_CONFIG": str(self.home / "keyhouse.toml"),
+            "KEYHOUSE_LOG_LEVEL": "warning",
+        }
+
+    def spawn(
+        self, argv: list[str], name: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.root / f"{name}.log"
+        process = subprocess.Popen(
+            [sys.executable, *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
+        self.processes.append(process)
+        return process, log
+
+    def cli(self, *argv: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "keyhouse", *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def new_key(self) -> str:
+        return self.cli("keys", "create", "--user", EMAIL, "--name", f"bench-{time.time_ns()}")
+
+    def keyhouse(
+        self, port: int, name: str, source: str | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """``keyhouse serve``; from another source tree's ``src`` when ``source`` is given."""
+        argv = ["-m", "keyhouse", "serve", "--port", str(port)]
+        env = self.env if source is None else {**self.env, "PYTHONPATH": source}
+        return self.spawn(argv, name, env)
+
+    def bare(self, port: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        upstream = f"http://127.0.0.1:{self.upstream_port}/v1"
+        argv = [str(HERE / "bare_proxy.py"), "--port", str(port), "--upstream", upstream]
+        return self.spawn(argv, name)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+
+def cold(
+    bench: Bench, which: str, runs: int, connections: int, source: str | None = None
+) -> list[httpload.Result]:
+    """Start a fresh server ``runs`` times; load it from the moment it is ready, 2 s."""
+    results = []
+    for run in range(runs):
+        port = free_port()
+        headers: dict[str, str] = {}
+        if which != "bare":
+            headers = {"Authorization": f"Bearer {bench.new_key()}"}  # never seen by it
+            process, log = bench.keyhouse(port, f"{which}-cold-{run}", source)
+        else:
+            process, log = bench.bare(port, f"bare-cold-{run}")
+        ready_at(port, process, log, 120)
+        results.append(
+            httpload.post_load(
+                port, PATH, CHAT, headers, connections=connections, seconds=2.0, warmup=0
+            )
+        )
+        stop(process)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-limits", action="store_true", help="skip the limits servers")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also measure Keyhouse from this source tree's src directory (e.g. an earlier "
+        "commit's, from git archive), as 'before', in the same run",
+    )
+    args = parser.parse_args()
+    ours = ["keyhouse", "before"] if args.before else ["keyhouse"]
+    conns = args.connections
+
+    bench = Bench(Path(tempfile.mkdtemp(prefix="keyhouse-targets-")))
+    targets: list[Target] = []
+    try:
+        upstream, log = bench.spawn(
+            [str(HERE / "fake_upstream.py"), "--port", str(bench.upstream_port)], "upstream"
+        )
+        wait_healthy(bench.upstream_port, upstream, log, 30)
+        bench.cli("users", "create", "--email", EMAIL)
+
+        # Cold first: the fresh servers, before the warm ones load the machine.
+        print(f"Cold: a fresh server loaded at {conns} connections for its first 2 s")
+        cold_runs = {
+            name: cold(
+                bench, name, args.cold_runs, conns, args.before if name == "before" else None
+            )
+            for name in ["bare", *ours]
+        }
+        cold_p99 = {}
+        for name, results in cold_runs.items():
+            p99s = [r.percentile(99) for r in results]
+            maxes = [max(r.latencies, default=float("nan")) * 1000 for r in results]
+            cold_p99[name] = max(p99s)
+            print(
+                f"  {name:<9} p99 {', '.join(f'{v:.1f}' for v in p99s)} ms; "
+                f"max {', '.join(f'{v:.0f}' for v in maxes)} ms; "
+                f"req/s {', '.join(f'{r.per_second:.0f}' for r in results)}"
+                + (
+                    f"; {sum(r.errors for r in results)} errors"
+                    if any(r.errors for r in results)
+                    else ""
+                )
+            )
+
+        kh_port, bare_port = free_port(), free_port()
+        kh, log = bench.keyhouse(kh_port, "keyhouse")
+        wait_healthy(kh_port, kh, log, 120)
+        bare, log = bench.bare(bare_port, "bare")
+        wait_healthy(bare_port, bare, log, 30)
+        key = bench.new_key()
+        contenders = {
+            "direct": (bench.upstream_port, {}, upstream.pid),
+            "bare": (bare_port, {}, bare.pid),
+            "keyhouse": (kh_port, {"Authorization": f"Bearer {key}"}, kh.pid),
+        }
+        if args.before:
+            before_port = free_port()
+            old, log = bench.keyhouse(before_port, "before", args.before)
+            wait_healthy(before_port, old, log, 120)
+            contenders["before"] = (before_port, {"Authorization": f"Bearer {key}"}, old.pid)
+        #: Server CPU µs per request (or stream), per contender and figure, every round.
+        cpu: dict[tuple[str, str], list[float]] = {}
+
+        def rounds(figure: str, names: list[str], measure) -> dict[str, list]:  # type: ignore[no-untyped-def]
+            out: dict[str, list] = {name: [] for name in names}  # type: ignore[type-arg]
+            for round_ in range(args.rounds):
+                for name in names if round_ % 2 == 0 else list(reversed(names)):
+                    port, headers, pid = contenders[name]
+                    before = cpu_seconds(pid)
+                    result = measure(port, headers)
+                    served = (result[0] if isinstance(result, tuple) else result).total
+                    cpu.setdefault((figure, name), []).append(
+                        (cpu_seconds(pid) - before) / max(served, 1) * 1e6
+                    )
+                    out[name].append(result)
+            return out
+
+        def cpu_of(figure: str, name: str) -> float:
+            return statistics.median(cpu[figure, name])
+
+        print(
+            f"\nWarm: {args.rounds} rounds of {args.seconds:g} s (after 1 s) per figure, in turns"
+        )
+        plain = rounds(
+            "plain",
+            ["direct", "bare", *ours],
+            lambda port, headers: httpload.post_load(
+                port, PATH, CHAT, headers, connections=conns, seconds=args.seconds
+            ),
+        )
+        print(
+            f"  plain, {conns} connections        req/s     p50 ms   p99 ms   server CPU µs/request"
+        )
+        fig = {}
+        for name, results in plain.items():
+            fig[name] = (
+                statistics.median(r.per_second for r in results),
+                statistics.median(r.percentile(50) for r in results),
+                statistics.median(r.percentile(99) for r in results),
+            )
+            errors = sum(r.errors for r in results)
+            print(
+                f"    {name:<27} {fig[name][0]:>7.0f} {fig[name][1]:>9.2f} {fig[name][2]:>8.2f}"
+                f" {cpu_of('plain', name):>9.0f}" + (f"  ({errors} errors)" if errors else "")
+            )
+        one = rounds(
+            "one",
+            ["direct", "bare", *ours],
+            lambda port, headers: httpload.post_load(
+                port, PATH, CHAT, headers, connections=1, seconds=args.seconds
+            ),
+        )
+        p50_one = {n: statistics.median(r.percentile(50) for r in rs) for n, rs in one.items()}
+        print(
+            "  plain, 1 connection, p50: "
+            + ", ".join(f"{name} {value:.3f} ms" for name, value in p50_one.items())
+        )
+
+        def streams(port: int, headers: dict[str, str]) -> tuple[httpload.Result, float]:
+            events: list[int] = []
+            result = httpload.post_load(
+                port, PATH, STREAM, headers, connections=conns, seconds=args.seconds, events=events
+            )
+            return result, sum(events) / result.seconds
+
+        streamed = rounds("streamed", ["bare", *ours], streams)
+        events_per_s = {n: statistics.median(e for _, e in rs) for n, rs in streamed.items()}
+        print(
+            f"  streamed, {conns} connections, 200-chunk streams: events/s (streams/s), "
+            "server CPU µs/stream"
+        )
+        for name, results in streamed.items():
+            per_stream = statistics.median(r.per_second for r, _ in results)
+            errors = sum(r.errors for r, _ in results)
+            print(
+                f"    {name:<27} {events_per_s[name]:>7.0f} ({per_stream:.0f}) "
+                f"{cpu_of('streamed', name):>9.0f}" + (f"  ({errors} errors)" if errors else "")
+            )
+
+        for k in ours:
+            when = "" if k == "keyhouse" else " (before)"
+            targets += [
+                Target(
+                    "plain req/s vs bare" + when,
+                    f"{fig[k][0]:.0f} vs {fig['bare'][0]:.0f} req/s",
+                    fig[k][0] / fig["bare"][0],
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "streamed events/s vs bare" + when,
+                    f"{events_per_s[k]:.0f} vs {events_per_s['bare']:.0f} events/s",
+                    events_per_s[k] / events_per_s["bare"],
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "plain, CPU: bare µs ÷ keyhouse µs" + when,
+                    f"{cpu_of('plain', 'bare'):.0f} ÷ {cpu_of('plain', k):.0f} µs/request",
+                    cpu_of("plain", "bare") / cpu_of("plain", k),
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "streamed, CPU: bare µs ÷ keyhouse µs" + when,
+                    f"{cpu_of('streamed', 'bare'):.0f} ÷ {cpu_of('streamed', k):.0f} µs/stream",
+                    cpu_of("streamed", "bare") / cpu_of("streamed", k),
+                    0.6,
+                    True,
+                ),
+                Target(
+                    "p99 warm vs bare" + when,
+                    f"{fig[k][2]:.1f} vs {fig['bare'][2]:.1f} ms",
+                    fig[k][2] / fig["bare"][2],
+                    3,
+                    False,
+                ),
+                Target(
+                    "p99 first 2 s after start vs bare" + when,
+                    f"{cold_p99[k]:.1f} vs {cold_p99['bare']:.1f} ms (worst run)",
+                    cold_p99[k] / cold_p99["bare"],
+                    3,
+                    False,
+                ),
+                Target(
+                    "p50 added at 1 connection (ms)" + when,
+                    f"{p50_one[k]:.3f} − {p50_one['direct']:.3f} ms (direct)",
+                    p50_one[k] - p50_one["direct"],
+                    0.5,
+                    False,
+                ),
+            ]
+        bench.close()
+        bench.processes = []
+
+        if not args.no_limits:
+            print()
+            from compare import compare
+            from limits import OFF, ON
+
+            limits_cpu: dict[str, float] = {}
+            variants = {
+                "limits off": (OFF, {}),
+                "limits in-process": (ON, {}),
+                "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
+            }
+            if args.before:
+                old = {"PYTHONPATH": args.before}
+                variants |= {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
+            medians = compare(
+                variants,
+                baseline="limits off",
+                connections=conns,
+                seconds=args.seconds,
+                rounds=args.rounds,
+                cpu_out=limits_cpu,
+            )
+            for name, off in [
+                (f"limits {n}{when}", f"limits off{when}")
+                for when in (["", " (before)"] if args.before else [""])
+                for n in ("in-process", "in Redis")
+            ]:
+                cost = 1 - medians[name] / medians[off]
+                targets.append(
+                    Target(
+                        f"{name} cost",
+                        f"{medians[name]:.0f} vs {medians[off]:.0f} req/s",
+                        cost,
+                        0.10,
+                        False,
+                    )
+                )
+                cpu_cost = limits_cpu[name] / limits_cpu[off] - 1
+                targets.append(
+                    Target(
+                        f"{name} cost, CPU",
+                        f"{limits_cpu[name]:.0f} vs {limits_cpu[off]:.0f} µs/request",
+                        cpu_cost,
+                        0.10,
+                        False,
+                    )
+                )
+
+        print(f"\nTargets (one worker, {conns} connections, meter and limits on)")
+        print(f"  {'target':<36} {'measured':<44} {'ratio':>7}")
+        for target in targets:
+            print(target.line())
+        print(
+            "(CPU lines: the server's own CPU time per request, all threads. On a shared machine "
+            "requests/s follow the neighbours' load; CPU per request hardly does.)"
+        )
+        print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
