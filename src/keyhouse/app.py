@@ -22,7 +22,7 @@ from keyhouse.api.access import AccessLog
 from keyhouse.api.http import RequestIds
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.config import Settings, load_settings
-from keyhouse.services import Services, open_services
+from keyhouse.services import Services, open_services, warm
 
 __all__ = ["Services", "app_from_env", "create_app"]
 
@@ -36,9 +36,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings, clock) as svc:
-            from keyhouse import server
-
-            await server.warm(svc)  # before "ready": what the first requests would wait for
+            await warm(svc)  # before "ready": what the first requests would wait for
             app.state.services = svc
             api.state.services = svc
             # Everything made so far lives as long as the server: keep it out of the garbage

@@ -21,17 +21,13 @@ import ipaddress
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from keyhouse.billing.money import Prices
 from keyhouse.config import IPNetwork, Settings
-
-if TYPE_CHECKING:
-    from keyhouse.app import Services
 
 log = logging.getLogger("keyhouse.server")
 
@@ -78,22 +74,6 @@ def configure(settings: Settings) -> None:
     GUARD.max_header_bytes = settings.max_header_bytes
     GUARD.max_per_ip = settings.max_connections_per_ip
     GUARD.exempt = settings.trusted_proxies
-
-
-async def warm(services: Services) -> None:
-    """Do, before the server says it is ready, what its first requests would otherwise each do
-    while they wait.
-
-    Each model's price version is a database write the first time a process holds credit for
-    it. Sixteen first requests made it at once, and on SQLite each waited for the one before to
-    let go of the write lock (its busy handler backs off up to 100 ms a try): 1–2 s of p99 in
-    the first seconds after every start. The wallet remembers the versions; later lookups are
-    a dictionary read.
-    """
-    if services.wallet.off:
-        return
-    for spec in services.settings.models:
-        await services.wallet.price_version(spec.name, Prices.of(spec))
 
 
 def _error(status: int, reason: str, message: str, code: str) -> bytes:

@@ -15,6 +15,7 @@ from keyhouse.backends.build import Backends, retire, settings_for_reload
 from keyhouse.backends.catalog import Catalog
 from keyhouse.backends.local.backend import Engine
 from keyhouse.backends.local.host import RemoteEngine, build_engine, has_local_models
+from keyhouse.billing.money import Prices
 from keyhouse.billing.reports import Retention
 from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import Clock
@@ -190,3 +191,19 @@ async def open_services(settings: Settings, clock: Clock) -> AsyncIterator[Servi
             await auth.stop()
     finally:
         await db.dispose()
+
+
+async def warm(services: Services) -> None:
+    """Do, before the server says it is ready, what its first requests would otherwise each do
+    while they wait.
+
+    Each model's price version is a database write the first time a process holds credit for
+    it. Sixteen first requests made it at once, and on SQLite each waited for the one before to
+    let go of the write lock (its busy handler backs off up to 100 ms a try): 1–2 s of p99 in
+    the first seconds after every start. The wallet remembers the versions; later lookups are
+    a dictionary read.
+    """
+    if services.wallet.off:
+        return
+    for spec in services.settings.models:
+        await services.wallet.price_version(spec.name, Prices.of(spec))
