@@ -210,7 +210,9 @@ def test_tiers(tiered: Server, openapi: OpenAISpec) -> None:
 
 def test_several_workers_need_redis(tmp_path: Path) -> None:
     srv = Server(tmp_path)
-    result = srv.cli("serve", "--workers", "2", "--port", str(free_port()), check=False)
+    result = srv.cli(
+        "serve", "--workers", "2", "--port", str(free_port()), check=False, process=True
+    )
     assert result.returncode != 0
     assert "KEYHOUSE_REDIS_URL" in result.stderr
 
