@@ -224,6 +224,15 @@ class Templates:
 TEMPLATES = Templates()
 
 
+def seed_sqlite(settings: Settings) -> Settings:
+    """A migrated copy where this SQLite database would be made (unless it is there already, or
+    the settings name PostgreSQL: use ``pg_env(migrated=True)`` for that)."""
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        TEMPLATES.sqlite_into(path)
+    return settings
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Settings on a new database: once on SQLite, once on PostgreSQL.
@@ -234,11 +243,7 @@ def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sett
     migrated = "db" in request.fixturenames
     if request.param == "sqlite":
         settings = make_settings(tmp_path, KEYHOUSE_SECRET=TEST_SECRET)
-        if migrated:
-            path = sqlite_path(settings.database_url)
-            assert path is not None
-            TEMPLATES.sqlite_into(path)
-        yield settings
+        yield seed_sqlite(settings) if migrated else settings
         return
     env, schema = pg_env(migrated=migrated)
     yield make_settings(tmp_path, **env)
@@ -353,9 +358,7 @@ class Server:
             settings = load_settings(self.env)
         except Exception:  # a test of a broken configuration: let keyhouse say so itself
             return
-        path = sqlite_path(settings.database_url)
-        if path is not None and not path.exists():
-            TEMPLATES.sqlite_into(path)
+        seed_sqlite(settings)
 
     def cli(
         self, *args: str, check: bool = True, process: bool = False

@@ -97,7 +97,7 @@ def setup(
     )
     schema = None
     if request.param == "postgresql":
-        env, schema = pg_env()
+        env, schema = pg_env(migrated=True)
         srv.env.update(env)
     try:
         srv.start()

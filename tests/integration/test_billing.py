@@ -110,7 +110,7 @@ def make_server(home: Path, fake: FakeUpstream, **options: Any) -> Server:
 
 
 def on_postgres(srv: Server) -> str:
-    env, schema = pg_env()
+    env, schema = pg_env(migrated=True)
     srv.env.update(env)
     return schema
 
