@@ -92,7 +92,7 @@ async def test_full_queue_is_overloaded(model: ModelThread) -> None:
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
         await anext(model.submit("c", lambda e, c: e("never")))
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 15  # refused, not queued: a queued call waits forever
     assert refused.value.status == 503
     assert refused.value.code == "overloaded"
     assert "fake-model" in refused.value.message
