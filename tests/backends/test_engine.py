@@ -113,7 +113,7 @@ async def test_waiting_past_the_timeout_is_overloaded_and_never_runs() -> None:
         with pytest.raises(Overloaded):
             await collect(thread.submit("b", lambda emit, cancelled: ran.set()))
         waited = time.monotonic() - started
-        assert 0.25 <= waited < 3, waited
+        assert 0.25 <= waited < 15, waited  # its own timeout, not the blocker's (never)
         assert len(thread.queue) == 0  # its place is given back
         blocker.release.set()
         await running

@@ -142,7 +142,7 @@ def test_requests_in_flight(server: Server, openapi: OpenAISpec) -> None:
             assert error["type"] == "requests" and "in flight" in error["message"]
             rest = "\n".join(lines)
         assert rest.rstrip().endswith("data: [DONE]")
-        deadline = time.monotonic() + 5  # the slot is released just after the response ends
+        deadline = time.monotonic() + 15  # the slot is released just after the response ends
         while (status := http.post("/v1/chat/completions", json=CHAT).status_code) == 429:
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -154,7 +154,7 @@ def test_key_limits_change_from_the_cli(server: Server) -> None:
     with httpx.Client(base_url=server.url, headers=auth(key), timeout=60) as http:
         assert http.get("/v1/models").headers["x-ratelimit-limit-requests"] == "2"
         server.cli("keys", "update", server.key_id(key), "--rpm", "7")
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 15  # within a second on a quiet machine (bench/)
         while http.get("/v1/models").headers["x-ratelimit-limit-requests"] != "7":
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -202,7 +202,7 @@ def test_tiers(tiered: Server, openapi: OpenAISpec) -> None:
     with httpx.Client(base_url=tiered.url, headers=auth(key), timeout=60) as http:
         assert http.get("/v1/models").headers["x-ratelimit-limit-requests"] == "2"
         tiered.cli("users", "set-tier", "tiered@example.org", "staff")
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 15  # within a second on a quiet machine (bench/)
         while http.get("/v1/models").headers["x-ratelimit-limit-requests"] != "50":
             assert time.monotonic() < deadline
             time.sleep(0.02)
