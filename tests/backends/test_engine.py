@@ -282,9 +282,16 @@ def short_request_seconds(server: Server, key: str) -> float:
 PROMPT_ANSWER = 12.0
 
 
+def freed(elapsed: float, warm: float) -> bool:
+    """Whether a short request after an abandoned one was answered as if the model were free:
+    within PROMPT_ANSWER, or (on a busy machine, where everything is slower) within 20 short
+    requests' time, measured just before. A generation that ran on would take ~80 of them."""
+    return elapsed < max(PROMPT_ANSWER, 20 * warm)
+
+
 @pytest.mark.model
 def test_closing_a_stream_stops_its_generation(server: Server, key: str) -> None:
-    short_request_seconds(server, key)  # warm: the first request pays for nothing extra
+    warm = short_request_seconds(server, key)  # the first request pays for nothing extra
     with (
         httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
@@ -300,11 +307,12 @@ def test_closing_a_stream_stops_its_generation(server: Server, key: str) -> None
                     break
     # Leaving both blocks closed the connection mid-stream.
     elapsed = short_request_seconds(server, key)
-    assert elapsed < PROMPT_ANSWER, f"the abandoned generation kept the model for {elapsed:.1f}s"
+    assert freed(elapsed, warm), f"the abandoned generation kept the model for {elapsed:.1f}s"
 
 
 @pytest.mark.model
 def test_a_client_that_times_out_stops_its_generation(server: Server, key: str) -> None:
+    warm = short_request_seconds(server, key)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             server.url + "/v1/chat/completions",
@@ -313,7 +321,7 @@ def test_a_client_that_times_out_stops_its_generation(server: Server, key: str) 
             timeout=httpx.Timeout(60, read=1.5),
         )
     elapsed = short_request_seconds(server, key)
-    assert elapsed < PROMPT_ANSWER, f"the abandoned generation kept the model for {elapsed:.1f}s"
+    assert freed(elapsed, warm), f"the abandoned generation kept the model for {elapsed:.1f}s"
 
 
 @pytest.mark.model
