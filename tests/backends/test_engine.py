@@ -294,7 +294,7 @@ def test_closing_a_stream_stops_its_generation(server: Server, key: str) -> None
     warm = short_request_seconds(server, key)  # the first request pays for nothing extra
     with (
         httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300
         ) as http,
         http.stream("POST", "/v1/chat/completions", json=long_chat(True)) as response,
     ):
@@ -335,7 +335,7 @@ def test_streamed_chinese_equals_the_whole_answer(server: Server, key: str) -> N
         "temperature": 0,
     }
     headers = {"Authorization": f"Bearer {key}"}
-    whole = httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+    whole = httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=300)
     assert whole.status_code == 200, whole.text
     answer = whole.json()["choices"][0]["message"]["content"]
     assert any("\u4e00" <= ch <= "\u9fff" for ch in answer), answer
@@ -343,7 +343,7 @@ def test_streamed_chinese_equals_the_whole_answer(server: Server, key: str) -> N
         server.url + "/v1/chat/completions",
         json={**body, "stream": True},
         headers=headers,
-        timeout=60,
+        timeout=300,
     )
     assert streamed.status_code == 200, streamed.text
     pieces = [
