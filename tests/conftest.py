@@ -8,6 +8,7 @@ fails them, loudly.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import io
 import json
@@ -138,6 +139,7 @@ class Templates:
         with self._lock:
             if self._sqlite is None:
                 home = Path(tempfile.mkdtemp(prefix="keyhouse-template-"))
+                atexit.register(shutil.rmtree, home, ignore_errors=True)
                 settings = make_settings(home, KEYHOUSE_SECRET=TEST_SECRET)
                 _in_a_thread(lambda: asyncio.run(self._migrate(settings)))
                 path = sqlite_path(settings.database_url)
@@ -173,8 +175,10 @@ class Templates:
         from sqlalchemy import event
 
         schema = "kh_template_" + uuid.uuid4().hex[:12]
+        home = Path(tempfile.mkdtemp(prefix="keyhouse-template-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
         settings = make_settings(
-            Path(tempfile.mkdtemp(prefix="keyhouse-template-")),
+            home,
             KEYHOUSE_DATABASE_URL=PG_URL,
             KEYHOUSE_DATABASE_SCHEMA=schema,
             KEYHOUSE_SECRET=TEST_SECRET,
