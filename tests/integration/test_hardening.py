@@ -210,7 +210,7 @@ def test_a_client_leaving_mid_upload_is_one_info_line(guarded: Server, secret: s
             head = request("/v1/chat/completions", secret, b"x" * 100_000)
             sock.sendall(head[: len(head) - 99_000])
             time.sleep(0.1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while guarded.log()[marker:].count("client went away") < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     log = guarded.log()[marker:]
