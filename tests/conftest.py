@@ -8,14 +8,24 @@ fails them, loudly.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import io
 import json
+import logging
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +36,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from keyhouse.config import Settings, load_settings
-from keyhouse.db.engine import Database
+from keyhouse.db.engine import Database, sqlite_path
 from keyhouse.db.migrate import migrate
 from tests.upstream.fake import FakeUpstream, Running
 
@@ -77,11 +87,17 @@ async def _drop_schema(schema: str) -> None:
         await conn.close()
 
 
-def pg_env() -> tuple[dict[str, str], str]:
-    """Environment for a fresh PostgreSQL schema (dropped by the caller)."""
+def pg_env(*, migrated: bool = False) -> tuple[dict[str, str], str]:
+    """Environment for a fresh PostgreSQL schema (dropped by the caller with ``_drop_schema``).
+
+    ``migrated=True``: the schema is at head already, a copy of the session's migrated template
+    (see ``Templates``), so the test skips a full Alembic run but still has a schema of its own.
+    """
     if not port_open("127.0.0.1", 5432):
         missing("PostgreSQL on 127.0.0.1:5432")
     schema = "kh_test_" + uuid.uuid4().hex[:12]
+    if migrated:
+        TEMPLATES.postgresql_into(schema)
     return {
         "KEYHOUSE_DATABASE_URL": PG_URL,
         "KEYHOUSE_DATABASE_SCHEMA": schema,
@@ -89,22 +105,159 @@ def pg_env() -> tuple[dict[str, str], str]:
     }, schema
 
 
+def _in_a_thread(work: Callable[[], Any]) -> Any:
+    """Run ``asyncio.run``-style work whether or not the caller is inside an event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+class Templates:
+    """One migrated database of each kind per session, copied for every test that wants one.
+
+    A full Alembic run costs 0.2-2 s (more on a busy machine) and 264 tests need a migrated
+    database. The copies are as fresh as a migration, and each test still has its own:
+    SQLite copies the migrated file; PostgreSQL replays, in a new schema, the statements the
+    one migration wrote (``CREATE DATABASE ... TEMPLATE`` would copy faster, but dropping a
+    database forces a checkpoint: seconds each on a busy server). ``test_migrations`` checks
+    the migrations themselves, on empty databases, and that a copy matches the models.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sqlite: Path | None = None
+        self._statements: list[tuple[str, tuple[Any, ...]]] | None = None
+
+    # SQLite: the migrated file, copied.
+
+    def sqlite_into(self, path: Path) -> None:
+        """Put a migrated SQLite database at ``path`` (which must not exist yet)."""
+        assert not path.exists(), f"{path} exists already"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._sqlite_template(), path)
+
+    def _sqlite_template(self) -> Path:
+        with self._lock:
+            if self._sqlite is None:
+                home = Path(tempfile.mkdtemp(prefix="keyhouse-template-"))
+                atexit.register(shutil.rmtree, home, ignore_errors=True)
+                settings = make_settings(home, KEYHOUSE_SECRET=TEST_SECRET)
+                _in_a_thread(lambda: asyncio.run(self._migrate(settings)))
+                path = sqlite_path(settings.database_url)
+                assert path is not None
+                with sqlite3.connect(path) as conn:  # everything in the main file, no WAL left
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._sqlite = path
+            return self._sqlite
+
+    # PostgreSQL: the statements of one migration, replayed in a new schema.
+
+    def postgresql_into(self, schema: str) -> None:
+        """Create ``schema`` and bring it to head by replaying the template's statements."""
+        statements = self._pg_statements()
+        _in_a_thread(lambda: asyncio.run(self._replay(schema, statements)))
+
+    def _pg_statements(self) -> list[tuple[str, tuple[Any, ...]]]:
+        with self._lock:
+            if self._statements is None:
+                self._statements = _in_a_thread(lambda: asyncio.run(self._record()))
+            return self._statements
+
+    @staticmethod
+    async def _migrate(settings: Settings) -> None:
+        database = Database(settings)
+        try:
+            await migrate(database)
+        finally:
+            await database.dispose()
+
+    async def _record(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Migrate a scratch schema and keep every statement that wrote something."""
+        from sqlalchemy import event
+
+        schema = "kh_template_" + uuid.uuid4().hex[:12]
+        home = Path(tempfile.mkdtemp(prefix="keyhouse-template-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        settings = make_settings(
+            home,
+            KEYHOUSE_DATABASE_URL=PG_URL,
+            KEYHOUSE_DATABASE_SCHEMA=schema,
+            KEYHOUSE_SECRET=TEST_SECRET,
+        )
+        seen: list[tuple[str, tuple[Any, ...]]] = []
+
+        def record(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+            assert not many, "a migration ran executemany: teach Templates to replay it"
+            head = sql.lstrip().split(None, 1)[0].upper()
+            if head not in ("SELECT", "WITH", "SHOW") and not sql.startswith("CREATE SCHEMA"):
+                assert schema not in sql, f"a statement names its schema: {sql[:200]}"
+                seen.append((sql, tuple(params or ())))
+
+        database = Database(settings)
+        event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            await migrate(database)
+        finally:
+            await database.dispose()
+            await _drop_schema(schema)
+        return seen
+
+    @staticmethod
+    async def _replay(schema: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'CREATE SCHEMA "{schema}"')
+                await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+                batch: list[str] = []
+                for sql, params in statements:
+                    if params:
+                        if batch:
+                            await conn.execute(";\n".join(batch))
+                            batch = []
+                        await conn.execute(sql, *params)
+                    else:
+                        batch.append(sql)
+                if batch:
+                    await conn.execute(";\n".join(batch))
+        finally:
+            await conn.close()
+
+
+TEMPLATES = Templates()
+
+
+def seed_sqlite(settings: Settings) -> Settings:
+    """A migrated copy where this SQLite database would be made (unless it is there already, or
+    the settings name PostgreSQL: use ``pg_env(migrated=True)`` for that)."""
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        TEMPLATES.sqlite_into(path)
+    return settings
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
-    """Settings on a new, empty database: once on SQLite, once on PostgreSQL."""
+    """Settings on a new database: once on SQLite, once on PostgreSQL.
+
+    Empty, unless the test also uses ``db``: then it is migrated already (a copy of the
+    session's template, see ``Templates``), and ``db`` and ``db_settings`` name the same one.
+    """
+    migrated = "db" in request.fixturenames
     if request.param == "sqlite":
-        yield make_settings(tmp_path, KEYHOUSE_SECRET=TEST_SECRET)
+        settings = make_settings(tmp_path, KEYHOUSE_SECRET=TEST_SECRET)
+        yield seed_sqlite(settings) if migrated else settings
         return
-    env, schema = pg_env()
+    env, schema = pg_env(migrated=migrated)
     yield make_settings(tmp_path, **env)
     asyncio.run(_drop_schema(schema))
 
 
 @pytest.fixture
 async def db(db_settings: Settings) -> AsyncIterator[Database]:
-    """A migrated database (both kinds, through ``db_settings``)."""
+    """A migrated database of its own (both kinds, through ``db_settings``)."""
     database = Database(db_settings)
-    await migrate(database)
     yield database
     await database.dispose()
 
@@ -112,10 +265,78 @@ async def db(db_settings: Settings) -> AsyncIterator[Database]:
 # ----------------------------------------------------------------------------- a real server
 
 
-class Server:
-    """``keyhouse serve`` in its own process, with its own home and database."""
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``keyhouse ARGS`` with this environment: in this process, or (``process=True``) in its own.
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    In process, ``keyhouse.cli.main`` runs as the console script would (its own event loop,
+    in a thread, with ``os.environ``, ``sys.argv`` and the standard streams swapped for the
+    call) and costs milliseconds instead of a 1.3 s interpreter start. A real subprocess stays
+    where the process is the point: the console script, exit codes, signals, races.
+    """
+    if process:
+        return subprocess.run(
+            [sys.executable, "-m", "keyhouse", *args],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    with _CLI_LOCK:
+        return _in_a_thread(lambda: _cli_here(list(args), dict(env)))
+
+
+_CLI_LOCK = threading.Lock()
+
+
+def _cli_here(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    from keyhouse.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_argv, saved_stdin = dict(os.environ), sys.argv, sys.stdin
+    # What a fresh interpreter does with warnings nobody configured: print them to stderr.
+    warnings = logging.StreamHandler(err)
+    warnings.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    code = 0
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv, sys.stdin = ["keyhouse", *args], io.StringIO("")
+    root.addHandler(warnings)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        root.removeHandler(warnings)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv, sys.stdin = saved_argv, saved_stdin
+    return subprocess.CompletedProcess(
+        ["keyhouse", *args], code, stdout=out.getvalue(), stderr=err.getvalue()
+    )
+
+
+class Server:
+    """``keyhouse serve`` in its own process, with its own home and database.
+
+    Its database starts migrated (a copy of the session's template) unless ``migrated=False``;
+    ``cli`` runs ``keyhouse`` commands against it in process (``process=True``: a subprocess).
+    """
+
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, *, migrated: bool = True
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -130,15 +351,24 @@ class Server:
         }
         self.log_path = home / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._seed = migrated
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "keyhouse", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def _seed_database(self) -> None:
+        """Before the first command: a migrated copy where the SQLite file would be made."""
+        if not self._seed:
+            return
+        self._seed = False
+        try:
+            settings = load_settings(self.env)
+        except Exception:  # a test of a broken configuration: let keyhouse say so itself
+            return
+        seed_sqlite(settings)
+
+    def cli(
+        self, *args: str, check: bool = True, process: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        self._seed_database()
+        result = run_cli(args, self.env, process=process)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"keyhouse {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -162,6 +392,7 @@ class Server:
 
     def start(self, *args: str, timeout: float = 120.0) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
+        self._seed_database()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "keyhouse", "serve", "--port", str(self.port), *args],

@@ -25,8 +25,10 @@ def test_check_passes_every_step(server: Server, key: str) -> None:
 
 def test_check_reports_a_bad_key(server: Server) -> None:
     wrong = tokens.mint()
-    result = server.cli("check", "--base-url", server.url + "/v1", "--key", wrong, check=False)
-    assert result.returncode == 1
+    result = server.cli(
+        "check", "--base-url", server.url + "/v1", "--key", wrong, check=False, process=True
+    )
+    assert result.returncode == 1  # the exit code a script sees
     assert "[FAIL] key" in result.stdout and "invalid_api_key" in result.stdout
     assert wrong not in result.stdout
 
@@ -82,7 +84,7 @@ def test_captured_key_says_where_the_secret_went(server: Server) -> None:
 
 def test_unknown_member(server: Server) -> None:
     result = server.cli(
-        "keys", "create", "--user", "nobody@example.org", "--name", "x", check=False
+        "keys", "create", "--user", "nobody@example.org", "--name", "x", check=False, process=True
     )
     assert result.returncode != 0 and "nobody@example.org" in result.stderr
 

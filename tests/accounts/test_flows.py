@@ -128,7 +128,7 @@ def flow_settings(
     if request.param == "sqlite":
         yield make_settings(home, KEYHOUSE_SECRET=TEST_SECRET)
         return
-    env, schema = pg_env()
+    env, schema = pg_env(migrated=True)
     yield make_settings(home, **env)
     asyncio.run(_drop_schema(schema))
 

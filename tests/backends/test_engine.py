@@ -92,7 +92,7 @@ async def test_full_queue_is_overloaded(model: ModelThread) -> None:
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
         await anext(model.submit("c", lambda e, c: e("never")))
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 15  # refused, not queued: a queued call waits forever
     assert refused.value.status == 503
     assert refused.value.code == "overloaded"
     assert "fake-model" in refused.value.message
@@ -113,7 +113,7 @@ async def test_waiting_past_the_timeout_is_overloaded_and_never_runs() -> None:
         with pytest.raises(Overloaded):
             await collect(thread.submit("b", lambda emit, cancelled: ran.set()))
         waited = time.monotonic() - started
-        assert 0.25 <= waited < 3, waited
+        assert 0.25 <= waited < 15, waited  # its own timeout, not the blocker's (never)
         assert len(thread.queue) == 0  # its place is given back
         blocker.release.set()
         await running
@@ -282,12 +282,19 @@ def short_request_seconds(server: Server, key: str) -> float:
 PROMPT_ANSWER = 12.0
 
 
+def freed(elapsed: float, warm: float) -> bool:
+    """Whether a short request after an abandoned one was answered as if the model were free:
+    within PROMPT_ANSWER, or (on a busy machine, where everything is slower) within 20 short
+    requests' time, measured just before. A generation that ran on would take ~80 of them."""
+    return elapsed < max(PROMPT_ANSWER, 20 * warm)
+
+
 @pytest.mark.model
 def test_closing_a_stream_stops_its_generation(server: Server, key: str) -> None:
-    short_request_seconds(server, key)  # warm: the first request pays for nothing extra
+    warm = short_request_seconds(server, key)  # the first request pays for nothing extra
     with (
         httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=300
         ) as http,
         http.stream("POST", "/v1/chat/completions", json=long_chat(True)) as response,
     ):
@@ -300,11 +307,12 @@ def test_closing_a_stream_stops_its_generation(server: Server, key: str) -> None
                     break
     # Leaving both blocks closed the connection mid-stream.
     elapsed = short_request_seconds(server, key)
-    assert elapsed < PROMPT_ANSWER, f"the abandoned generation kept the model for {elapsed:.1f}s"
+    assert freed(elapsed, warm), f"the abandoned generation kept the model for {elapsed:.1f}s"
 
 
 @pytest.mark.model
 def test_a_client_that_times_out_stops_its_generation(server: Server, key: str) -> None:
+    warm = short_request_seconds(server, key)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             server.url + "/v1/chat/completions",
@@ -313,7 +321,7 @@ def test_a_client_that_times_out_stops_its_generation(server: Server, key: str) 
             timeout=httpx.Timeout(60, read=1.5),
         )
     elapsed = short_request_seconds(server, key)
-    assert elapsed < PROMPT_ANSWER, f"the abandoned generation kept the model for {elapsed:.1f}s"
+    assert freed(elapsed, warm), f"the abandoned generation kept the model for {elapsed:.1f}s"
 
 
 @pytest.mark.model
@@ -327,7 +335,7 @@ def test_streamed_chinese_equals_the_whole_answer(server: Server, key: str) -> N
         "temperature": 0,
     }
     headers = {"Authorization": f"Bearer {key}"}
-    whole = httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+    whole = httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=300)
     assert whole.status_code == 200, whole.text
     answer = whole.json()["choices"][0]["message"]["content"]
     assert any("\u4e00" <= ch <= "\u9fff" for ch in answer), answer
@@ -335,7 +343,7 @@ def test_streamed_chinese_equals_the_whole_answer(server: Server, key: str) -> N
         server.url + "/v1/chat/completions",
         json={**body, "stream": True},
         headers=headers,
-        timeout=60,
+        timeout=300,
     )
     assert streamed.status_code == 200, streamed.text
     pieces = [

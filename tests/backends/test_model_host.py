@@ -138,10 +138,25 @@ async def test_a_missing_host_is_overloaded(tmp_path: Path) -> None:
         await nowhere.embed(EMBED, "m", EmbedJob(["hi"]))
 
 
+async def short_seconds(remote: RemoteEngine) -> float:
+    """Seconds for a 3-token answer: what "the model is free" looks like on this machine now."""
+    started = time.monotonic()
+    short = await events_of(remote.generate(CHAT, "other", chat("Hi", max_tokens=3)))
+    assert isinstance(short[-1], Usage)
+    return time.monotonic() - started
+
+
+def freed(elapsed: float, warm: float) -> bool:
+    """Answered as if the model were free: within 12 s, or on a busy machine within 20 short
+    answers' time (measured just before); a generation that ran on takes ~80 of them."""
+    return elapsed < max(12.0, 20 * warm)
+
+
 async def test_closing_the_connection_cancels_the_generation(
     engine: LocalEngine, remote: RemoteEngine
 ) -> None:
     """2000 tokens would hold the model thread for 25 s or more; closing must free it at once."""
+    warm = await short_seconds(remote)
     long = chat("Write a long story.", temperature=0, max_tokens=2000, logit_bias=NO_END)
     stream = remote.generate(CHAT, "m", long)
     first = await anext(stream)
@@ -149,11 +164,8 @@ async def test_closing_the_connection_cancels_the_generation(
     assert isinstance(first, TextDelta) and isinstance(second, TextDelta)
     await stream.aclose()
 
-    started = time.monotonic()
-    short = await events_of(remote.generate(CHAT, "other", chat("Hi", max_tokens=3)))
-    elapsed = time.monotonic() - started
-    assert isinstance(short[-1], Usage)
-    assert elapsed < 12, f"the abandoned generation held the model for {elapsed:.1f}s"
+    elapsed = await short_seconds(remote)
+    assert freed(elapsed, warm), f"the abandoned generation held the model for {elapsed:.1f}s"
     assert len(engine.threads[CHAT].queue) == 0
 
 
@@ -161,6 +173,7 @@ async def test_cancelling_the_worker_task_cancels_the_generation(
     engine: LocalEngine, remote: RemoteEngine
 ) -> None:
     """A worker whose HTTP client hung up cancels its task; the host must notice too."""
+    warm = await short_seconds(remote)
     long = chat("Write a long poem.", temperature=0, max_tokens=2000, logit_bias=NO_END)
     two = asyncio.Event()
 
@@ -176,10 +189,8 @@ async def test_cancelling_the_worker_task_cancels_the_generation(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    started = time.monotonic()
-    await events_of(remote.generate(CHAT, "other", chat("Hi", max_tokens=3)))
-    elapsed = time.monotonic() - started
-    assert elapsed < 12, f"the abandoned generation held the model for {elapsed:.1f}s"
+    elapsed = await short_seconds(remote)
+    assert freed(elapsed, warm), f"the abandoned generation held the model for {elapsed:.1f}s"
 
 
 async def test_embeddings_travel_intact(engine: LocalEngine, remote: RemoteEngine) -> None:

@@ -15,7 +15,7 @@ from keyhouse.billing.money import MICRO
 from keyhouse.clock import Clock
 from keyhouse.db.models import LedgerEntry
 from keyhouse.keys.secrets import SecretRing
-from tests.conftest import TEST_SECRET, pg_env
+from tests.conftest import TEMPLATES, TEST_SECRET, pg_env
 
 RING = SecretRing.of([TEST_SECRET])
 
@@ -64,8 +64,8 @@ async def assert_books(session: AsyncSession, member_id: str) -> None:
 
 
 def cli_environment(kind: str, home: Path) -> tuple[dict[str, str], str | None]:
-    """Environment variables for ``keyhouse`` commands on a fresh database of ``kind``
-    (sqlite or postgresql), and the PostgreSQL schema to drop afterwards."""
+    """Environment variables for ``keyhouse`` commands on a fresh, migrated database of
+    ``kind`` (sqlite or postgresql), and the PostgreSQL schema to drop afterwards."""
     env = {
         "KEYHOUSE_HOME": str(home),
         "KEYHOUSE_CONFIG": "",
@@ -73,6 +73,7 @@ def cli_environment(kind: str, home: Path) -> tuple[dict[str, str], str | None]:
         "KEYHOUSE_SECRET": TEST_SECRET,
     }
     if kind == "sqlite":
+        TEMPLATES.sqlite_into(home / "keyhouse.db")
         return env, None
-    extra, schema = pg_env()
+    extra, schema = pg_env(migrated=True)
     return {**env, **extra}, schema

@@ -25,7 +25,7 @@ from keyhouse.db.migrate import migrate
 from keyhouse.db.models import Balance, UsageRecord
 from keyhouse.keys.store import create_key
 from tests.billing.credit_support import RING
-from tests.conftest import TEST_SECRET, _drop_schema, make_settings, pg_env
+from tests.conftest import TEST_SECRET, _drop_schema, make_settings, pg_env, seed_sqlite
 from tests.upstream.fake import FakeUpstream, Running
 
 #: Micro-units per token: 1.5 per prompt token (so costs round up), 7 per output token; the
@@ -162,11 +162,11 @@ async def keyhouse(
     schema = None
     env = {"KEYHOUSE_SECRET": TEST_SECRET}
     if database == "postgresql":
-        pg, schema = pg_env()
+        pg, schema = pg_env(migrated=True)
         env.update(pg)
     config = tmp_path / "keyhouse.toml"
     config.write_text(toml(fake, extra_settings))
-    settings = make_settings(tmp_path, KEYHOUSE_CONFIG=str(config), **env)
+    settings = seed_sqlite(make_settings(tmp_path, KEYHOUSE_CONFIG=str(config), **env))
     db = Database(settings)
     await migrate(db)
     await db.dispose()

@@ -27,7 +27,7 @@ from keyhouse.db.engine import Database
 from keyhouse.db.migrate import migrate
 from keyhouse.errors import KeyhouseError
 from tests.billing.credit_support import RING, add_member, assert_books
-from tests.conftest import TEST_SECRET, _drop_schema, make_settings, pg_env
+from tests.conftest import TEST_SECRET, _drop_schema, make_settings, pg_env, seed_sqlite
 
 MEMBERS = 2
 _requests = itertools.count()
@@ -281,8 +281,8 @@ class Books:
 
 
 async def _books(settings_: Settings) -> Books:
-    db = Database(settings_)
-    await migrate(db)
+    db = Database(seed_sqlite(settings_))
+    await migrate(db)  # at head already (a copy of the session's template): a no-op
     clock = FrozenClock(datetime(2026, 1, 1, tzinfo=UTC))
     return Books(db, Wallet(db, clock, settings_))
 
@@ -296,7 +296,7 @@ async def sqlite_books(tmp_path: Path) -> AsyncIterator[Books]:
 
 @pytest.fixture
 async def pg_books(tmp_path: Path) -> AsyncIterator[Books]:
-    env, schema = pg_env()
+    env, schema = pg_env(migrated=True)
     books = await _books(make_settings(tmp_path, **env))
     yield books
     await books.db.dispose()

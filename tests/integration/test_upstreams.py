@@ -308,7 +308,7 @@ def test_reload_under_load(
         os.kill(srv.process.pid, signal.SIGHUP)
     else:
         srv.cli("reload")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # generous: a busy machine is slow
     while True:
         before = b.calls("/chat/completions")
         time.sleep(0.3)
@@ -334,7 +334,7 @@ def test_a_broken_reload_keeps_the_running_configuration(
     # … and a server sent SIGHUP keeps what it runs, saying why.
     assert srv.process is not None
     os.kill(srv.process.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while "reload refused" not in srv.log():
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -132,7 +132,7 @@ def setup(
     srv = Server(home, env={"KEYHOUSE_CONFIG": str(home / "keyhouse.toml")})
     schema = None
     if request.param == "postgresql":
-        env, schema = pg_env()
+        env, schema = pg_env(migrated=True)
         srv.env.update(env)
     try:
         payer_id = srv.create_member(PAYER, "--name", "Pat Payer")

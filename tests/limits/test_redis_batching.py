@@ -203,7 +203,8 @@ async def test_a_failure_mid_batch_fails_every_waiter_with_the_policy(
     queued = [asyncio.create_task(limiter.admit([rule], [1])) for _ in range(5)]
     results = await asyncio.gather(*first, *queued, return_exceptions=True)
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed  # one batch timeout (0.2 s) for all ten, not one each
+    # One batch timeout (0.2 s) for all ten, not one each (2 s): generous for a busy machine.
+    assert elapsed < 10 * 0.2, elapsed
     for result in results:
         if policy == "open":
             assert not isinstance(result, BaseException) and result.headers == {}
@@ -213,14 +214,13 @@ async def test_a_failure_mid_batch_fails_every_waiter_with_the_policy(
     assert f"failing {policy}" in caplog.text
     reason = {"stall": "no reply from Redis within 0.2 s", "hang up": "Connection closed"}
     assert f"rate-limit store (redis) unavailable: {reason[fake.behaviour]}" in caplog.text
-    # for a second after the failure, Redis is not asked at all
-    started = time.monotonic()
+    # for a second after the failure, Redis is not asked at all (asking would take a connection)
     if policy == "open":
         assert (await limiter.admit([rule], [1])).headers == {}
     else:
         with pytest.raises(LimiterUnavailable):
             await limiter.admit([rule], [1])
-    assert time.monotonic() - started < 0.15 and fake.connections == 1
+    assert fake.connections == 1
     await limiter.stop()
 
 

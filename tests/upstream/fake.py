@@ -269,6 +269,9 @@ class FakeUpstream:
             )
         except (ConnectionError, RuntimeError):  # the client closed the connection
             self.abandoned_streams += 1
+        except asyncio.CancelledError:  # ... and aiohttp ended the handler for it
+            self.abandoned_streams += 1
+            raise
         return response
 
     async def _write_stream(
@@ -427,6 +430,9 @@ class FakeUpstream:
             self.finished_streams += 1
         except (ConnectionError, RuntimeError):  # the client closed the connection
             self.abandoned_streams += 1
+        except asyncio.CancelledError:  # ... and aiohttp ended the handler for it
+            self.abandoned_streams += 1
+            raise
         return response
 
 
@@ -474,7 +480,8 @@ class Running:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.fake.handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        # A client that hangs up ends its handler (a stalled answer need not sleep on to the end).
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", self.fake.port)
         self.loop.run_until_complete(site.start())

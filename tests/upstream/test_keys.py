@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -190,17 +189,20 @@ async def test_a_refused_key_is_benched_and_the_next_one_answers(
 
 
 async def test_a_throttled_key_rests_for_retry_after(fake: FakeUpstream) -> None:
-    fake.then(Behaviour(status=429, retry_after=0.3))
-    async with started(openai(fake, api_keys=KEYS)) as backend:
+    # Retry-After 20 s, far from key_cooldown (60 s): long enough that key 1 is surely still
+    # resting at the second call however slow the machine; its rest then ends by moving its
+    # bench time into the past, as the monotonic clock would, rather than by waiting 20 s.
+    fake.then(Behaviour(status=429, retry_after=20))
+    async with started(openai(fake, api_keys=KEYS, key_cooldown=60)) as backend:
         began = time.monotonic()
         await collect(backend.chat(chat_request(), metered()[0]))
         assert authorizations(fake) == [f"Bearer {K1}", f"Bearer {K2}"]
         assert backend.keys is not None
         rest = backend.keys.keys[0].benched_until - began
-        assert 0.25 < rest < 1.0  # its own cool-down, not key_cooldown (60 s)
+        assert 20 <= rest < 40  # its own cool-down, not key_cooldown
         await collect(backend.chat(chat_request(), metered()[0]))
         assert authorizations(fake)[-1] == f"Bearer {K2}"  # key 1 still resting
-        await asyncio.sleep(max(0.0, began + 0.35 - time.monotonic()))
+        backend.keys.keys[0].benched_until = time.monotonic() - 0.001
         await collect(backend.chat(chat_request(), metered()[0]))
         assert authorizations(fake)[-1] == f"Bearer {K1}"  # rested, back in turn
 
@@ -213,7 +215,7 @@ async def test_a_throttled_key_without_retry_after_rests_for_key_cooldown(
         began = time.monotonic()
         await collect(backend.chat(chat_request(), metered()[0]))
         assert backend.keys is not None
-        assert 6.5 < backend.keys.keys[0].benched_until - began < 8
+        assert 7 <= backend.keys.keys[0].benched_until - began < 20  # not auth_cooldown
 
 
 async def test_every_key_refused_is_an_upstream_failure_503(

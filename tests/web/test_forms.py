@@ -110,9 +110,11 @@ def test_a_key_from_creation_to_revocation(web, member_session):
     )
     assert r.status_code == 303 and r.headers["location"].endswith("done=saved")
     assert "renamed" in b.get("/account/api-keys").text
+    # All permissions now. The product's promise is a second (bench/ measures it); the test
+    # waits generously, so a busy machine does not fail it.
     start = time.monotonic()
-    while v1.get("/v1/models").status_code != 200:  # all permissions now, within a second
-        assert time.monotonic() - start < 1.0
+    while v1.get("/v1/models").status_code != 200:
+        assert time.monotonic() - start < 15, "the edit never reached the server"
         time.sleep(0.02)
 
     confirm = b.get(f"/account/api-keys/{key_id}/revoke")
@@ -121,7 +123,7 @@ def test_a_key_from_creation_to_revocation(web, member_session):
     assert r.status_code == 303
     start = time.monotonic()
     while v1.get("/v1/models").status_code == 200:
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 15, "the revoke never reached the server"
         time.sleep(0.02)
     assert "Revoked" in b.get("/account/api-keys").text
     v1.close()
