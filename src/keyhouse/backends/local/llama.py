@@ -164,6 +164,39 @@ def keep_stdout_stderr() -> None:
         module.suppress_stdout_stderr = keep  # type: ignore[attr-defined,assignment]
 
 
+#: llama.cpp's log levels (ggml_log_level) as logging's; 5 continues the previous message.
+_LLAMA_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_llama_log = logging.getLogger("keyhouse.llama")
+_log_callback: Any = None
+
+
+def route_llama_log() -> None:
+    """llama.cpp's messages go to our log, not straight to the terminal. llama-cpp-python's
+    own callback prints every error to stderr — among them the parse errors of grammars that
+    clients' schemas compile to, which are answered with a 400 and are no operator's concern
+    (they are logged at debug level); other errors are logged as errors, the rest at debug."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    previous = [logging.DEBUG, False]  # level, and whether it was about a grammar
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        message = text.decode("utf-8", "replace")
+        if level != 5:
+            previous[:] = [_LLAMA_LEVELS.get(level, logging.DEBUG), "grammar" in message]
+        severity, grammar = previous
+        if grammar or severity < logging.ERROR:
+            severity = logging.DEBUG
+        if message.strip() and _llama_log.isEnabledFor(severity):  # type: ignore[arg-type]
+            _llama_log.log(severity, "llama.cpp: %s", message.rstrip())  # type: ignore[arg-type]
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _log_callback = callback  # ctypes calls it from C: it must stay alive
+
+
 class LlamaRunner:
     """A loaded GGUF model and the generation loop. Not thread-safe: one thread drives it."""
 
@@ -175,6 +208,7 @@ class LlamaRunner:
         self._lib = llama_cpp
         self.settings = settings
         keep_stdout_stderr()
+        route_llama_log()
         # llama-cpp-python's own context cannot hold several sequences (it has no n_seq_max):
         # the Llama object keeps a token-sized one for the tokenizer and metadata, and the
         # generations run in ours, one KV stream of ``context_length`` per slot.
