@@ -145,16 +145,18 @@ def test_a_short_job_ends_while_a_long_one_streams(llama: LlamaRunner) -> None:
 
 
 def test_a_long_prompt_is_read_between_the_running_jobs_tokens(llama: LlamaRunner) -> None:
-    stream = Running(llama, chat("Tell a story.", temperature=0, max_tokens=400, logit_bias=NO_END))
-    drive(llama, [stream], lambda: stream.result.text().strip() != "")
+    stream = Running(
+        llama, chat("Tell a story.", temperature=0, max_tokens=400, logit_bias=NO_END, logprobs=0)
+    )
+    drive(llama, [stream], lambda: stream.tokens() > 0)
     chunks = 4
     prompt = [1000 + i % 500 for i in range(chunks * llama.chunk)]
     reader = Running(llama, GenerateJob(prompts=[prompt], max_tokens=2, logprobs=0))
-    at_admission = len(stream.result.deltas)
+    at_admission = stream.tokens()
     drive(llama, [stream, reader], lambda: reader.tokens() > 0)
     # One token of the stream per step, one chunk of the prompt per step: the stream was not
     # held while the prompt was read.
-    assert len(stream.result.deltas) - at_admission >= chunks - 1
+    assert stream.tokens() - at_admission >= chunks - 1
     stream.cancel = True
     drive(llama, [stream, reader], lambda: stream.ended and reader.ended)
 

@@ -1,4 +1,9 @@
-"""Text generation with llama.cpp (through llama-cpp-python), one request at a time.
+"""Text generation with llama.cpp (through llama-cpp-python), several requests at once.
+
+Continuous batching: the context holds one KV-cache sequence per slot; each job is a generator
+that asks for its next evaluation (a prompt chunk, or the token it just sampled), and ``step``
+puts every running job's request into one ``llama_decode``, then lets each sample from its own
+logits row with its own sampler chain. The engine (``engine.py``) admits jobs into free slots.
 
 Everything here is synchronous and runs on the engine's own thread (``engine.py``); nothing
 here knows about asyncio, HTTP or members. The loop is ours rather than llama-cpp-python's
