@@ -17,7 +17,7 @@ import pytest
 
 from keyhouse.backends.base import Event, TextDelta, Usage
 from keyhouse.backends.local.engine import LocalEngine, ModelThread
-from keyhouse.backends.local.llama import GenerateJob, LlamaRunner, Task
+from keyhouse.backends.local.llama import GenerateJob, LlamaRunner, Task, _without_complaint
 from keyhouse.errors import InvalidRequest
 from tests.backends.conftest import Result, chat, generate
 
@@ -192,6 +192,16 @@ def test_a_refused_grammar_leaves_the_terminal_alone(
     captured = capfd.readouterr()
     assert "grammar" not in captured.err, captured.err
     assert captured.err == ""
+
+
+def test_only_the_grammar_complaint_is_taken_out() -> None:
+    """What else reached fd 2 during the probe (another thread's log line) is written back."""
+    grammar = b'root ::= "a" ('
+    output = (
+        b"line one\nparse: error parsing grammar: expecting ')'\n\n" + grammar + b"\nline two\n"
+    )
+    assert _without_complaint(output, grammar) == b"line one\nline two\n"
+    assert _without_complaint(b"nothing to see\n", grammar) == b"nothing to see\n"
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -22,7 +22,10 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import os
 import secrets
+import sys
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,10 +562,18 @@ class LlamaRunner:
 
     def _parses(self, grammar: Any) -> bool:
         """Whether llama.cpp accepts the grammar: a refused one (``{"enum": []}`` converts to an
-        empty rule) would be added to the sampler chain as NULL and crash the process."""
-        probe = self._lib.llama_sampler_init_grammar(
-            self._vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-        )
+        empty rule) would be added to the sampler chain as NULL and crash the process. Its
+        parser writes its complaint, with the whole grammar, straight to file descriptor 2 (not
+        through the log callback): the probe runs with fd 2 caught, and all but that complaint
+        is written back (another thread's line, written meanwhile, is delayed, never lost)."""
+        text = grammar._grammar.encode("utf-8")
+        with _fd2_caught() as caught:
+            probe = self._lib.llama_sampler_init_grammar(
+                self._vocab, text, grammar._root.encode("utf-8")
+            )
+        rest = _without_complaint(bytes(caught), text)
+        if rest:
+            os.write(2, rest)
         if not probe:
             return False
         self._lib.llama_sampler_free(probe)
@@ -762,6 +773,41 @@ class LlamaRunner:
                 )
             row = request.rows[-1]
         return row, out
+
+
+@contextlib.contextmanager
+def _fd2_caught() -> Iterator[bytearray]:
+    """File descriptor 2 into a temporary file, for a moment; what was written, after."""
+    caught = bytearray()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield caught
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            caught.extend(sink.read())
+
+
+def _without_complaint(output: bytes, grammar: bytes) -> bytes:
+    """``output`` less llama.cpp's "error parsing grammar" message (which ends with the
+    grammar's text), logged at debug level: the client's 400 says it."""
+    marker = output.find(b"error parsing grammar")
+    if marker < 0:
+        return output
+    start = output.rfind(b"\n", 0, marker) + 1
+    end = output.find(grammar, marker)
+    end = len(output) if end < 0 else end + len(grammar)
+    if output[end : end + 1] == b"\n":
+        end += 1
+    shown = output[start : marker + 200].decode(errors="replace")
+    log.debug("llama.cpp refused a grammar: %s", shown)
+    return output[:start] + output[end:]
 
 
 def _shared(cached: list[int], tokens: list[int]) -> int:
