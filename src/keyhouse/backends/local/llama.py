@@ -219,7 +219,7 @@ class LlamaRunner:
         route_llama_log()
         # llama-cpp-python's own context cannot hold several sequences (it has no n_seq_max):
         # the Llama object keeps a token-sized one for the tokenizer and metadata, and the
-        # generations run in ours, one KV stream of ``context_length`` per slot.
+        # generations run in ours, with room for ``context_length`` tokens per slot.
         self.llm = Llama(
             model_path=str(settings.path),
             n_ctx=PROBE_CONTEXT,
@@ -235,7 +235,10 @@ class LlamaRunner:
         params.n_ctx = settings.context_length * self.slots
         params.n_batch = params.n_ubatch = settings.batch
         params.n_seq_max = self.slots
-        params.kv_unified = False  # each slot its own stream: nobody eats another's context
+        # One cache shared by the slots (measured: split into one stream per slot, 4 streams
+        # ran at 0.4x the tokens/s of one; shared, 1.8x). It holds ``context_length`` for every
+        # slot at once, and the budget keeps each request within ``context_length``.
+        params.kv_unified = True
         self.ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(settings.batch, 0, 1)
