@@ -85,12 +85,18 @@ def test_batched_greedy_answers_equal_each_alone(llama: LlamaRunner) -> None:
     assert [r.text() for r in together(llama, jobs)] == alone
 
 
-def test_batched_seeded_sampling_equals_alone(llama: LlamaRunner) -> None:
-    """Each job has its own sampler chain (seed, temperature, penalties, logit_bias)."""
-    first = chat("Write a word.", temperature=1.1, seed=7, max_tokens=10, frequency_penalty=0.5)
-    second = chat("Write a word.", temperature=1.1, seed=8, max_tokens=10, logit_bias=NO_END)
-    alone = [generate(llama, job).text() for job in (first, second)]
-    assert [r.text() for r in together(llama, [first, second])] == alone
+def test_each_batched_job_keeps_its_own_sampler(llama: LlamaRunner) -> None:
+    """Each job has its own sampler chain (seed, temperature, penalties, logit_bias). With
+    temperature above 0 a batched answer need not equal the same job alone: llama.cpp's
+    batched kernels move the logits by rounding error, enough to flip a sampled token (the
+    greedy test above holds). Within one batch, the same seed gives the same text."""
+    job = chat("Write a word.", temperature=1.1, seed=7, max_tokens=10, frequency_penalty=0.5)
+    other_seed = chat("Write a word.", temperature=1.1, seed=8, max_tokens=10)
+    endless = chat("Write a word.", temperature=1.1, seed=9, max_tokens=10, logit_bias=NO_END)
+    results = together(llama, [job, job, other_seed, endless])
+    assert results[0].text() == results[1].text()
+    assert len({r.text() for r in results}) >= 2
+    assert results[3].usage is not None and results[3].usage.completion_tokens == 10
 
 
 def test_grammar_logprobs_and_scoring_work_while_batched(llama: LlamaRunner) -> None:
