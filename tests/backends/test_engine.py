@@ -353,3 +353,33 @@ def test_streamed_chinese_equals_the_whole_answer(server: Server, key: str) -> N
     ]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == answer
+
+
+@pytest.mark.model
+def test_a_short_request_completes_while_a_long_stream_is_open(server: Server, key: str) -> None:
+    """Issue #15: one member's long generation must not hold up another request. Not timed:
+    the short answer arrives while the long stream is still open and streaming — with one
+    generation at a time it could only come after the long one's 2000 tokens."""
+    with (
+        httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        ) as http,
+        http.stream("POST", "/v1/chat/completions", json=long_chat(True)) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        chunks = 0
+        for line in lines:
+            if line.startswith("data: "):
+                chunks += 1
+                if chunks == 2:
+                    break
+        short_request_seconds(server, key)  # completes (a 200 with tokens), not timed
+        more = []
+        for line in lines:
+            if line.startswith("data: "):
+                more.append(line)
+                if len(more) == 3:
+                    break
+        assert "[DONE]" not in "".join(more)
+        assert all('"finish_reason":null' in line for line in more), more

@@ -190,7 +190,7 @@ def test_a_shared_prefix_is_reported_as_cached(llama: LlamaRunner) -> None:
 def test_cached_prefix_does_not_change_the_answer(llama: LlamaRunner) -> None:
     job = chat("Name three fruits.", temperature=0, max_tokens=10)
     warm = generate(llama, job)
-    llama.llm.reset()  # nothing cached
+    llama.reset()  # nothing cached
     cold = generate(llama, job)
     assert cold.usage is not None and cold.usage.cached_tokens == 0
     assert warm.text() == cold.text()
@@ -410,13 +410,13 @@ def test_cancel_after_three_tokens_stops_right_there(llama: LlamaRunner) -> None
 @pytest.mark.parametrize("echo", [False, True])
 def test_cancel_during_a_long_prompt_stops_within_one_batch(tiny: LlamaRunner, echo: bool) -> None:
     """Long prompts take seconds per batch on 2 cores: a client who leaves while the prompt
-    is read must not hold the model until the whole prompt is done. (16-token batches here.)"""
-    prompt = list(range(1000, 1000 + 3 * tiny.llm.n_batch))  # three batches
-    tiny.llm.reset()
+    is read must not hold its slot until the whole prompt is done. (12-token chunks here.)"""
+    prompt = list(range(1000, 1000 + 3 * tiny.chunk))  # three chunks
+    tiny.reset()
     events: list[object] = []
     job = GenerateJob(prompts=[prompt], max_tokens=5, echo=echo, logprobs=1 if echo else None)
-    tiny.run(job, events.append, lambda: tiny.llm.n_tokens > 0)  # leaves after batch one
-    assert tiny.llm.n_tokens == tiny.llm.n_batch
+    tiny.run(job, events.append, lambda: tiny.cache_tokens() > 0)  # leaves after chunk one
+    assert tiny.cache_tokens() == tiny.chunk
     assert [e for e in events if isinstance(e, TextDelta)] == []
     assert generate(tiny, chat("Hi", temperature=0, max_tokens=2)).finish() is not None
 

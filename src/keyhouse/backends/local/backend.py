@@ -45,7 +45,16 @@ class Engine(Protocol):
     async def embed(self, model: str, member: str, job: EmbedJob) -> Embeddings: ...
 
 
-_LLAMA_SETTINGS = {"gguf", "threads", "batch", "top_k", "min_p", "repeat_penalty", "auto_tools"}
+_LLAMA_SETTINGS = {
+    "gguf",
+    "threads",
+    "batch",
+    "parallel",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "auto_tools",
+}
 #: Who decides, under ``tool_choice: "auto"``, whether to call (see ``tools``): the turn of the
 #: conversation (the default: right for the bundled 135M model) or the model itself.
 AUTO_TOOLS = ("turn", "model")
@@ -70,11 +79,19 @@ def llama_settings(spec: ModelSpec, deployment: DeploymentSpec) -> LlamaSettings
     if not path.is_file():
         raise ConfigError(f"model {spec.name}: GGUF file {path} does not exist")
     s = deployment.settings
+    batch = int(s.get("batch", 512))
+    parallel = int(s.get("parallel", 4))
+    if not 1 <= parallel <= min(64, batch // 2):
+        raise ConfigError(
+            f"deployment {deployment.name}: parallel must be between 1 and "
+            f"{min(64, batch // 2)} (half the batch), got {parallel}"
+        )
     return LlamaSettings(
         path=path,
         context_length=spec.context_length,
         threads=int(s.get("threads", default_threads())),
-        batch=int(s.get("batch", 512)),
+        batch=batch,
+        parallel=parallel,
         top_k=int(s.get("top_k", 40)),
         min_p=float(s.get("min_p", 0.05)),
         repeat_penalty=float(s.get("repeat_penalty", 1.0)),

@@ -1,7 +1,10 @@
 """The local engine: each model on its own thread, fed by a bounded queue, fair across members.
 
 A request waits in its member's line; the thread serves the lines round-robin, so one member
-with fifty requests queued cannot starve another's one. A full queue, or a wait longer than
+with fifty requests queued cannot starve another's one. A generation model runs several
+requests at once (continuous batching, ``llama.LlamaRunner.step``): a free slot takes the next
+request in that order while the others go on, so a long generation does not hold up a short
+one. A full queue, or a wait longer than
 the queue timeout, is answered at once with OpenAI's "overloaded" error (503). A caller that
 goes away (client disconnect) marks its job cancelled; the generation loop stops at the next
 token, and a job still waiting is dropped from its line.
@@ -24,7 +27,8 @@ from keyhouse.errors import KeyhouseError, Overloaded, ServerError
 log = logging.getLogger("keyhouse.local")
 
 Emit = Callable[[Any], None]
-Work = Callable[[Emit, Callable[[], bool]], None]
+#: Runs the job; or, on a batching runner, admits it and returns the task ``step`` drives.
+Work = Callable[[Emit, Callable[[], bool]], Any]
 
 _STARTED = object()
 _DONE = object()
@@ -70,12 +74,17 @@ class FairQueue:
             self._size += 1
             self._cond.notify()
 
-    def take(self) -> Ticket | None:
-        """The next ticket, in member round-robin order; None once closed."""
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def take(self, wait: bool = True) -> Ticket | None:
+        """The next ticket, in member round-robin order; None once closed (or, not waiting,
+        when none is queued)."""
         with self._cond:
-            while not self._lines and not self._closed:
+            while wait and not self._lines and not self._closed:
                 self._cond.wait()
-            if self._closed:
+            if self._closed or not self._lines:
                 return None
             member, line = next(iter(self._lines.items()))
             ticket = line.popleft()
@@ -128,6 +137,9 @@ class ModelThread:
             await asyncio.to_thread(self._thread.join, 30)
 
     def _serve(self) -> None:
+        if getattr(self.runner, "slots", 0):
+            self._serve_batched()
+            return
         while (ticket := self.queue.take()) is not None:
             if ticket.cancelled:
                 continue
@@ -141,6 +153,55 @@ class ModelThread:
                 ticket.post(ServerError())
             finally:
                 ticket.post(_DONE)
+
+    def _serve_batched(self) -> None:
+        """Continuous batching: the runner's ``begin`` admits a job to a free slot (its work
+        returns the running task), and each ``step`` advances every running task by one
+        token. A free slot takes the next ticket from the fair queue at once, so a short
+        request from one member runs beside another member's long one."""
+        runner = self.runner
+        running: dict[Any, Ticket] = {}
+        while True:
+            while runner.free_slots() > 0:
+                ticket = self.queue.take(wait=not running)
+                if ticket is None:
+                    break
+                if ticket.cancelled:
+                    continue
+                ticket.post(_STARTED)
+                try:
+                    task = ticket.work(ticket.post, lambda t=ticket: t.cancelled)
+                except Exception as exc:
+                    self._failed(ticket, exc)
+                    continue
+                if task is None:  # work done on the spot
+                    ticket.post(_DONE)
+                else:
+                    running[task] = ticket
+            if not running:
+                if self.queue.closed:
+                    return
+                continue
+            try:
+                ended = runner.step()
+            except Exception as exc:  # the batch itself failed: every running job with it
+                ended = [(task, exc) for task in running]
+                for task in running:
+                    runner.drop(task)
+            for task, error in ended:
+                ticket = running.pop(task)
+                if error is None:
+                    ticket.post(_DONE)
+                else:
+                    self._failed(ticket, error)
+
+    def _failed(self, ticket: Ticket, error: BaseException) -> None:
+        if isinstance(error, KeyhouseError):
+            ticket.post(error)
+        else:
+            log.error("local model %s failed", self.name, exc_info=error)
+            ticket.post(ServerError())
+        ticket.post(_DONE)
 
     async def submit(
         self, member: str, work: Work, abandoned: Meter | None = None
@@ -218,7 +279,7 @@ class LocalEngine:
     ) -> AsyncIterator[Event]:
         thread = self._thread(model)
         stream = thread.submit(
-            member, lambda emit, cancelled: thread.runner.run(job, emit, cancelled), abandoned
+            member, lambda emit, cancelled: thread.runner.begin(job, emit, cancelled), abandoned
         )
         try:
             async for event in stream:
