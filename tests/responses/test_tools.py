@@ -3,14 +3,17 @@ chat's form, and a chat backend's tool calls read back (upstream chat bodies and
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from keyhouse.api import responses
-from keyhouse.backends.base import TextDelta, ToolCallDelta
+from keyhouse.backends.base import Event, TextDelta, ToolCallDelta, Usage
 from keyhouse.errors import InvalidRequest
 from keyhouse.wire import openai as p
+from tests.conftest import OpenAISpec
 
 TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": False}
 
@@ -114,3 +117,86 @@ def test_an_upstreams_chat_tool_calls_are_read() -> None:
         b'[{"index":1,"function":{"arguments":"{\\"a"}}]}}]}'
     )
     assert responses._chat_deltas(chunk) == [ToolCallDelta(0, 1, None, None, '{"a')]
+
+
+# ----------------------------------------------------------------------------- text and calls
+
+
+def _head(**fields: Any) -> responses.Head:
+    body = p.ResponsesRequest.model_validate(
+        {"model": "m", "input": "Hi", "tools": [TOOL, {**TOOL, "name": "g"}], **fields}
+    )
+    return responses.Head(
+        id="resp_1",
+        item_id="msg_1",
+        created_at=1,
+        model="m",
+        body=body,
+        clock=lambda: 2,
+        context=[{"role": "user", "content": "Hi"}],
+    )
+
+
+async def _events() -> AsyncIterator[Event]:
+    yield TextDelta(0, "Let me check.")
+    yield ToolCallDelta(0, 0, "call_a", "f", "")
+    yield ToolCallDelta(0, 0, None, None, "{}")
+    yield ToolCallDelta(0, 1, "call_b", "g", '{"x":')
+    yield ToolCallDelta(0, 1, None, None, "1}")
+    yield TextDelta(0, "", finish_reason="tool_calls")
+    yield Usage(5, 7)
+
+
+async def test_text_then_two_calls_streamed_and_collected(openapi: OpenAISpec) -> None:
+    """Text first, then each call its own item at the next index; every event spec-valid."""
+    saved: list[list[dict[str, Any]]] = []
+
+    async def save(body: dict[str, Any], context: list[dict[str, Any]] | None) -> None:
+        assert context is not None
+        saved.append(context)
+
+    chunks = [c async for c in responses.stream(_events(), _head(stream=True), save)]
+    events = [json.loads(c.split(b"\ndata: ", 1)[1]) for c in chunks]
+    for e in events:
+        openapi.validate("ResponseStreamEvent", e)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    at = [(e["type"].removeprefix("response."), e.get("output_index")) for e in events]
+    assert at == [
+        ("created", None),
+        ("in_progress", None),
+        ("output_item.added", 0),
+        ("content_part.added", 0),
+        ("output_text.delta", 0),
+        ("output_text.done", 0),
+        ("content_part.done", 0),
+        ("output_item.done", 0),
+        ("output_item.added", 1),
+        ("function_call_arguments.delta", 1),
+        ("function_call_arguments.done", 1),
+        ("output_item.done", 1),
+        ("output_item.added", 2),
+        ("function_call_arguments.delta", 2),
+        ("function_call_arguments.delta", 2),
+        ("function_call_arguments.done", 2),
+        ("output_item.done", 2),
+        ("completed", None),
+    ]
+    streamed = events[-1]["response"]
+    collected = json.loads(await responses.collect(_events(), _head(), save))
+    for body in (streamed, collected):
+        openapi.validate("Response", body)
+        output = [(o["type"], o.get("call_id"), o.get("arguments")) for o in body["output"]]
+        assert output == [
+            ("message", None, None),
+            ("function_call", "call_a", "{}"),
+            ("function_call", "call_b", '{"x":1}'),
+        ]
+    said = {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": '{"x":1}'}},
+        ],
+    }
+    assert saved == [[{"role": "user", "content": "Hi"}, said]] * 2
