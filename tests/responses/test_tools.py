@@ -200,3 +200,13 @@ async def test_text_then_two_calls_streamed_and_collected(openapi: OpenAISpec) -
         ],
     }
     assert saved == [[{"role": "user", "content": "Hi"}, said]] * 2
+
+
+def test_passed_through_items_chat_cannot_carry_are_only_counted() -> None:
+    """On the way to an upstream that speaks Responses the chat form only sizes the hold."""
+    output = {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_file"}]}
+    body = p.ResponsesRequest.model_validate({"model": "m", "input": [output]})
+    with pytest.raises(InvalidRequest):
+        responses.translate(body, None)
+    (counted,) = responses.translate(body, None, lenient=True).context
+    assert json.loads(counted["content"]) == output

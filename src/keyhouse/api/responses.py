@@ -151,14 +151,18 @@ def input_messages(body: p.ResponsesRequest, lenient: bool = False) -> list[dict
             except InvalidRequest:
                 if not lenient:
                     raise
-        if kind == "function_call":
-            _function_call(messages, item, where)
-            continue
-        if kind == "function_call_output":
-            _call_fields(item, where, ("call_id",))
-            text = _output_text(item.get("output"), where)
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-            continue
+        try:
+            if kind == "function_call":
+                _function_call(messages, item, where)
+                continue
+            if kind == "function_call_output":
+                _call_fields(item, where, ("call_id",))
+                text = _output_text(item.get("output"), where)
+                messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+                continue
+        except InvalidRequest:
+            if not lenient:
+                raise
         if lenient:
             messages.append({"role": "user", "content": orjson.dumps(item).decode()})
             continue
