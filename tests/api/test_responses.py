@@ -452,6 +452,16 @@ async def test_a_forced_call_streamed_from_the_bundled_model(kh: Harness, member
         call.id,
         "in_progress",
     )
+    # The streamed response was stored with its call: the result goes back, streamed too.
+    async with ai.responses.stream(
+        model=LOCAL,
+        previous_response_id=final.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21C"}],
+        max_output_tokens=24,
+    ) as stream:
+        answer = await stream.get_final_response()
+    assert answer.output[0].type == "message" and answer.output_text.strip()
+    assert kh.checked.events[-1]["type"] in ("response.completed", "response.incomplete")
 
 
 async def test_a_tool_round_trip_through_an_upstream_that_speaks_only_chat(
