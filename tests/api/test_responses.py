@@ -29,6 +29,7 @@ from keyhouse.db.models import StoredResponse, UsageRecord
 from keyhouse.keys.store import KeyRules, create_key
 from tests.billing.credit_support import RING
 from tests.conftest import TEST_SECRET, OpenAISpec, make_settings
+from tests.upstream.fake import CALL_ARGUMENTS as CALL_ARGS
 from tests.upstream.fake import Behaviour, FakeUpstream, Running
 
 pytestmark = pytest.mark.model
@@ -355,13 +356,214 @@ async def test_json_schema_format_becomes_the_chat_response_format(
     assert reply.text.format is not None and reply.text.format.type == "json_schema"
 
 
-async def test_tools_are_refused_when_translated(kh: Harness, member: Any) -> None:
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+#: The chat form the function takes on its way to a chat backend (nested under ``function``).
+WEATHER_CHAT = {
+    "type": "function",
+    "function": {k: v for k, v in WEATHER.items() if k != "type"},
+}
+
+
+async def test_tools_other_than_functions_are_refused_when_translated(
+    kh: Harness, member: Any
+) -> None:
     _, ai = member
-    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
     with pytest.raises(openai.BadRequestError) as caught:
-        await ai.responses.create(model=LOCAL, input="Hi", tools=[tool])  # type: ignore[list-item]
-    assert caught.value.body["param"] == "tools"  # type: ignore[index]
+        await ai.responses.create(
+            model=LOCAL,
+            input="Hi",
+            tools=[WEATHER, {"type": "web_search"}],  # type: ignore[list-item]
+        )
+    assert caught.value.body["param"] == "tools[1].type"  # type: ignore[index]
     assert caught.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+    assert "web_search" in caught.value.body["message"]  # type: ignore[index]
+
+
+async def test_a_forced_call_on_the_bundled_model_and_its_answer(kh: Harness, member: Any) -> None:
+    _, ai = member
+    reply = await ai.responses.create(
+        model=LOCAL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=64,
+    )
+    (call,) = reply.output
+    assert call.type == "function_call"
+    assert call.id.startswith("fc_") and call.call_id and call.status == "completed"
+    assert call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)  # the grammar's doing
+    assert reply.tools[0].name == "get_weather"  # type: ignore[union-attr]
+    # The result goes back as a function_call_output on the stored conversation.
+    final = await ai.responses.create(
+        model=LOCAL,
+        previous_response_id=reply.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21C"}],
+        max_output_tokens=24,
+    )
+    assert final.output[0].type == "message" and final.output_text.strip()
+    # The call and its output were in the prompt: more tokens than the question alone.
+    alone = await ai.responses.create(
+        model=LOCAL, input="What is the weather in Paris?", max_output_tokens=16
+    )
+    assert final.usage is not None and alone.usage is not None
+    assert final.usage.input_tokens > alone.usage.input_tokens + 5
+
+
+async def test_a_forced_call_streamed_from_the_bundled_model(kh: Harness, member: Any) -> None:
+    _, ai = member
+    async with ai.responses.stream(
+        model=LOCAL,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        max_output_tokens=64,
+    ) as stream:
+        deltas = [
+            e.delta async for e in stream if e.type == "response.function_call_arguments.delta"
+        ]
+        final = await stream.get_final_response()
+    types = [e["type"] for e in kh.checked.events]
+    assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert types[-3:] == [
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert set(types[3:-3]) == {"response.function_call_arguments.delta"}
+    (call,) = final.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert "".join(deltas) == call.arguments
+    assert isinstance(json.loads(call.arguments)["city"], str)
+    added = kh.checked.events[2]["item"]
+    assert (added["type"], added["id"], added["status"]) == (
+        "function_call",
+        call.id,
+        "in_progress",
+    )
+    # The streamed response was stored with its call: the result goes back, streamed too.
+    async with ai.responses.stream(
+        model=LOCAL,
+        previous_response_id=final.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21C"}],
+        max_output_tokens=24,
+    ) as stream:
+        answer = await stream.get_final_response()
+    assert answer.output[0].type == "message" and answer.output_text.strip()
+    assert kh.checked.events[-1]["type"] in ("response.completed", "response.incomplete")
+
+
+async def test_a_tool_round_trip_through_an_upstream_that_speaks_only_chat(
+    kh: Harness, member: Any
+) -> None:
+    _, ai = member
+    reply = await ai.responses.create(
+        model=CHATTY,
+        input="Weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+    )
+    seen = kh.fake.seen[-1].body
+    assert seen["tools"] == [WEATHER_CHAT]
+    assert seen["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert seen["parallel_tool_calls"] is False
+    (call,) = reply.output
+    assert call.type == "function_call"
+    assert (call.call_id, call.name, call.arguments) == ("call_fake1", "get_weather", CALL_ARGS)
+    assert reply.parallel_tool_calls is False
+    final = await ai.responses.create(
+        model=CHATTY,
+        previous_response_id=reply.id,
+        input=[{"type": "function_call_output", "call_id": "call_fake1", "output": "Sunny"}],
+    )
+    assert kh.fake.seen[-1].body["messages"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_fake1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": CALL_ARGS},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_fake1", "content": "Sunny"},
+    ]
+    assert final.output_text == "Hello from the fake upstream."
+
+
+async def test_a_streamed_tool_round_trip_with_items_as_input(kh: Harness, member: Any) -> None:
+    _, ai = member
+    async with ai.responses.stream(
+        model=CHATTY,
+        input="Weather in Paris?",
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="auto",
+        store=False,
+    ) as stream:
+        deltas = [
+            e.delta async for e in stream if e.type == "response.function_call_arguments.delta"
+        ]
+        made = await stream.get_final_response()
+    assert kh.fake.seen[-1].body["tool_choice"] == "auto"
+    assert [e["type"] for e in kh.checked.events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert {e.get("output_index") for e in kh.checked.events[2:-1]} == {0}
+    assert "".join(deltas) == CALL_ARGS
+    (call,) = made.output
+    assert call.type == "function_call" and call.arguments == CALL_ARGS
+    # Not stored: the client sends the call and its output back itself.
+    async with ai.responses.stream(
+        model=CHATTY,
+        input=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"},
+        ],
+    ) as stream:
+        final = await stream.get_final_response()
+    messages = kh.fake.seen[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == CALL_ARGS
+    assert final.output_text == "Hello from the fake upstream."
+
+
+async def test_images_to_a_model_without_vision_are_refused(kh: Harness, member: Any) -> None:
+    _, ai = member
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.responses.create(
+            model=LOCAL,
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "What?"}, image]}],
+        )
+    assert "image_url is only supported by certain models" in caught.value.body["message"]  # type: ignore[index]
 
 
 async def test_max_output_tokens_has_openais_floor(kh: Harness, member: Any) -> None:

@@ -421,6 +421,20 @@ class OutputMessage(Out):
     content: list[OutputText]
 
 
+class FunctionCallItem(Out):
+    """A call of one of the request's functions, as an output item."""
+
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+
+OutputItem = OutputMessage | FunctionCallItem
+
+
 class InputTokensDetails(Out):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
@@ -458,7 +472,7 @@ class ResponseObject(Out):
     instructions: str | None = None
     max_output_tokens: int | None = None
     model: str
-    output: list[OutputMessage]
+    output: list[OutputItem]
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})
@@ -466,7 +480,7 @@ class ResponseObject(Out):
     store: bool = True
     temperature: float | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: str = "auto"
+    tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = Field(default_factory=list)
     top_p: float | None = None
     truncation: str = "disabled"
