@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from keyhouse.backends.base import Backend, Call, Embeddings, Event, Relayed
 from keyhouse.backends.breaker import Breaker
@@ -28,6 +28,8 @@ from keyhouse.wire.openai import (
 )
 
 log = logging.getLogger("keyhouse.router")
+
+T = TypeVar("T")
 
 
 def can_fall_back(error: BaseException) -> bool:
@@ -163,20 +165,19 @@ class Router:
                 deployment.in_flight -= 1
         raise self._unavailable(errors)
 
-    # ------------------------------------------------------------------ media
+    # ------------------------------------------------------------------ one answer
 
-    async def media(
-        self, endpoint: str, run: Callable[[Deployment], Any], call: Call
-    ) -> tuple[bytes, str]:
-        """A media endpoint on the first deployment serving it that answers (``run`` makes
-        that deployment's request: its model name differs)."""
+    async def _first(
+        self, endpoint: str, run: Callable[[Deployment], Awaitable[T]], call: Call
+    ) -> T:
+        """``run`` on the deployments serving ``endpoint`` in order, until one answers."""
         errors: list[BaseException] = []
         for deployment in self.order(endpoint=endpoint):
             if not deployment.breaker.allow():
                 continue
             deployment.in_flight += 1
             try:
-                result: tuple[bytes, str] = await run(deployment)
+                result = await run(deployment)
             except BaseException as exc:
                 if not can_fall_back(exc):
                     deployment.breaker.done()
@@ -191,26 +192,14 @@ class Router:
             return result
         raise self._unavailable(errors)
 
-    # ------------------------------------------------------------------ embeddings
+    async def media(
+        self, endpoint: str, run: Callable[[Deployment], Awaitable[tuple[bytes, str]]], call: Call
+    ) -> tuple[bytes, str]:
+        """A media endpoint on the first deployment serving it that answers (``run`` makes
+        that deployment's request: its model name differs)."""
+        return await self._first(endpoint, run, call)
 
     async def embed(self, request: EmbeddingRequest, call: Call) -> Embeddings | Relayed:
-        errors: list[BaseException] = []
-        for deployment in self.order(endpoint="embeddings"):
-            if not deployment.breaker.allow():
-                continue
-            deployment.in_flight += 1
-            try:
-                result = await deployment.backend.embed(request, call)
-            except BaseException as exc:
-                if not can_fall_back(exc):
-                    deployment.breaker.done()
-                    raise
-                deployment.breaker.failure()
-                errors.append(exc)
-                continue
-            finally:
-                deployment.in_flight -= 1
-            deployment.breaker.success()
-            call.meter.deployment = deployment.spec.name
-            return result
-        raise self._unavailable(errors)
+        return await self._first(
+            "embeddings", lambda deployment: deployment.backend.embed(request, call), call
+        )
