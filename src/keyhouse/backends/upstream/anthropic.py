@@ -358,10 +358,7 @@ class AnthropicBackend(UpstreamBackend):
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken_stream(request, call, state)
-            raise UpstreamFailure(
-                f"The upstream deployment {self.deployment.name} broke off the stream: "
-                f"{type(exc).__name__}."
-            ) from None
+            raise self._broke_off(exc) from None
         except KeyhouseError:
             self._broken_stream(request, call, state)
             raise

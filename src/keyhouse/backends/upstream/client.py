@@ -227,13 +227,16 @@ def _generated(choice: dict[str, Any], chat: bool) -> bool:
     return any(delta.get(name) for name in _GENERATED)
 
 
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict) or "prompt_tokens" not in raw:
+def _usage(
+    raw: Any, prompt: str = "prompt_tokens", completion: str = "completion_tokens"
+) -> Usage | None:
+    """Chat's usage object, or (with the Responses API's field names) its twin."""
+    if not isinstance(raw, dict) or prompt not in raw:
         return None
-    details = raw.get("prompt_tokens_details") or {}
+    details = raw.get(f"{prompt}_details") or {}
     return Usage(
-        int(raw.get("prompt_tokens") or 0),
-        int(raw.get("completion_tokens") or 0),
+        int(raw.get(prompt) or 0),
+        int(raw.get(completion) or 0),
         int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
     )
 
@@ -270,14 +273,7 @@ def _output_texts(answer: dict[str, Any]) -> list[str]:
 
 def _responses_usage(raw: Any) -> Usage | None:
     """The Responses API's usage (``input_tokens``, ``output_tokens``)."""
-    if not isinstance(raw, dict) or "input_tokens" not in raw:
-        return None
-    details = raw.get("input_tokens_details") or {}
-    return Usage(
-        int(raw.get("input_tokens") or 0),
-        int(raw.get("output_tokens") or 0),
-        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-    )
+    return _usage(raw, "input_tokens", "output_tokens")
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -514,10 +510,7 @@ class UpstreamBackend:
                 yield Relayed(data)
             yield seen.usage or self._respond_estimate(request, seen.text)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailure(
-                f"The upstream deployment {self.deployment.name} broke off the stream: "
-                f"{type(exc).__name__}."
-            ) from None
+            raise self._broke_off(exc) from None
         except (GeneratorExit, asyncio.CancelledError):
             left_early = True
             raise
@@ -667,10 +660,7 @@ class UpstreamBackend:
             yield seen.usage or self.estimate(request, seen.text)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken(request, call, seen)
-            raise UpstreamFailure(
-                f"The upstream deployment {self.deployment.name} broke off the stream: "
-                f"{type(exc).__name__}."
-            ) from None
+            raise self._broke_off(exc) from None
         except KeyhouseError:
             self._broken(request, call, seen)
             raise
@@ -699,6 +689,13 @@ class UpstreamBackend:
                     call.meter.settle(seen.usage)
                 await batches.aclose()  # type: ignore[attr-defined]
                 response.release()
+
+    def _broke_off(self, exc: BaseException) -> UpstreamFailure:
+        """A stream that ended mid-way on the network (retried elsewhere before the first byte)."""
+        return UpstreamFailure(
+            f"The upstream deployment {self.deployment.name} broke off the stream: "
+            f"{type(exc).__name__}."
+        )
 
     def _relay_all(
         self, batch: list[bytes], seen: _Seen, wanted: bool
