@@ -49,7 +49,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_healthy(
+    port: int,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float,
+    interval: float = 0.1,
+) -> float:
+    """Poll ``/health`` every ``interval`` seconds; the moment (``perf_counter``) it first
+    answers 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -58,10 +66,10 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path, timeout
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/health")
             if conn.getresponse().status == 200:
-                return
+                return time.perf_counter()
         except OSError:
             pass
-        time.sleep(0.1)
+        time.sleep(interval)
     raise SystemExit(f"no answer on port {port} in {timeout}s:\n{log.read_text()[-3000:]}")
 
 

@@ -23,7 +23,6 @@ Warm figures are the medians of ``--rounds`` rounds in which the contenders take
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import statistics
 import subprocess
@@ -64,23 +63,6 @@ class Target:
             f"  {self.name:<36} {self.measured:<44} {self.ratio:>7.2f} {sign} "
             f"{self.limit:<5g} {verdict}"
         )
-
-
-def ready_at(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
-    """Poll ``/health`` every 10 ms; the moment it first answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"process exited early:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return time.perf_counter()
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise SystemExit(f"no answer on port {port} in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 class Bench:
@@ -151,7 +133,7 @@ def cold(
             process, log = bench.keyhouse(port, f"{which}-cold-{run}", source)
         else:
             process, log = bench.bare(port, f"bare-cold-{run}")
-        ready_at(port, process, log, 120)
+        wait_healthy(port, process, log, 120, interval=0.01)
         results.append(
             httpload.post_load(
                 port, PATH, CHAT, headers, connections=connections, seconds=2.0, warmup=0
