@@ -424,6 +424,15 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The log once ``text`` is in it: lines such as the access line are written after
+        the response has gone, so a client can read the log before they arrive."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{log[-2000:]}"
+            time.sleep(0.05)
+        return log
+
 
 MEMBER = "member@example.org"
 

@@ -319,7 +319,7 @@ def test_reload_under_load(
     for worker in workers:
         worker.join()
     assert results and set(results) == {200}, results  # not one request dropped
-    assert "configuration reloaded" in srv.log()
+    srv.wait_for_log("configuration reloaded")
 
 
 def test_a_broken_reload_keeps_the_running_configuration(

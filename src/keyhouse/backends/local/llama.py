@@ -172,8 +172,9 @@ def keep_stdout_stderr() -> None:
         module.suppress_stdout_stderr = keep  # type: ignore[attr-defined,assignment]
 
 
-#: llama.cpp's log levels (ggml_log_level) as logging's; 5 continues the previous message.
-_LLAMA_LEVELS = {1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+#: llama.cpp's log levels (ggml_log_level: 1 debug, 2 info, 3 warn, 4 error) as logging's;
+#: 5 continues the previous message.
+_LLAMA_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _llama_log = logging.getLogger("keyhouse.llama")
 _log_callback: Any = None
 
