@@ -396,8 +396,8 @@ async def test_reload_keeps_unchanged_deployments_and_replaces_changed_ones(
         assert route is not None and isinstance(route.backend, Router)
         assert route.backend.deployments[0] is kept_a
         await retire(second.retired_since(first), grace=5)
-        assert old_b.backend.session is None  # type: ignore[attr-defined]
-        assert kept_a.backend.session is not None  # type: ignore[attr-defined]
+        assert old_b.backend.http is None  # type: ignore[attr-defined]
+        assert kept_a.backend.http is not None  # type: ignore[attr-defined]
         events = await collect(route.backend.chat(chat_request(), metered()[0]))
         assert served_by(events) == "a"
         # A change to what the deployment reads of the model replaces them all.
@@ -430,12 +430,12 @@ async def test_retire_waits_for_in_flight_requests(upstreams: Upstreams) -> None
         closing = asyncio.create_task(retire(second.retired_since(first), grace=10))
         await asyncio.sleep(0.3)
         assert not closing.done()
-        assert old_a.backend.session is not None  # type: ignore[attr-defined]
+        assert old_a.backend.http is not None  # type: ignore[attr-defined]
         rest = [event async for event in events]  # the stream ends on the retired deployment
         assert rest[-1] == FAKE_USAGE
         assert old_a.in_flight == 0
         await asyncio.wait_for(closing, 15)  # generous: a busy machine is slow
-        assert old_a.backend.session is None  # type: ignore[attr-defined]
+        assert old_a.backend.http is None  # type: ignore[attr-defined]
     finally:
         await first.stop()
 
@@ -447,7 +447,7 @@ async def test_retire_gives_up_waiting_after_the_grace(upstreams: Upstreams) -> 
     stuck = first.deployments["a"][1]
     stuck.in_flight = 1
     await asyncio.wait_for(retire([stuck], grace=0.2), 2)
-    assert stuck.backend.session is None  # type: ignore[attr-defined]
+    assert stuck.backend.http is None  # type: ignore[attr-defined]
 
 
 def test_build_refuses_a_local_deployment_without_an_engine(upstreams: Upstreams) -> None:

@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from keyhouse.backends.base import Call, Embeddings, Event, Relayed, TextDelta, ToolCallDelta, Usage
+from keyhouse.backends.upstream import http
 from keyhouse.backends.upstream.client import (
     UpstreamBackend,
     UpstreamFailure,
@@ -348,7 +348,7 @@ class AnthropicBackend(UpstreamBackend):
                 )
             yield TextDelta(0, "", finish_reason=state.finish or "stop")
             yield state.usage() or self.estimate(request, state.text)
-        except aiohttp.ServerTimeoutError:
+        except http.ReadTimeout:
             self._broken_stream(request, call, state)
             raise UpstreamFailure(
                 f"The upstream deployment {self.deployment.name} sent nothing within "
@@ -356,7 +356,7 @@ class AnthropicBackend(UpstreamBackend):
                 status=504,
                 code="upstream_timeout",
             ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http.HTTPError, TimeoutError) as exc:
             self._broken_stream(request, call, state)
             raise self._broke_off(exc) from None
         except KeyhouseError:
@@ -382,7 +382,7 @@ class AnthropicBackend(UpstreamBackend):
                     call.meter.settle(state.usage() or self.estimate(request, state.text))
                 response.release()
 
-    async def _drain_messages(self, response: aiohttp.ClientResponse, state: _Stream) -> None:
+    async def _drain_messages(self, response: http.Response, state: _Stream) -> None:
         lines = _sse(response)
         try:
             async with asyncio.timeout(self.settings.drain):
@@ -391,7 +391,7 @@ class AnthropicBackend(UpstreamBackend):
                         state.feed(_loads(data))
                     if state.stopped:
                         break
-        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+        except (TimeoutError, http.HTTPError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):

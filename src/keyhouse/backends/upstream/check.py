@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from keyhouse.backends.upstream import http
+from keyhouse.backends.upstream.client import MAX_BODY
 from keyhouse.backends.upstream.kinds import UPSTREAMS
 from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError, KeyhouseError
@@ -55,7 +56,7 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
     s = backend.settings
     row.where = s.base_url
     await backend.start()
-    assert backend.session is not None
+    assert backend.http is not None
     failures = []
     try:
         # 1. keys and model list (Azure lists none at a deployment's address)
@@ -68,8 +69,11 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
             if deployment.backend != "openai":
                 raise _NoList
             async with asyncio.timeout(timeout):
-                async with backend.session.get(s.base_url + "/models", headers=headers) as response:
-                    body = await response.read()
+                response = await backend.http.request("GET", s.base_url + "/models", headers)
+                try:
+                    body = await response.read(MAX_BODY)
+                finally:
+                    response.release()
             if response.status == 200:
                 ids = [
                     m.get("id") for m in orjson.loads(body).get("data", []) if isinstance(m, dict)
@@ -82,7 +86,7 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
                 row.models = f"HTTP {response.status}"
         except _NoList:
             pass
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, http.HTTPError, ValueError) as exc:
             row.models = f"unreachable: {type(exc).__name__}"
             failures.append("models")
         # 2. a short chat, and 3. a stream
@@ -92,10 +96,12 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
                 started = time.perf_counter()
                 async with asyncio.timeout(timeout):
                     response = await backend.post("/chat/completions", orjson.dumps(payload))
-                    await response.read()
-                    response.release()
+                    try:
+                        await response.read(MAX_BODY)
+                    finally:
+                        response.release()
                 row.chat = f"{(time.perf_counter() - started) * 1000:.0f} ms"
-            except (KeyhouseError, TimeoutError) as exc:
+            except (KeyhouseError, TimeoutError, http.HTTPError) as exc:
                 row.chat = f"FAIL {_short(exc)}"
                 failures.append("chat")
             try:
@@ -104,10 +110,10 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
                     response = await backend.post(
                         "/chat/completions", orjson.dumps({**payload, "stream": True})
                     )
-                    await response.content.readline()
+                    await response.readline()
                     row.stream = f"first byte {(time.perf_counter() - started) * 1000:.0f} ms"
                     response.close()
-            except (KeyhouseError, TimeoutError, aiohttp.ClientError) as exc:
+            except (KeyhouseError, TimeoutError, http.HTTPError) as exc:
                 row.stream = f"FAIL {_short(exc)}"
                 failures.append("stream")
         row.verdict = "PASS" if not failures else "FAIL " + ", ".join(failures)

@@ -23,11 +23,10 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from keyhouse.backends.base import Call, Event, Relayed, Usage
-from keyhouse.backends.upstream import tokens
+from keyhouse.backends.upstream import http, tokens
 from keyhouse.backends.upstream.keys import KeyPool, read_secret
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError, Retryable
@@ -293,7 +292,7 @@ class UpstreamBackend:
         self.deployment = deployment
         self.settings = self.read_settings(spec, deployment)
         self.keys = KeyPool(list(self.settings.keys)) if self.settings.keys else None
-        self.session: aiohttp.ClientSession | None = None
+        self.http: http.HTTPClient | None = None
         self.system_fingerprint = None
         self._drains: set[asyncio.Task[None]] = set()
 
@@ -305,16 +304,13 @@ class UpstreamBackend:
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_connections, ttl_dns_cache=300),
-            # sock_read: the wait for the response (first byte) and then between chunks.
-            timeout=aiohttp.ClientTimeout(total=s.total, connect=s.connect, sock_read=s.first_byte),
-            json_serialize=lambda value: orjson.dumps(value).decode(),
-            auto_decompress=True,
-            # An upstream's cookies are nobody's: one jar shared by every member's requests
-            # would hand one member's cookie to the next, and filling and filtering it is
-            # work on every request.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        # first_byte: the wait for the response, and then between chunks. No cookie jar: an
+        # upstream's cookies are nobody's (one jar would hand one member's to the next).
+        self.http = http.HTTPClient(
+            max_connections=s.max_connections,
+            connect=s.connect,
+            first_byte=s.first_byte,
+            total=s.total,
         )
 
     async def stop(self) -> None:
@@ -324,9 +320,9 @@ class UpstreamBackend:
         # A drain cancelled before it ran never reaches its ``finally``: its done-callback
         # settles the meter. Wait for them, so every meter is settled when stop() returns.
         await asyncio.gather(*drains, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.http is not None:
+            self.http.close()
+            self.http = None
 
     # ------------------------------------------------------------------ requests
 
@@ -384,10 +380,10 @@ class UpstreamBackend:
 
     async def post(
         self, path: str, body: bytes, content_type: str = "application/json"
-    ) -> aiohttp.ClientResponse:
+    ) -> http.Response:
         """POST with the next usable key; keys refused (401/403) or throttled (429) are benched
         and the next one tried. Raises UpstreamFailure when the deployment cannot answer."""
-        assert self.session is not None, "backend not started"
+        assert self.http is not None, "backend not started"
         url = self.url(path)
         tried: set[int] = set()
         while True:
@@ -404,22 +400,22 @@ class UpstreamBackend:
                 index, key = picked
                 headers.update(self.auth_headers(key.secret))
             try:
-                response = await self.session.post(url, data=body, headers=headers)
-            except aiohttp.ConnectionTimeoutError:
+                response = await self.http.request("POST", url, headers, body)
+            except http.ConnectTimeout:
                 raise UpstreamFailure(
                     f"Could not connect to the upstream deployment {self.deployment.name} "
                     f"within {self.settings.connect:g} s.",
                     status=504,
                     code="upstream_timeout",
                 ) from None
-            except (aiohttp.ServerTimeoutError, TimeoutError):  # no answer within first_byte
+            except TimeoutError:  # no answer within first_byte (or total)
                 raise UpstreamFailure(
                     f"The upstream deployment {self.deployment.name} did not answer within "
                     f"{self.settings.first_byte:g} s.",
                     status=504,
                     code="upstream_timeout",
                 ) from None
-            except aiohttp.ClientError as exc:
+            except http.HTTPError as exc:
                 raise UpstreamFailure(
                     f"Could not reach the upstream deployment {self.deployment.name}: "
                     f"{type(exc).__name__}.",
@@ -463,15 +459,6 @@ class UpstreamBackend:
         """The server's refusal of the client's request, as the client gets it."""
         return client_error(status, data)
 
-    @staticmethod
-    async def _read(response: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await response.content.read(MAX_BODY)
-        except (aiohttp.ClientError, TimeoutError):
-            return b""
-        finally:
-            response.release()
-
     # ------------------------------------------------------------------ endpoints
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
@@ -509,7 +496,7 @@ class UpstreamBackend:
                 seen.hear(data)
                 yield Relayed(data)
             yield seen.usage or self._respond_estimate(request, seen.text)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http.HTTPError, TimeoutError) as exc:
             raise self._broke_off(exc) from None
         except (GeneratorExit, asyncio.CancelledError):
             left_early = True
@@ -532,7 +519,7 @@ class UpstreamBackend:
                 await lines.aclose()
                 response.release()
 
-    async def _drain_responses(self, response: aiohttp.ClientResponse, seen: _Heard) -> None:
+    async def _drain_responses(self, response: http.Response, seen: _Heard) -> None:
         lines = _sse(response)
         try:
             async with asyncio.timeout(self.settings.drain):
@@ -541,7 +528,7 @@ class UpstreamBackend:
                         seen.hear(data)
                     if seen.usage is not None:
                         break
-        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+        except (TimeoutError, http.HTTPError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
@@ -566,11 +553,16 @@ class UpstreamBackend:
         many = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
         return n * (len(prompt) if many else 1)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: http.Response) -> bytes:
         """A whole (non-streamed) body; a connection that breaks off is the deployment's fault."""
         try:
-            return await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            return await response.read(MAX_BODY)
+        except http.BodyTooLarge:
+            raise UpstreamFailure(
+                f"The upstream deployment {self.deployment.name} answered with more than "
+                f"{MAX_BODY // (1024 * 1024)} MiB."
+            ) from None
+        except (http.HTTPError, TimeoutError) as exc:
             raise UpstreamFailure(
                 f"The upstream deployment {self.deployment.name} broke off: {type(exc).__name__}."
             ) from None
@@ -622,7 +614,7 @@ class UpstreamBackend:
                 first = await anext(batches)
             except StopAsyncIteration:
                 first = None
-            except aiohttp.ServerTimeoutError:
+            except http.ReadTimeout:
                 raise UpstreamFailure(
                     f"The upstream deployment {self.deployment.name} sent nothing within "
                     f"{self.settings.first_byte:g} s.",
@@ -658,7 +650,7 @@ class UpstreamBackend:
                 yield usage
                 return
             yield seen.usage or self.estimate(request, seen.text)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (http.HTTPError, TimeoutError) as exc:
             self._broken(request, call, seen)
             raise self._broke_off(exc) from None
         except KeyhouseError:
@@ -781,7 +773,7 @@ class UpstreamBackend:
     async def _drain(
         self,
         lines: AsyncIterator[bytes],
-        response: aiohttp.ClientResponse,
+        response: http.Response,
         seen: _Seen,
         request: ChatCompletionRequest | CompletionRequest,
         call: Call,
@@ -793,7 +785,7 @@ class UpstreamBackend:
                         self._relay(data, seen, wanted=False)
                     if seen.usage is not None:
                         break
-        except (TimeoutError, aiohttp.ClientError, asyncio.CancelledError):
+        except (TimeoutError, http.HTTPError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
@@ -842,10 +834,10 @@ class UpstreamBackend:
 # ----------------------------------------------------------------------------- helpers
 
 
-async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _sse(response: http.Response) -> AsyncIterator[bytes]:
     """The ``data:`` payloads of a server-sent-event stream, up to ``[DONE]``."""
     buffer: list[bytes] = []
-    async for raw in response.content:
+    async for raw in response.lines():
         line = raw.rstrip(b"\r\n")
         if not line:
             if buffer:
@@ -867,7 +859,7 @@ class _Events:
     between reads, so a fresh ``events()`` or ``batches()`` goes on exactly where the last
     one stopped (the drain after a client left)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: http.Response) -> None:
         self.response = response
         self._partial = b""
         self._lines: list[bytes] = []
@@ -912,7 +904,7 @@ class _Events:
     async def batches(self) -> AsyncIterator[list[bytes]]:
         if self.done:
             return
-        async for raw in self.response.content.iter_any():
+        async for raw in self.response.chunks():
             out = self.feed(raw)
             if out:
                 yield out
