@@ -24,6 +24,7 @@ from keyhouse.backends.upstream.http import (
     InvalidURL,
     ReadTimeout,
     TotalTimeout,
+    _target,
 )
 
 
@@ -225,6 +226,30 @@ async def test_compressed_bodies_are_decoded(serve, client: HTTPClient, encoding
     server = await serve(answering(lambda r: answer(packed, f"Content-Encoding: {name}")))
     response = await client.request("GET", server.url())
     assert await response.read(1 << 20) == text
+
+
+async def test_an_informational_answer_before_the_real_one_is_skipped(
+    serve, client: HTTPClient
+) -> None:
+    server = await serve(answering(lambda r: b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"ok")))
+    for _ in range(2):
+        response = await client.request("POST", server.url(), body=b"x")
+        assert (response.status, await response.read(10)) == (200, b"ok")
+    assert server.connections == 1
+
+
+def test_urls_give_their_origin_default_port_target_and_host() -> None:
+    assert _target("https://API.example.com/v1/chat?x=1") == (
+        ("https", "api.example.com", 443),
+        "/v1/chat?x=1 HTTP/1.1\r\n",
+        "Host: api.example.com\r\n",
+    )
+    assert _target("http://[::1]:8080").origin == ("http", "::1", 8080)
+    assert _target("http://[::1]:8080").host == "Host: [::1]:8080\r\n"
+    assert _target("http://example.org").line == "/ HTTP/1.1\r\n"
+    assert _target("http://example.org").origin[2] == 80
+    with pytest.raises(InvalidURL):
+        _target("http://user:secret@example.org/")
 
 
 # ----------------------------------------------------------------------------- the pool
