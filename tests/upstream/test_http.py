@@ -309,6 +309,18 @@ async def test_a_connection_close_answer_is_not_pooled(serve, client: HTTPClient
     assert server.connections == 2
 
 
+async def test_a_connection_idle_past_keepalive_is_not_reused(serve) -> None:
+    server = await serve(answering(lambda r: answer(b"ok")))
+    http = HTTPClient(keepalive=0.0)
+    try:
+        for _ in range(2):
+            response = await http.request("GET", server.url())
+            assert await response.read(10) == b"ok"
+    finally:
+        http.close()
+    assert server.connections == 2
+
+
 async def test_max_connections_queues_the_rest(serve) -> None:
     gate = asyncio.Event()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -643,7 +644,7 @@ class HTTPClient:
         while True:
             if woken or not (self._waiters or self._woken):  # those queued go first
                 if not fresh:
-                    connection = self._pooled(origin, loop)
+                    connection = self._pooled(origin)
                     if connection is not None:
                         return connection, True
                 if self._open < self.max_connections or self._evict():
@@ -651,13 +652,11 @@ class HTTPClient:
             await self._queue(loop, deadline, front=woken)
             woken = True
 
-    def _pooled(
-        self, origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop
-    ) -> _Connection | None:
+    def _pooled(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        now = loop.time()
+        now = time.monotonic()
         while idle:
             connection = idle.pop()  # the most recent: the least likely to be closed
             if connection.open and now - connection.idle_since < self.keepalive:
@@ -707,7 +706,8 @@ class HTTPClient:
         if self._closed or not connection.open:
             connection.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        # A clock of its own: a response may be released where no loop runs (a finalizer).
+        connection.idle_since = time.monotonic()
         idle = self._idle.get(connection.origin)
         if idle is None:
             idle = self._idle[connection.origin] = []
