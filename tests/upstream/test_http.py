@@ -345,6 +345,22 @@ async def test_max_connections_queues_the_rest(serve) -> None:
     assert len(server.requests) == 6
 
 
+async def test_a_waiter_woken_then_cancelled_passes_the_connection_on(serve) -> None:
+    server = await serve(answering(lambda r: answer(b"ok")))
+    http = HTTPClient(max_connections=1, connect=2.0)
+    try:
+        first = await http.request("GET", server.url())
+        woken = asyncio.ensure_future(http.request("GET", server.url()))
+        after = asyncio.ensure_future(http.request("GET", server.url()))
+        await until(lambda: len(http._waiters) == 2)
+        assert await first.read(10) == b"ok"  # released: the first waiter is woken…
+        woken.cancel()  # …and cancelled before it runs
+        assert await (await after).read(10) == b"ok"
+        assert woken.cancelled()
+    finally:
+        http.close()
+
+
 async def test_a_full_pool_past_the_connect_timeout_is_a_connect_timeout(serve) -> None:
     async def handle(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         await server.request(reader)
