@@ -3,10 +3,12 @@ directly (no HTTP server, no load generator sharing the CPU), against the fake u
 
     python bench/asgi_path.py                           # this checkout
     python bench/asgi_path.py --against /tmp/other/src  # and another, in alternate rounds
+    python bench/asgi_path.py --models                  # GET /v1/models: no relay at all
 
 Each round runs in a fresh interpreter (``PYTHONPATH`` set to the tree measured) and prints
 the process's CPU time per request (its own, the upstream's is in another process): the app's
-framework, middleware and pipeline, and the aiohttp relay. On a shared machine only the
+framework, middleware and pipeline, and the aiohttp relay (``--models``: authentication and
+the limit headers only, which shows the framework's share best). On a shared machine only the
 ratio between trees measured in alternate rounds means much.
 """
 
@@ -31,22 +33,28 @@ SRC = HERE.parent / "src"
 EMAIL = "asgi-bench@example.org"
 
 
-def scope(key: str) -> dict[str, Any]:
+#: (method, path, body) of the request driven.
+CHAT_CALL = ("POST", "/v1/chat/completions", CHAT)
+MODELS_CALL = ("GET", "/v1/models", b"")
+
+
+def scope(key: str, call: tuple[str, str, bytes]) -> dict[str, Any]:
+    method, path, body = call
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [
             (b"host", b"keyhouse"),
             (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(CHAT)).encode()),
+            (b"content-length", str(len(body)).encode()),
         ],
         "client": ("127.0.0.1", 40000),
         "server": ("keyhouse", 80),
@@ -54,7 +62,7 @@ def scope(key: str) -> dict[str, Any]:
     }
 
 
-async def one(app: Any, key: str) -> int:
+async def one(app: Any, key: str, call: tuple[str, str, bytes]) -> int:
     """One request through the app as uvicorn would make it; its status."""
     sent = False
     status = 0
@@ -63,7 +71,7 @@ async def one(app: Any, key: str) -> int:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": CHAT, "more_body": False}
+            return {"type": "http.request", "body": call[2], "more_body": False}
         await asyncio.Event().wait()  # connected, saying nothing more
         raise AssertionError("unreachable")
 
@@ -72,11 +80,13 @@ async def one(app: Any, key: str) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app(scope(key), receive, send)
+    await app(scope(key, call), receive, send)
     return status
 
 
-async def drive(app: Any, key: str, requests: int, connections: int) -> int:
+async def drive(
+    app: Any, key: str, call: tuple[str, str, bytes], requests: int, connections: int
+) -> int:
     """``requests`` requests over ``connections`` concurrent callers; how many were not 200."""
     left = requests
     errors = 0
@@ -85,22 +95,22 @@ async def drive(app: Any, key: str, requests: int, connections: int) -> int:
         nonlocal left, errors
         while left > 0:
             left -= 1
-            if await one(app, key) != 200:
+            if await one(app, key, call) != 200:
                 errors += 1
 
     await asyncio.gather(*(caller() for _ in range(connections)))
     return errors
 
 
-async def child(key: str, requests: int, connections: int) -> None:
+async def child(key: str, call: tuple[str, str, bytes], requests: int, connections: int) -> None:
     from keyhouse.app import create_app
     from keyhouse.config import load_settings
 
     app = create_app(load_settings())
     async with app.router.lifespan_context(app):
-        await drive(app, key, 500, connections)  # warm: connections, caches
+        await drive(app, key, call, 500, connections)  # warm: connections, caches
         started = time.process_time()
-        errors = await drive(app, key, requests, connections)
+        errors = await drive(app, key, call, requests, connections)
         spent = time.process_time() - started
     if errors:
         raise SystemExit(f"{errors} requests failed")
@@ -113,10 +123,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--models", action="store_true", help="GET /v1/models instead of chat")
     parser.add_argument("--child", metavar="KEY", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child(args.child, args.requests, args.connections))
+        call = MODELS_CALL if args.models else CHAT_CALL
+        asyncio.run(child(args.child, call, args.requests, args.connections))
         return
 
     home = Path(tempfile.mkdtemp(prefix="keyhouse-asgi-bench-"))
@@ -164,6 +176,7 @@ def main() -> None:
                         str(args.requests),
                         "--connections",
                         str(args.connections),
+                        *(["--models"] if args.models else []),
                     ],
                     env={**env, "PYTHONPATH": str(src)},
                     capture_output=True,

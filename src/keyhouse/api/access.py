@@ -66,8 +66,8 @@ class Edge:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message.get("headers") or ()
-                for name, _ in headers:
-                    if name.lower() == b"x-request-id":
+                for name, _ in headers:  # ASGI's header names are lower case
+                    if name == b"x-request-id":
                         break
                 else:
                     message["headers"] = [*headers, header]
