@@ -174,3 +174,18 @@ async def test_a_refusal_is_openais_shape_with_its_headers(failing: Keyhouse) ->
 def test_a_route_declared_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="declared twice"):
         Dispatch([route("/v1/x", boom, "POST"), route("/v1/x", gone, "POST")], boom)  # type: ignore[arg-type]
+
+
+async def test_head_and_a_proxys_root_path_as_starlette_had_them(kh: Keyhouse) -> None:
+    """A GET route answers HEAD; behind a proxy's ``root_path`` the path within the app
+    decides."""
+    _, key = await kh.member(10_000_000)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert (await kh.http.head("/v1/models", headers=auth)).status_code == 200
+    transport = httpx.ASGITransport(app=kh.app, root_path="/gateway")
+    async with httpx.AsyncClient(transport=transport, base_url="http://keyhouse") as http:
+        listed = await http.get("/gateway/v1/models", headers=auth)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["object"] == "list"
+        wrong = await http.put("/gateway/v1/models", headers=auth)
+        assert error_of(wrong, 405)["message"] == "Invalid method for URL (PUT /gateway/v1/models)"
