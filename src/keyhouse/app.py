@@ -28,7 +28,7 @@ from keyhouse.services import Services, open_services, warm
 __all__ = ["Services", "app_from_env", "create_app"]
 
 
-class Keyhouse(Starlette):
+class App(Starlette):
     """Starlette with two layers around its own: outermost the edge (request ids, the access
     line), so that even the 500s of Starlette's error middleware pass through it; then the
     ``/v1`` pipeline's routes, dispatched before any of Starlette's per-request layers."""
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # The /v1 path needs none of FastAPI's per-request layers, nor Starlette's: its routes are
     # dispatched ahead of them (api/dispatch). The documented /api surface is a FastAPI app
     # mounted beside them.
-    app = Keyhouse(
+    app = App(
         endpoints=[*v1.routes, *usage.routes],
         routes=[
             Route("/health", health, methods=["GET"]),

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from keyhouse.api.dispatch import Dispatch
 from keyhouse.api.http import ClientGone
 from keyhouse.api.pipeline import Exchange, route
-from keyhouse.app import Keyhouse as App
+from keyhouse.app import App
 from keyhouse.errors import InvalidRequest
 from tests.billing.meter_support import Keyhouse, keyhouse
 
