@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from keyhouse.api.access import AccessLog, note
+from keyhouse.api.access import Edge, note
 from keyhouse.keys import tokens
 from tests.conftest import MEMBER, Server
 
@@ -30,7 +30,8 @@ async def plain(request: Request) -> PlainTextResponse:
 
 
 def test_lines_in_process(caplog: pytest.LogCaptureFixture) -> None:
-    app = AccessLog(Starlette(routes=[Route("/m", metered, methods=["POST"]), Route("/p", plain)]))
+    routes = [Route("/m", metered, methods=["POST"]), Route("/p", plain)]
+    app = Edge(Starlette(routes=routes), access_log=True)
     key = tokens.mint()
 
     async def calls() -> None:

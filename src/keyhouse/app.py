@@ -11,20 +11,42 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from keyhouse import __version__, web
 from keyhouse.api import errors, manage, usage, v1
-from keyhouse.api.access import AccessLog
-from keyhouse.api.http import RequestIds
+from keyhouse.api.access import Edge
+from keyhouse.api.dispatch import Dispatch
+from keyhouse.api.pipeline import Endpoint
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.config import Settings, load_settings
 from keyhouse.services import Services, open_services, warm
 
 __all__ = ["Services", "app_from_env", "create_app"]
+
+
+class App(Starlette):
+    """Starlette with two layers around its own: outermost the edge (request ids, the access
+    line), so that even the 500s of Starlette's error middleware pass through it; then the
+    ``/v1`` pipeline's routes, dispatched before any of Starlette's per-request layers."""
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        routes: list[BaseRoute],
+        access_log: bool,
+        lifespan: Any,
+    ) -> None:
+        super().__init__(routes=routes, lifespan=lifespan)
+        self.endpoints = endpoints
+        self.access_log = access_log
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return Edge(Dispatch(self.endpoints, inner), access_log=self.access_log)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> Starlette:
@@ -57,25 +79,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    # A plain Starlette app: the /v1 path needs none of FastAPI's per-request layers, which
-    # cost a third of a cheap request. The documented /api surface is a FastAPI app mounted
-    # beside it.
-    app = Starlette(
+    # The /v1 path needs none of FastAPI's per-request layers, nor Starlette's: its routes are
+    # dispatched ahead of them (api/dispatch). The documented /api surface is a FastAPI app
+    # mounted beside them.
+    app = App(
+        endpoints=[*v1.routes, *usage.routes],
         routes=[
-            *v1.routes,
-            *usage.routes,
             Route("/health", health, methods=["GET"]),
             Mount("/api", api),
             # The member web app: last, so it never shadows the API.
             *web.routes(),
         ],
-        middleware=[
-            *([Middleware(AccessLog)] if settings.access_log else []),
-            Middleware(RequestIds),
-        ],
+        access_log=settings.access_log,
         lifespan=lifespan,
     )
-    # /v1/chat/completions/ is "Invalid URL", as at OpenAI, not a redirect.
+    # /v1/chat/completions/ is "Invalid URL", as at OpenAI, not a redirect (api/dispatch
+    # matches paths exactly, and the router must not redirect what it does not know).
     app.router.redirect_slashes = False
     errors.install(app)
     web.install(app)

@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,7 +131,7 @@ class DeploymentSpec:
     weight: int = setting(1, "Share of requests among deployments of one priority.", at_least(0))
     priority: int = setting(0, "Lower first; higher ones take over when those fail.")
 
-    @property
+    @cached_property  # asked on every request; a frozen spec's answer never changes
     def endpoints(self) -> frozenset[str]:
         only = self.settings.get("endpoints") if self.backend in _NARROWABLE else None
         if not only:
@@ -187,7 +188,7 @@ class ModelSpec:
     def media_price(self, unit: str) -> Decimal:
         return dict(self.media_prices).get(unit, Decimal(0))
 
-    @property
+    @cached_property  # asked on every request (api/pipeline.resolve); computed once
     def endpoints(self) -> frozenset[str]:
         return frozenset().union(*(d.endpoints for d in self.deployments))
 

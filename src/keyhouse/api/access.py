@@ -1,11 +1,16 @@
-"""One readable line per request, for the terminal ``keyhouse serve`` runs in.
+"""The edge of every HTTP request: its id, and the one readable line the terminal shows.
 
     POST /v1/chat/completions 200 smollm2-135m-instruct 36+12 tokens 412 ms
 
-Method, path (never the query string: invitation and reset tokens travel there), status, and
-for metered calls the model that answered and its tokens; never a key, a header or a body. The
-pipeline leaves the model and usage in ``scope["state"]["access"]`` when it settles a request.
-A client that leaves before the response starts is logged with status 499, as nginx does.
+``Edge`` wraps the whole app — outside Starlette's own error middleware, so its 500s get an
+``x-request-id`` too — with one ``send`` wrapper for both jobs (each wrapper is a Python call
+per message on every request).
+
+The line (``settings.access_log``): method, path (never the query string: invitation and reset
+tokens travel there), status, and for metered calls the model that answered and its tokens;
+never a key, a header or a body. The pipeline leaves the model and usage in
+``scope["state"]["access"]`` when it settles a request. A client that leaves before the
+response starts is logged with status 499, as nginx does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyhouse.api.http import new_request_id
 
 log = logging.getLogger("keyhouse.access")
 
@@ -33,25 +40,45 @@ def line(method: str, path: str, status: int, ms: float, access: object = None) 
     return " ".join(parts)
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+class Edge:
+    """Gives every request an id (``scope["state"]["request_id"]``) and every response its
+    ``x-request-id`` header — errors and 404s included; with ``access_log``, writes the line
+    once the request has ended."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 499
+        request_id = new_request_id()
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        status = 499  # until the response starts: the client left, as nginx says
 
-        async def send_noting_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = message.get("headers") or ()
+                for name, _ in headers:  # ASGI's header names are lower case
+                    if name == b"x-request-id":
+                        break
+                else:
+                    message["headers"] = [*headers, header]
             await send(message)
 
+        if not self.access_log:
+            await self.app(scope, receive, send_with_id)
+            return
+        started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:
             raise  # the client left: 499 unless the response had started
         except BaseException:

@@ -38,32 +38,22 @@ def error_response(exc: KeyhouseError, headers: dict[str, str] | None = None) ->
     )
 
 
-async def on_keyhouse_error(request: Request, exc: Exception) -> Response:
-    """A /v1 error already carries the rate-limit headers as they stand (``api/pipeline``
-    adds them on its way out)."""
-    assert isinstance(exc, KeyhouseError)
-    return error_response(exc)
+def invalid_url(request: Request) -> KeyhouseError:
+    return NotFound(f"Invalid URL ({request.method} {request.url.path})")
 
 
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    where = f"{request.method} {request.url.path}"
-    if exc.status_code == 404:
-        error: KeyhouseError = NotFound(f"Invalid URL ({where})")
-    elif exc.status_code == 405:
-        error = KeyhouseError(
-            f"Invalid method for URL ({where})",
-            status=405,
-            type="invalid_request_error",
-            code="method_not_allowed",
-            headers=dict(exc.headers or {}),
-        )
-    else:
-        error = KeyhouseError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
-    return error_response(error)
+def invalid_method(request: Request, headers: dict[str, str]) -> KeyhouseError:
+    """A known URL asked with a method it does not take; ``headers`` carry its ``Allow``."""
+    return KeyhouseError(
+        f"Invalid method for URL ({request.method} {request.url.path})",
+        status=405,
+        type="invalid_request_error",
+        code="method_not_allowed",
+        headers=headers,
+    )
 
 
-async def on_client_gone(request: Request, exc: Exception) -> Response:
+def client_gone(request: Request) -> Response:
     """The client left (mid-upload, or before its answer): one line, no traceback."""
     log.info(
         "client went away during %s %s (%s)",
@@ -74,16 +64,44 @@ async def on_client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody is listening; closes the exchange
 
 
-async def on_unexpected(request: Request, exc: Exception) -> Response:
+def unexpected(request: Request, exc: BaseException) -> Response:
+    """A bug: the operator gets the traceback, the client OpenAI's 500 and nothing of it (its
+    ``x-request-id`` comes from the edge, ``api/access``, which wraps even Starlette's
+    outermost middleware)."""
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    # Starlette answers these from its outermost middleware, outside ``RequestIds``: the
-    # response carries the request's id itself.
-    return error_response(ServerError(headers={"x-request-id": request_id(request)}))
+    return error_response(ServerError())
+
+
+def response_for(request: Request, exc: Exception) -> Response:
+    """What the client is told of an error that ended its request before the answer began:
+    the one rule, for Starlette's handlers below and for ``api/dispatch``'s own."""
+    if isinstance(exc, KeyhouseError):
+        # A /v1 error already carries the rate-limit headers as they stand (``api/pipeline``
+        # adds them on its way out).
+        return error_response(exc)
+    if isinstance(exc, ClientGone | ClientDisconnect):
+        return client_gone(request)
+    return unexpected(request, exc)
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    return response_for(request, exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = invalid_url(request)
+    elif exc.status_code == 405:
+        error = invalid_method(request, dict(exc.headers or {}))
+    else:
+        error = KeyhouseError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+    return error_response(error)
 
 
 def install(app: Starlette) -> None:
-    app.add_exception_handler(KeyhouseError, on_keyhouse_error)
+    app.add_exception_handler(KeyhouseError, on_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(ClientGone, on_client_gone)
-    app.add_exception_handler(ClientDisconnect, on_client_gone)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(ClientGone, on_error)
+    app.add_exception_handler(ClientDisconnect, on_error)
+    app.add_exception_handler(Exception, on_error)

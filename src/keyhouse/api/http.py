@@ -1,4 +1,5 @@
-"""The HTTP edge: request ids, bodies with a size cap, the caller's key and IP, disconnects.
+"""The HTTP edge's parts: request ids (``api/access`` gives them), bodies with a size cap, the
+caller's key and IP, disconnects.
 
 A client that goes away must stop its work — a generation waiting in the queue, one being
 produced, one being streamed. ``unless_disconnected`` and ``EventStream`` watch the socket
@@ -18,43 +19,17 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from keyhouse.config import IPNetwork
 from keyhouse.errors import RequestTooLarge
-from keyhouse.ids import random_base62
+from keyhouse.ids import pooled_base62
 
 T = TypeVar("T")
 
 
 def new_request_id() -> str:
-    return "req_" + random_base62(24)
-
-
-class RequestIds:
-    """Gives every request an id (``scope["state"]["request_id"]``) and every response its
-    ``x-request-id`` header — errors and 404s included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(name.lower() == b"x-request-id" for name, _ in headers):
-                    headers.append(header)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+    return "req_" + pooled_base62(24)
 
 
 def request_id(request: Request) -> str:

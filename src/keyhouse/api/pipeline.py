@@ -27,7 +27,6 @@ from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route as HTTPRoute
 from starlette.types import Receive, Scope, Send
 
 from keyhouse.api import access
@@ -102,6 +101,8 @@ class Exchange:
     call: Call | None = None  # price
     events: AsyncIterator[Event] | None = None  # relay
     started: float = field(default=0.0)
+    #: The answer has begun: an error from here on cannot become an error response.
+    answering: bool = False
 
     async def limit_headers(self) -> dict[str, str]:
         """The rate-limit headers as they stand: the admission's, or — before one — the
@@ -145,32 +146,31 @@ Handler = Callable[[Exchange], Awaitable[Response]]
 # ----------------------------------------------------------------------------- running
 
 
-async def serve(
-    handler: Handler,
-    request: Request,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    on_behalf: Principal | None = None,
-) -> None:
-    """Run ``handler`` on a new exchange and send its answer; errors leave with the limit
-    headers as they stand (``api/errors`` renders them), and the exchange is closed however
-    it ended."""
-    ex = Exchange(request, services(request), request_id(request), on_behalf)
+def exchange(request: Request, on_behalf: Principal | None = None) -> Exchange:
+    """A new exchange for ``request`` (its id given by the edge, ``api/access``)."""
+    return Exchange(request, services(request), request_id(request), on_behalf)
+
+
+async def serve(ex: Exchange, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run ``handler`` on ``ex`` and send its answer; errors leave with the limit headers as
+    they stand (``api/errors`` renders them), and the exchange is closed however it ended.
+    ``ex.answering`` tells the caller whether an error came before the answer began."""
     try:
         try:
             response = await handler(ex)
         except KeyhouseError as exc:
             exc.headers = {**await ex.limit_headers(), **exc.headers}
             raise
+        ex.answering = True
         await response(scope, receive, send)
     finally:
         await ex.close()
 
 
 class Answer(Response):
-    """The pipeline run as the server sends the response: what a route hands Starlette (or
-    FastAPI, for the playground), so that the exchange's end is the response's end."""
+    """The pipeline run as the server sends the response: what the playground hands FastAPI,
+    so that the exchange's end is the response's end (FastAPI's error handling renders its
+    errors)."""
 
     def __init__(self, handler: Handler, request: Request, on_behalf: Principal | None = None):
         self.handler = handler
@@ -179,19 +179,24 @@ class Answer(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve(self.handler, self.request, scope, receive, send, self.on_behalf)
-        if self.background is not None:  # FastAPI's, for the playground
+        await serve(exchange(self.request, self.on_behalf), self.handler, scope, receive, send)
+        if self.background is not None:  # FastAPI's
             await self.background()
 
 
-def route(path: str, handler: Handler, method: str) -> HTTPRoute:
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One ``/v1`` route run through the pipeline: a path in Starlette's syntax (``{name}``,
+    ``{name:path}``), its method and its handler. ``api/dispatch`` serves the table of them."""
+
+    path: str
+    method: str
+    handler: Handler
+
+
+def route(path: str, handler: Handler, method: str) -> Endpoint:
     """A ``/v1`` route whose handler runs through the pipeline (``providers`` add theirs so)."""
-
-    async def endpoint(request: Request) -> Response:
-        return Answer(handler, request)
-
-    endpoint.__name__ = handler.__name__
-    return HTTPRoute(path, endpoint, methods=[method])
+    return Endpoint(path, method, handler)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -349,8 +349,9 @@ async def delete_response(ex: Exchange) -> Response:
     return json_response(p.ResponseDeleted(id=response_id), await ex.limit_headers())
 
 
-#: Plain Starlette routes: the /v1 surface needs none of FastAPI's per-request machinery
-#: (OpenAI's own description is its documentation). Each runs its handler through the pipeline.
+#: The pipeline's table: ``api/dispatch`` serves it ahead of Starlette (the /v1 surface needs
+#: none of FastAPI's or Starlette's per-request machinery; OpenAI's own description is its
+#: documentation). Each runs its handler through the pipeline.
 routes = [
     route("/v1/models", list_models, "GET"),
     route("/v1/models/{model:path}", retrieve_model, "GET"),
