@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import string
+import time
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 # Bytes below 248 (= 4 × 62) map onto base62 without bias; the rest are thrown away.
@@ -38,3 +39,27 @@ def pooled_base62(length: int) -> str:
     drawn = _pool[-length:]
     del _pool[-length:]
     return drawn.decode("ascii")
+
+
+#: The milliseconds prefix of ``time_ordered``: 8 base62 digits last until the year 8900.
+_TIME_DIGITS = 8
+_last = [-1, ""]  # the millisecond last encoded, and its digits
+
+
+def time_ordered(length: int) -> str:
+    """``length`` base62 characters that sort in the order they were made: the time in
+    milliseconds (fixed width; ``BASE62`` is in ASCII order) then random ones from the pool.
+
+    For ids that an index keeps (request ids, unique in the usage table): random keys land on
+    a different index page each, which SQLite writes to its log and back, at a cost per row
+    that grows with the table (measured 17 µs at 60 k rows, 30 µs at 200 k); ordered ones
+    append at the index's end (about 5 µs, whatever its size)."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _last[0]:
+        digits = []
+        n = ms
+        for _ in range(_TIME_DIGITS):
+            n, digit = divmod(n, 62)
+            digits.append(BASE62[digit])
+        _last[:] = [ms, "".join(reversed(digits))]
+    return _last[1] + pooled_base62(length - _TIME_DIGITS)

@@ -23,13 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from keyhouse.config import IPNetwork
 from keyhouse.errors import RequestTooLarge
-from keyhouse.ids import pooled_base62
+from keyhouse.ids import time_ordered
 
 T = TypeVar("T")
 
 
 def new_request_id() -> str:
-    return "req_" + pooled_base62(24)
+    return "req_" + time_ordered(24)
 
 
 def request_id(request: Request) -> str:

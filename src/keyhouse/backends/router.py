@@ -83,7 +83,7 @@ class Router:
             for d in self.deployments
             if (d.spec.vision or not vision) and (endpoint is None or endpoint in d.spec.endpoints)
         ]
-        return sorted(members, key=key)
+        return members if len(members) < 2 else sorted(members, key=key)
 
     def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
         """Images for a model none of whose deployments reads them: a 400, before any hold."""
@@ -103,8 +103,9 @@ class Router:
     # ------------------------------------------------------------------ streams
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
-        self.check(request)
         vision = has_images(request)
+        if vision and not any(d.spec.vision for d in self.deployments):
+            raise no_vision(request, self.spec.name)
         return self._stream(
             lambda backend: backend.chat(request, call), call, vision, "chat.completions"
         )
