@@ -19,7 +19,7 @@ from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing.holds import Settlement
-from keyhouse.billing.sql import dialect_name, placeholders, sqlite_time
+from keyhouse.billing.sql import dialect_name, fetch_driver, placeholders, sqlite_time
 from keyhouse.db.models import DeploymentRollup, Event, UsageRecord, UsageRollup, UTCDateTime
 
 
@@ -132,7 +132,6 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> 
     was charged, with no look-up of the batch's ids beforehand."""
     dialect = dialect_name(session)
     stamp = sqlite_time if dialect == "sqlite" else _aware
-    connection = await session.connection()
     written: set[str] = set()
     start, size = 0, ROWS_PER_INSERT
     while start < len(settled):
@@ -141,8 +140,8 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> 
         params: list[Any] = []
         for s in settled[start : start + size]:
             params.extend(_row(s, stamp))
-        result = await connection.exec_driver_sql(_insert(dialect, size), tuple(params))
-        written.update(result.scalars())
+        rows = await fetch_driver(session, _insert(dialect, size), tuple(params))
+        written.update(row[0] for row in rows)
         start += size
     if len(written) == len(settled):
         return list(settled)
