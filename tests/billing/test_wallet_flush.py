@@ -1,9 +1,10 @@
 """The billing flush's statements, on SQLite and PostgreSQL.
 
 Flushes come in every size; the statements they run must not. The drivers keep each distinct
-statement they prepared, so a look-up whose SQL followed the batch's length held hundreds of
-large statements per connection: the server's memory grew with the requests it served. And
-usage rows go in a few dozen at a time, not one step per row (see ``billing.usage``).
+statement they prepared, so statements whose SQL followed the batch's length held hundreds of
+large statements per connection: the server's memory grew with the requests it served. Usage
+rows go in a few dozen at a time, not one step per row (see ``billing.usage``), and their
+unique index, not a look-up, skips a request id written already.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy import event, func, select
 
 from keyhouse.accounts.members import create_member
 from keyhouse.backends.base import Usage
-from keyhouse.billing.flush import ID_LOOKUP
+from keyhouse.billing import ledger
+from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import Hold
 from keyhouse.billing.money import Prices
 from keyhouse.billing.usage import ROWS_PER_INSERT
@@ -24,15 +26,16 @@ from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
-from keyhouse.db.models import UsageRecord
+from keyhouse.db.models import Member, UsageRecord, UsageRollup
 from keyhouse.keys.store import create_key
-from tests.billing.credit_support import RING
+from tests.billing.credit_support import RING, add_member, assert_books, micro
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+LONG = 500  # longer than any one INSERT of usage rows
 FREE = Prices(Decimal(0), Decimal(0), Decimal(0))
 
 
-async def test_flushes_of_any_size_look_up_ids_with_one_statement_and_never_charge_twice(
+async def test_flushes_of_any_size_run_few_statements_and_never_charge_twice(
     db: Database, db_settings: Settings
 ) -> None:
     clock = FrozenClock(NOW)
@@ -45,12 +48,13 @@ async def test_flushes_of_any_size_look_up_ids_with_one_statement_and_never_char
     inserts: set[tuple[str, bool]] = set()
 
     def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        if "request_id IN" in statement and statement.lstrip().upper().startswith("SELECT"):
+        if "request_id" in statement and statement.lstrip().upper().startswith("SELECT"):
             lookups.add(statement)
         if statement.startswith("INSERT INTO usage "):
             inserts.add((statement, many))
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    usage_rows._insert.cache_clear()  # the usage INSERTs made, counted below
     number = 0
 
     def settle(request_id: str | None = None) -> None:
@@ -60,25 +64,64 @@ async def test_flushes_of_any_size_look_up_ids_with_one_statement_and_never_char
         wallet.settle(hold, Usage(3, 4), deployment=None, latency_ms=1, ttft_ms=None, status=200)
 
     try:
-        for size in (1, 2, 3, 7, ID_LOOKUP - 1, ID_LOOKUP, ID_LOOKUP + 1, 2 * ID_LOOKUP + 13):
+        for size in (1, 2, 3, 7, LONG - 1, LONG, LONG + 1, 2 * LONG + 13):
             for _ in range(size):
                 settle()
             await wallet.flush()
         written = number
-        # Ids written already, in every position of a batch (the padded last look-up too),
-        # among new ones: only the new ones are written.
-        again = [f"req_{n}" for n in (1, 5, ID_LOOKUP + 2, written)]
-        for i in range(ID_LOOKUP + 20):
+        # Ids written already, in every position of a batch, among new ones, and one new id
+        # twice in the batch: only the new ones are written, each once.
+        again = [f"req_{n}" for n in (1, 5, LONG + 2, written)]
+        for i in range(LONG + 20):
             settle(again[i % len(again)] if i % 31 == 0 else None)
+        settle("req_twice")
+        settle("req_twice")
         await wallet.flush()
+        assert not wallet._queue  # the batch was written, not put back
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
-    assert len(lookups) == 1, sorted(lookups, key=len)
+    assert not lookups, sorted(lookups, key=len)
     # 64 rows at a time, the rest in halving sizes: 64, 32, … 1, each a single statement.
-    assert 0 < len(inserts) <= ROWS_PER_INSERT.bit_length()
+    # (SQLite's go to the driver directly: counted as made.)
+    assert 0 < usage_rows._insert.cache_info().currsize <= ROWS_PER_INSERT.bit_length()
+    assert len(inserts) <= ROWS_PER_INSERT.bit_length()
     assert not any(many for _, many in inserts)
     async with db.session() as session:
         rows = await session.scalar(select(func.count()).select_from(UsageRecord))
         distinct = await session.scalar(select(func.count(func.distinct(UsageRecord.request_id))))
-    fresh = ID_LOOKUP + 20 - len(range(0, ID_LOOKUP + 20, 31))
+    fresh = LONG + 20 - len(range(0, LONG + 20, 31)) + 1
     assert rows == distinct == written + fresh
+
+
+async def test_a_request_id_written_already_is_not_charged_again(
+    db: Database, db_settings: Settings
+) -> None:
+    """Its usage row's unique index skips it: no second row, no second ledger charge, no
+    roll-up counted twice — and the rest of its batch is charged."""
+    clock = FrozenClock(NOW)
+    async with db.session() as session:
+        member = await add_member(session, clock)
+        key, _ = await create_key(session, clock, RING, await session.get(Member, member), name="k")
+        await ledger.grant(session, member, micro("10"), NOW)
+        await session.commit()
+    wallet = Wallet(db, clock, db_settings.with_(billing_mode="meter-only"))
+    prices = Prices(Decimal("1"), Decimal("1"), Decimal("1"))  # 1 micro-unit a token
+
+    def settle(request_id: str) -> None:
+        hold = Hold(request_id, member, key.id, "m", prices, None, [], 0)
+        wallet.settle(hold, Usage(3, 4), deployment=None, latency_ms=1, ttft_ms=None, status=200)
+
+    settle("req_once")
+    await wallet.flush()
+    settle("req_once")
+    settle("req_other")
+    settle("req_other")
+    await wallet.flush()
+    async with db.session() as session:
+        assert await ledger.balance_of(session, member) == micro("10") - 2 * 7
+        await assert_books(session, member)
+        rows = await session.scalar(select(func.count()).select_from(UsageRecord))
+        requests = await session.scalar(
+            select(func.sum(UsageRollup.requests)).where(UsageRollup.period == "day")
+        )
+    assert rows == requests == 2

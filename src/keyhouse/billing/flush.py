@@ -1,9 +1,10 @@
 """Writing settlements: one transaction per batch for the usage rows and roll-ups, the ledger's
 charges, budgets spent and leases shrunk.
 
-A request's usage row is the guard of exactly-once settlement: a request id that has a row
-already (never, unless something is badly wrong) is not charged again, and the unique index
-on request ids makes sure.
+A request's usage row is the guard of exactly-once settlement: the rows go in first, and the
+unique index on request ids skips one that has a row already (never, unless something is badly
+wrong; ``INSERT … ON CONFLICT DO NOTHING RETURNING``); only the requests whose row went in are
+charged.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,40 +21,10 @@ from keyhouse.billing import ledger
 from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import Account, Settlement
 from keyhouse.billing.leases import Leases
-from keyhouse.billing.sql import dialect_name, placeholders
 from keyhouse.db.engine import take_write_lock
-from keyhouse.db.models import Balance, BudgetSpend, UsageRecord
+from keyhouse.db.models import Balance, BudgetSpend
 
 log = logging.getLogger("keyhouse.billing")
-
-#: Request ids are looked up this many at a time, the last lookup padded with repeats. Each
-#: length of an ``IN`` list is a statement of its own, and the drivers keep the statements they
-#: prepared (sqlite3: 128 per connection, asyncpg: 100): lists as long as each flush happened to
-#: be filled every connection with large, near-identical statements, so that the server's memory
-#: grew with the requests it served. (A fixed length also keeps a long backlog within the
-#: databases' limits on parameters.)
-ID_LOOKUP = 500  # within SQLite's oldest limit of 999 parameters
-
-
-@lru_cache(maxsize=2)
-def _lookup(dialect: str) -> str:
-    """The request-id look-up in the driver's own parameter style (no SQLAlchemy expression
-    of 500 literals to build per look-up)."""
-    marks = ", ".join(placeholders(dialect, ID_LOOKUP))
-    return f"SELECT request_id FROM {UsageRecord.__tablename__} WHERE request_id IN ({marks})"
-
-
-async def recorded(session: AsyncSession, ids: list[str]) -> set[str]:
-    """Those of ``ids`` that have a usage row already."""
-    seen: set[str] = set()
-    statement = _lookup(dialect_name(session))
-    connection = await session.connection()
-    for start in range(0, len(ids), ID_LOOKUP):
-        chunk = ids[start : start + ID_LOOKUP]
-        chunk += [chunk[-1]] * (ID_LOOKUP - len(chunk))
-        rows = await connection.exec_driver_sql(statement, tuple(chunk))
-        seen.update(rows.scalars())
-    return seen
 
 
 @dataclass(slots=True)
@@ -78,22 +48,18 @@ async def write(
     """Write ``batch`` in ``session``'s transaction (the caller commits). Changes nothing in
     memory: the caller applies what it returns once the commit succeeded."""
     await take_write_lock(session)
-    seen = await recorded(session, [item.hold.request_id for item in batch])
-    if seen:
+    fresh = await usage_rows.record(session, batch, timezone)
+    if len(fresh) < len(batch):
+        written = {id(item) for item in fresh}
         for item in batch:
-            if item.hold.request_id in seen:
+            if id(item) not in written:
                 log.error("%s was settled already; not charged again", item.hold.request_id)
-        fresh = [item for item in batch if item.hold.request_id not in seen]
-    else:
-        fresh = list(batch)
     per_member: dict[str, list[tuple[str, int]]] = {}
     for item in fresh:
         per_member.setdefault(item.hold.member_id, []).append((item.hold.request_id, item.cost))
     for member_id, charges in per_member.items():
         await ledger.charge_many(session, member_id, charges, now)
-    written = await _spend(session, batch, fresh, now, leases)
-    await usage_rows.record(session, fresh, timezone)
-    return written
+    return await _spend(session, batch, fresh, now, leases)
 
 
 async def _spend(

@@ -45,3 +45,16 @@ def sqlite_time(at: datetime) -> str:
     if at.tzinfo is not None:
         at = at.astimezone(UTC)
     return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+async def fetch_driver(session: AsyncSession, statement: str, params: tuple[Any, ...]) -> list[Any]:
+    """Run ``statement`` (in the driver's own parameter style) in the session's transaction and
+    return its rows as the driver gives them. On SQLite this is one trip to aiosqlite's thread
+    (``execute_fetchall``), where SQLAlchemy's adapter makes three or four (cursor, execute,
+    fetch, close) and builds a result: ~30 µs of CPU a statement against ~200 under an idle
+    loop, and each trip waits for the busy event loop to hand over the GIL."""
+    connection = await session.connection()
+    if dialect_name(session) == "sqlite":
+        driver = (await connection.get_raw_connection()).driver_connection
+        return list(await driver.execute_fetchall(statement, params))
+    return list(await connection.exec_driver_sql(statement, params))

@@ -19,7 +19,7 @@ from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing.holds import Settlement
-from keyhouse.billing.sql import dialect_name, placeholders, sqlite_time
+from keyhouse.billing.sql import dialect_name, fetch_driver, placeholders, sqlite_time
 from keyhouse.db.models import DeploymentRollup, Event, UsageRecord, UsageRollup, UTCDateTime
 
 
@@ -84,13 +84,17 @@ assert set(COLUMNS) == {c.name for c in UsageRecord.__table__.c} - {"id"}
 
 @lru_cache(maxsize=16)  # two dialects x the sizes 32, 16, … 1
 def _insert(dialect: str, rows: int) -> str:
-    """``INSERT … VALUES`` for ``rows`` rows in the driver's own parameter style."""
+    """``INSERT … VALUES`` for ``rows`` rows in the driver's own parameter style, skipping a
+    request id that has a row already and naming those it wrote (SQLite 3.35+, PostgreSQL)."""
     width = len(COLUMNS)
     marks = placeholders(dialect, rows * width)
     values = ", ".join(
         "(" + ", ".join(marks[row * width : (row + 1) * width]) + ")" for row in range(rows)
     )
-    return f"INSERT INTO {UsageRecord.__tablename__} ({', '.join(COLUMNS)}) VALUES {values}"
+    return (
+        f"INSERT INTO {UsageRecord.__tablename__} ({', '.join(COLUMNS)}) VALUES {values} "
+        "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    )
 
 
 def _aware(at: datetime) -> datetime:
@@ -120,12 +124,15 @@ def _row(s: Settlement, stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
     )
 
 
-async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> None:
-    """The usage rows, as the driver takes them: SQLite stores times as UTC text (what
-    ``db.models.UTCDateTime`` writes), asyncpg takes aware datetimes."""
+async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> list[Settlement]:
+    """The usage rows, as the driver takes them (SQLite stores times as UTC text, what
+    ``db.models.UTCDateTime`` writes; asyncpg takes aware datetimes); returns the settlements
+    whose row went in. A request id that has a row already — or comes twice — is skipped by
+    its unique index (``ON CONFLICT DO NOTHING``): the index itself answers whether a request
+    was charged, with no look-up of the batch's ids beforehand."""
     dialect = dialect_name(session)
     stamp = sqlite_time if dialect == "sqlite" else _aware
-    connection = await session.connection()
+    written: set[str] = set()
     start, size = 0, ROWS_PER_INSERT
     while start < len(settled):
         while size > len(settled) - start:
@@ -133,8 +140,17 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> 
         params: list[Any] = []
         for s in settled[start : start + size]:
             params.extend(_row(s, stamp))
-        await connection.exec_driver_sql(_insert(dialect, size), tuple(params))
+        rows = await fetch_driver(session, _insert(dialect, size), tuple(params))
+        written.update(row[0] for row in rows)
         start += size
+    if len(written) == len(settled):
+        return list(settled)
+    fresh = []
+    for s in settled:  # the first of an id's settlements is the one written
+        if s.hold.request_id in written:
+            written.discard(s.hold.request_id)
+            fresh.append(s)
+    return fresh
 
 
 #: The summed columns of both roll-up tables, in the order ``record`` sums them.
@@ -217,14 +233,18 @@ def totals(
     return rollups, margins
 
 
-async def record(session: AsyncSession, settled: Sequence[Settlement], timezone: str) -> None:
-    """Usage rows for these settlements, and their roll-ups."""
+async def record(
+    session: AsyncSession, settled: Sequence[Settlement], timezone: str
+) -> list[Settlement]:
+    """Usage rows for these settlements, and the roll-ups of those written; returns those
+    written (not those whose request id has a row already)."""
     if not settled:
-        return
-    await _insert_rows(session, settled)
-    rollups, margins = totals(settled, timezone)
+        return []
+    fresh = await _insert_rows(session, settled)
+    rollups, margins = totals(fresh, timezone)
     await upsert_rollups(session, rollups)
     await upsert_margins(session, margins)
+    return fresh
 
 
 @lru_cache(maxsize=4)

@@ -25,7 +25,6 @@ from typing import Any
 from keyhouse.backends.base import Usage
 from keyhouse.billing import flush as flushing
 from keyhouse.billing import ledger, names
-from keyhouse.billing.flush import ID_LOOKUP
 from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Settlement
 from keyhouse.billing.leases import Leases
 from keyhouse.billing.money import Prices, show, to_micro
@@ -38,7 +37,6 @@ from keyhouse.db.engine import Database
 from keyhouse.keys.principal import Principal
 
 __all__ = [  # the names code outside billing/ has imported from here: they stay
-    "ID_LOOKUP",
     "Account",
     "Hold",
     "InsufficientQuota",
