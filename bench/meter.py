@@ -48,6 +48,7 @@ BEFORE = " (before)"
 async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
     """Microseconds of CPU (all threads) per request for the wallet's share of ``requests``."""
     from keyhouse.accounts.members import create_member
+    from keyhouse.api.http import new_request_id
     from keyhouse.backends.base import Usage
     from keyhouse.billing import ledger
     from keyhouse.billing.money import Prices
@@ -56,7 +57,6 @@ async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
     from keyhouse.config import load_settings
     from keyhouse.db.engine import Database
     from keyhouse.db.migrate import migrate
-    from keyhouse.ids import pooled_base62
     from keyhouse.keys.principal import Principal
 
     home = tempfile.mkdtemp(prefix="keyhouse-meter-")
@@ -78,11 +78,10 @@ async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
 
     async def run(count: int, first: int) -> None:
         for n in range(first, first + count):
-            # Random ids, as the server's (``api.http.new_request_id``): their unique index takes
-            # each row at a random place, the costliest part of a flush for SQLite.
-            hold = await wallet.hold(
-                "req_" + pooled_base62(24), principal, "gpt-4o-mini", prices, 20, 64, 1
-            )
+            # The server's own request ids: how they sort decides where the usage table's unique
+            # index takes each row (random ids: a random page each, the costliest part of a
+            # flush for SQLite; time-ordered ids: its end).
+            hold = await wallet.hold(new_request_id(), principal, "gpt-4o-mini", prices, 20, 64, 1)
             wallet.settle(
                 hold,
                 Usage(12, 9),
