@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from keyhouse.limits.rules import Decision, Rule, RuleState, state_of
+from keyhouse.limits.rules import Decision, Rule
 
 # ARGV: now_us, slot_id, commit (1/0); then six per rule:
 # kind, limit, period_us, day_start_us, day_end_us, cost
@@ -325,15 +325,14 @@ class RedisStore:
             parts += [wire[1], _arg(cost)]
         raw = await self._batcher.call(b"".join(parts))
         allowed = raw[0] == 1
-        states: list[RuleState] = []
+        values = [int(v) for v in raw[1::2]]
+        oks = [ok == 1 for ok in raw[2::2]]
         slots: dict[str, str] = {}
-        for i, (rule, cost) in enumerate(zip(rules, costs, strict=True)):
-            value = int(raw[1 + 2 * i])
-            ok = raw[2 + 2 * i] == 1
-            states.append(state_of(rule, value, cost, ok, now_us))
-            if allowed and commit and rule.kind == "concurrency" and cost:
-                slots[rule.key] = slot_id
-        return Decision(allowed, states, slots)
+        if allowed and commit:
+            for rule, cost in zip(rules, costs, strict=True):
+                if rule.kind == "concurrency" and cost:
+                    slots[rule.key] = slot_id
+        return Decision(allowed, rules, costs, values, oks, now_us, slots)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         if not batch:
