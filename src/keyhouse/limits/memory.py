@@ -28,15 +28,21 @@ class MemoryStore:
     # ------------------------------------------------------------------ raw values
 
     def _rate(self, rule: Rule, now_us: int) -> int:
-        level, at, _ = self._rates.get(rule.key, (0, now_us, now_us))
-        elapsed = max(0, now_us - at)
+        state = self._rates.get(rule.key)
+        if state is None:
+            return 0
+        level, at, _ = state
+        elapsed = now_us - at
+        if elapsed < 0:
+            elapsed = 0
         if elapsed >= rule.period_us:
             return 0
-        return max(0, level - elapsed * rule.limit)
+        level -= elapsed * rule.limit
+        return level if level > 0 else 0
 
     def _day(self, rule: Rule) -> int:
-        start, count, _ = self._days.get(rule.key, (rule.day_start_us, 0, rule.day_end_us))
-        return count if start == rule.day_start_us else 0
+        state = self._days.get(rule.key)
+        return state[1] if state is not None and state[0] == rule.day_start_us else 0
 
     def _live_slots(self, rule: Rule, now_us: int) -> dict[str, int]:
         slots = self._slots.get(rule.key)
@@ -131,7 +137,9 @@ class MemoryStore:
         self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
     def release_now(self, rule: Rule, slot_id: str) -> None:
-        self._slots.get(rule.key, {}).pop(slot_id, None)
+        slots = self._slots.get(rule.key)
+        if slots is not None:
+            slots.pop(slot_id, None)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         for rule, op, value in batch:
