@@ -163,9 +163,13 @@ class Limiter:
             return Admission()
         decision: Decision | None
         if self._memory is not None:  # nothing to wait for: decide without a coroutine
-            try:
-                decision = self._memory.decide(rules, costs, self.now_us(), self._slot_id())
-            except Exception as exc:  # as _decide would
+            try:  # as _decide would
+                decision = (
+                    None
+                    if time.monotonic() < self._down_until
+                    else self._memory.decide(rules, costs, self.now_us(), self._slot_id())
+                )
+            except Exception as exc:
                 self._failed(exc)
                 decision = None
         else:
