@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from keyhouse.clock import FrozenClock
 from keyhouse.limits.limiter import Limiter, RateLimited
 from keyhouse.limits.policy import day_bounds
-from keyhouse.limits.rules import US, Rule, duration
+from keyhouse.limits.rules import US, Decision, Rule, RuleState, duration
 
 
 def rpm(limit: int, key: str = "k:rpm") -> Rule:
@@ -188,3 +189,67 @@ def test_duration_format() -> None:
     assert duration(360 * US) == "6m0s"
     assert duration(3723 * US) == "1h2m3s"
     assert duration(86_400 * US) == "24h0m0s"
+
+
+async def test_slots_expire_one_by_one_whatever_was_released(
+    limiter: Limiter, clock: FrozenClock
+) -> None:
+    """Slots taken at different times expire at their own times, also after a release."""
+    rule = Rule("k:par", "concurrency", 3, "requests", 600 * US)
+    first = await limiter.admit([rule], [1])
+    clock.advance(100)
+    await limiter.admit([rule], [1])  # expires at 700 s
+    clock.advance(100)
+    await limiter.admit([rule], [1])  # expires at 800 s
+    limiter.finish(first, None)
+    await asyncio.gather(*limiter._tasks)
+    clock.advance(499)  # 699 s: two in flight
+    assert (await limiter.standing([rule]) or [])[0].used == 2
+    clock.advance(1)  # 700 s: the second has expired
+    assert (await limiter.standing([rule]) or [])[0].used == 1
+    clock.advance(100)  # 800 s: all gone
+    assert (await limiter.standing([rule]) or [])[0].used == 0
+
+
+def reference_headers(states: list[RuleState]) -> dict[str, str]:
+    """The headers as OpenAI's rule puts them, from the states (what Decision.headers must
+    give without making them): per dimension, the fewest remaining, then the longest reset,
+    then the first rule."""
+    headers: dict[str, str] = {}
+    for dimension in ("requests", "tokens"):
+        candidates = [
+            s for s in states if s.rule.dimension == dimension and s.rule.kind != "concurrency"
+        ]
+        if candidates:
+            best = min(candidates, key=lambda s: (s.remaining, -s.reset_us))
+            headers[f"x-ratelimit-limit-{dimension}"] = str(best.rule.limit)
+            headers[f"x-ratelimit-remaining-{dimension}"] = str(best.remaining)
+            headers[f"x-ratelimit-reset-{dimension}"] = duration(best.reset_us)
+    return headers
+
+
+def test_decision_headers_are_those_of_its_states() -> None:
+    chance = random.Random(16)
+    now = 1_000 * US
+    for _ in range(2000):
+        rules: list[Rule] = []
+        values: list[int] = []
+        for i in range(chance.randint(1, 6)):
+            kind = chance.choice(["rate", "day", "concurrency"])
+            limit = chance.choice([1, 2, 5, 60, 1000, 10**8])
+            dimension = chance.choice(["requests", "tokens"])
+            if kind == "rate":
+                period = chance.choice([US, 60 * US])
+                rules.append(Rule(f"r{i}", "rate", limit, dimension, period))
+                values.append(chance.randint(0, limit * period))
+            elif kind == "day":
+                end = now + chance.randint(0, 86_400 * US)
+                rules.append(Rule(f"d{i}", "day", limit, dimension, 0, end - 86_400 * US, end))
+                values.append(chance.randint(0, limit))
+            else:
+                rules.append(Rule(f"c{i}", "concurrency", limit, "requests", 600 * US))
+                values.append(chance.randint(0, limit))
+        costs = [1] * len(rules)
+        oks = [chance.random() < 0.8 for _ in rules]
+        decision = Decision(all(oks), rules, costs, values, oks, now)
+        assert decision.headers() == reference_headers(decision.states)

@@ -111,6 +111,30 @@ async def test_callers_in_one_batch_get_their_own_rules(
         assert state.states[0].used == count
 
 
+async def test_a_command_that_fails_fails_only_its_caller(
+    redis_store: RedisStore, clock: FrozenClock
+) -> None:
+    """An error reply in the middle of a batch is its caller's; its neighbours get decisions
+    and the connection stays in step (the next batch reads the right replies)."""
+    from redis.exceptions import ResponseError
+
+    now = int(clock.now().timestamp() * US)
+    await redis_store.client.set(redis_store.prefix + "k:2:rpm", "not a hash")
+    sizes = count_round_trips(redis_store)
+    results = await asyncio.gather(
+        *(redis_store.acquire([rpm(10, f"k:{i}:rpm")], [1], now, f"s{i}") for i in range(5)),
+        return_exceptions=True,
+    )
+    assert len(sizes) < 5
+    assert isinstance(results[2], ResponseError) and "WRONGTYPE" in str(results[2])
+    for i, result in enumerate(results):
+        if i != 2:
+            assert not isinstance(result, BaseException) and result.allowed
+            assert result.states[0].used == 1
+    again = await redis_store.acquire([rpm(10, "k:0:rpm")], [1], now, "t")
+    assert again.states[0].used == 2
+
+
 async def test_a_lone_request_pays_one_round_trip(
     redis_store: RedisStore, clock: FrozenClock
 ) -> None:

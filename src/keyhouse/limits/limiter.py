@@ -15,11 +15,10 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from keyhouse.clock import Clock
+from keyhouse.clock import Clock, SystemClock
 from keyhouse.errors import KeyhouseError
 from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.rules import US, Decision, Rule, RuleState, duration
@@ -76,37 +75,14 @@ class Admission:
     finished: bool = False
 
 
-def headers_for(states: Iterable[RuleState]) -> dict[str, str]:
-    """OpenAI's six headers; per dimension, the rule closest to refusing speaks."""
-    # One pass (this runs for every request): the fewest remaining, then the longest reset;
-    # on a tie, the first such rule.
-    closest: dict[str, RuleState] = {}
-    for state in states:
-        if state.rule.kind == "concurrency":
-            continue
-        best = closest.get(state.rule.dimension)
-        if (
-            best is None
-            or state.remaining < best.remaining
-            or (state.remaining == best.remaining and state.reset_us > best.reset_us)
-        ):
-            closest[state.rule.dimension] = state
-    headers: dict[str, str] = {}
-    for dimension in ("requests", "tokens"):
-        best = closest.get(dimension)
-        if best is not None:
-            headers[f"x-ratelimit-limit-{dimension}"] = str(best.rule.limit)
-            headers[f"x-ratelimit-remaining-{dimension}"] = str(best.remaining)
-            headers[f"x-ratelimit-reset-{dimension}"] = duration(best.reset_us)
-    return headers
-
-
 class Limiter:
     def __init__(
         self, store: Store, clock: Clock, *, failure: Failure = "open", public_url: str = ""
     ) -> None:
         self.store = store
         self.clock = clock
+        self._system_clock = type(clock) is SystemClock
+        self._memory = store if isinstance(store, MemoryStore) else None
         self.failure = failure
         self.public_url = public_url.rstrip("/")
         self._down_until = 0.0
@@ -142,6 +118,8 @@ class Limiter:
         return f"{self._slot_prefix}-{next(self._slots)}"
 
     def now_us(self) -> int:
+        if self._system_clock:  # the same time, without a datetime (three times a request)
+            return time.time_ns() // 1000
         return int(self.clock.now().timestamp() * US)
 
     # ------------------------------------------------------------------ failure policy
@@ -183,22 +161,35 @@ class Limiter:
         """Take ``costs`` from every rule, or none of them and raise a 429."""
         if not rules:
             return Admission()
-        decision = await self._decide(rules, costs, commit=True)
+        decision: Decision | None
+        if self._memory is not None:  # nothing to wait for: decide without a coroutine
+            try:  # as _decide would
+                decision = (
+                    None
+                    if time.monotonic() < self._down_until
+                    else self._memory.decide(rules, costs, self.now_us(), self._slot_id())
+                )
+            except Exception as exc:
+                self._failed(exc)
+                decision = None
+        else:
+            decision = await self._decide(rules, costs, commit=True)
         if decision is None:
             return self._unavailable()
         if not decision.allowed:
             raise self.refusal(decision, rules, costs, subject)
-        reserved = max(
-            (c for r, c in zip(rules, costs, strict=True) if r.dimension == "tokens"), default=0
-        )
-        return Admission(headers_for(decision.states), rules, decision.slots, reserved)
+        reserved = 0  # the most any token rule took
+        for rule, cost in zip(rules, costs, strict=True):
+            if cost > reserved and rule.dimension == "tokens":
+                reserved = cost
+        return Admission(decision.headers(), rules, decision.slots, reserved)
 
     async def peek(self, rules: list[Rule]) -> dict[str, str]:
         """The headers as they stand, taking nothing (for responses that consume nothing)."""
         if not rules:
             return {}
         decision = await self._decide(rules, [0] * len(rules), commit=False)
-        return headers_for(decision.states) if decision else {}
+        return decision.headers() if decision else {}
 
     async def standing(self, rules: list[Rule]) -> list[RuleState] | None:
         """Each rule's state as it stands, taking nothing (the limits page); None when the
@@ -214,13 +205,14 @@ class Limiter:
             return
         admission.finished = True
         charged = (tokens_used or 0) + admission.overhead_tokens
-        if isinstance(self.store, MemoryStore):  # nothing to wait for: do it now
+        memory = self._memory
+        if memory is not None:  # nothing to wait for: do it now
             now = self.now_us()
             for rule in admission.rules:
                 if rule.kind == "concurrency" and rule.key in admission.slots:
-                    self.store.release_now(rule, admission.slots[rule.key])
+                    memory.release_now(rule, admission.slots[rule.key])
                 elif rule.dimension == "tokens" and tokens_used is not None:
-                    self.store.adjust_now(rule, charged - admission.reserved_tokens, now)
+                    memory.adjust_now(rule, charged - admission.reserved_tokens, now)
             return
         for rule in admission.rules:
             if rule.kind == "concurrency" and rule.key in admission.slots:
@@ -257,7 +249,7 @@ class Limiter:
         rule = state.rule
         cost = costs[rules.index(rule)]
         where = f"{subject} " if subject else ""
-        headers = headers_for(decision.states)
+        headers = decision.headers()
         if rule.kind == "concurrency":
             message = (
                 f"Too many requests in flight for {where}{rule.scope}: Limit {rule.limit}. "

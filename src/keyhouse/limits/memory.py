@@ -6,7 +6,7 @@ process. Old state is swept as it is touched and by ``sweep()``.
 
 from __future__ import annotations
 
-from keyhouse.limits.rules import Decision, Rule, RuleState, state_of
+from keyhouse.limits.rules import Decision, Rule
 
 
 class MemoryStore:
@@ -16,6 +16,8 @@ class MemoryStore:
         self._rates: dict[str, tuple[int, int, int]] = {}  # key → (level, at_us, empty_at_us)
         self._days: dict[str, tuple[int, int, int]] = {}  # key → (day_start_us, count, end_us)
         self._slots: dict[str, dict[str, int]] = {}  # key → slot id → expiry_us
+        #: key → no slot of it expires before this (a look through its slots, only then).
+        self._slots_expire: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -26,22 +28,41 @@ class MemoryStore:
     # ------------------------------------------------------------------ raw values
 
     def _rate(self, rule: Rule, now_us: int) -> int:
-        level, at, _ = self._rates.get(rule.key, (0, now_us, now_us))
-        elapsed = max(0, now_us - at)
+        state = self._rates.get(rule.key)
+        if state is None:
+            return 0
+        level, at, _ = state
+        elapsed = now_us - at
+        if elapsed < 0:
+            elapsed = 0
         if elapsed >= rule.period_us:
             return 0
-        return max(0, level - elapsed * rule.limit)
+        level -= elapsed * rule.limit
+        return level if level > 0 else 0
 
     def _day(self, rule: Rule) -> int:
-        start, count, _ = self._days.get(rule.key, (rule.day_start_us, 0, rule.day_end_us))
-        return count if start == rule.day_start_us else 0
+        state = self._days.get(rule.key)
+        return state[1] if state is not None and state[0] == rule.day_start_us else 0
 
     def _live_slots(self, rule: Rule, now_us: int) -> dict[str, int]:
-        slots = self._slots.get(rule.key, {})
-        expired = [slot for slot, expiry in slots.items() if expiry <= now_us]
-        for slot in expired:
-            del slots[slot]
+        slots = self._slots.get(rule.key)
+        if slots is None:
+            return {}
+        if now_us >= self._slots_expire.get(rule.key, now_us):
+            expired = [slot for slot, expiry in slots.items() if expiry <= now_us]
+            for slot in expired:
+                del slots[slot]
+            self._slots_expire[rule.key] = min(slots.values(), default=now_us)
         return slots
+
+    def _take_slot(self, rule: Rule, slot_id: str, expiry_us: int) -> None:
+        slots = self._slots.get(rule.key)
+        if slots is None:
+            slots = self._slots[rule.key] = {}
+            self._slots_expire[rule.key] = expiry_us
+        elif not slots or expiry_us < self._slots_expire.get(rule.key, expiry_us):
+            self._slots_expire[rule.key] = expiry_us
+        slots[slot_id] = expiry_us
 
     def _value(self, rule: Rule, now_us: int) -> int:
         if rule.kind == "rate":
@@ -55,8 +76,14 @@ class MemoryStore:
     async def acquire(
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision:
-        # The hot path of every limited request: one pass to read and judge, one to take and
-        # report, without helpers for the common kinds (a fifth of a cheap request's limits).
+        return self.decide(rules, costs, now_us, slot_id, commit)
+
+    def decide(
+        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+    ) -> Decision:
+        """``acquire``, for callers that need not await it (the limiter's hot path)."""
+        # The hot path of every limited request: one pass to read and judge, one to take,
+        # without helpers for the common kinds; the states are the Decision's to make if asked.
         values: list[int] = []
         oks: list[bool] = []
         allowed = True
@@ -73,30 +100,30 @@ class MemoryStore:
                 ok = value + cost <= rule.limit
             values.append(value)
             oks.append(ok)
-            allowed = allowed and ok
-        states: list[RuleState] = []
+            if not ok:
+                allowed = False
         slots: dict[str, str] = {}
-        take = allowed and commit
-        for rule, cost, value, ok in zip(rules, costs, values, oks, strict=True):
-            after = value
-            if allowed and cost:
+        if allowed:
+            take = commit
+            for i, (rule, cost) in enumerate(zip(rules, costs, strict=True)):
+                if not cost:
+                    continue
                 kind = rule.kind
                 if kind == "rate":
-                    after = value + cost * rule.period_us
+                    after = values[i] = values[i] + cost * rule.period_us
                     if take:
                         self._rates[rule.key] = (after, now_us, now_us + -(-after // rule.limit))
                 elif kind == "day":
-                    after = value + cost
+                    after = values[i] = values[i] + cost
                     if take:
                         self._days[rule.key] = (rule.day_start_us, after, rule.day_end_us)
                 elif take:
-                    self._slots.setdefault(rule.key, {})[slot_id] = now_us + rule.period_us
+                    self._take_slot(rule, slot_id, now_us + rule.period_us)
                     slots[rule.key] = slot_id
-                    after = value + 1
+                    values[i] += 1
                 else:  # a peek: report as if admitted
-                    after = value + cost
-            states.append(state_of(rule, after, cost, ok, now_us))
-        return Decision(allowed, states, slots)
+                    values[i] += cost
+        return Decision(allowed, rules, costs, values, oks, now_us, slots)
 
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
@@ -110,7 +137,9 @@ class MemoryStore:
         self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
     def release_now(self, rule: Rule, slot_id: str) -> None:
-        self._slots.get(rule.key, {}).pop(slot_id, None)
+        slots = self._slots.get(rule.key)
+        if slots is not None:
+            slots.pop(slot_id, None)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         for rule, op, value in batch:
@@ -133,3 +162,4 @@ class MemoryStore:
                     del slots[slot]
             if not slots:
                 del self._slots[key]
+                self._slots_expire.pop(key, None)

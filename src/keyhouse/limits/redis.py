@@ -20,7 +20,9 @@ import asyncio
 import hashlib
 from typing import Any
 
-from keyhouse.limits.rules import Decision, Rule, RuleState, state_of
+import hiredis
+
+from keyhouse.limits.rules import Decision, Rule
 
 # ARGV: now_us, slot_id, commit (1/0); then six per rule:
 # kind, limit, period_us, day_start_us, day_end_us, cost
@@ -142,6 +144,69 @@ def _command(*args: int | str) -> bytes:
 
 
 _COMMIT, _PEEK, _RELEASE, _ADJUST = _arg(1), _arg(0), _arg("release"), _arg("adjust")
+_ONE = _arg(1)
+#: hiredis's answer when a reply is not whole yet.
+_MORE = object()
+
+
+class _Link(asyncio.Protocol):
+    """One connection's replies, read straight off its socket into hiredis: a batch's replies
+    wake its sender once, rather than a coroutine of redis-py's per reply (a tenth of what the
+    limits cost a request in Redis)."""
+
+    def __init__(self, transport: Any) -> None:
+        from redis._parsers.base import BaseParser
+        from redis.exceptions import InvalidResponse
+
+        self._transport = transport
+        # Errors as redis-py makes them (NoScriptError for NOSCRIPT, …): returned, not raised
+        self._reader = hiredis.Reader(
+            protocolError=InvalidResponse, replyError=BaseParser.parse_error, notEnoughData=_MORE
+        )
+        self._replies: list[Any] = []
+        self._expected = 0
+        self._done: asyncio.Future[list[Any]] | None = None
+        self._lost: Exception | None = None
+
+    def exchange(self, data: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Send ``data`` (``count`` commands); the future gets their ``count`` replies."""
+        if self._lost is not None:
+            raise self._lost
+        self._replies = []
+        self._expected = count
+        self._done = done = asyncio.get_running_loop().create_future()
+        self._transport.write(data)
+        return done
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        replies = self._replies
+        try:
+            while (reply := reader.gets()) is not _MORE:
+                done = self._done
+                if done is None:
+                    raise RuntimeError("a reply from Redis that nobody asked for")
+                replies.append(reply)
+                if len(replies) == self._expected:
+                    self._replies, self._expected, self._done = [], 0, None
+                    if not done.done():
+                        done.set_result(replies)
+                    replies = self._replies
+        except Exception as exc:  # not Redis's protocol, or a reply nobody asked for
+            self._fail(exc)
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self._fail(RedisConnectionError("Connection closed by server."))
+
+    def _fail(self, exc: Exception) -> None:
+        self._lost = exc
+        done, self._done = self._done, None
+        if done is not None and not done.done():
+            done.set_exception(exc)
 
 
 class _Batcher:
@@ -165,6 +230,7 @@ class _Batcher:
         self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._connection_class = pool.connection_class
         self._connection: Any = None
+        self._link: _Link | None = None
         self._timeout = timeout
         self._scripts = scripts  # sha → body, loaded again if Redis forgot them (NOSCRIPT)
         self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
@@ -233,23 +299,25 @@ class _Batcher:
         return replies
 
     async def _exchange(self, commands: list[bytes]) -> list[Any]:
-        from redis.exceptions import ResponseError
+        link = self._link
+        if link is None:
+            link = await self._open()
+        return await link.exchange(b"".join(commands), len(commands))
 
-        connection = self._connection
-        if connection is None:
-            connection = self._connection_class(**self._connection_kwargs)
-            await connection.connect()
-            self._connection = connection
-        await connection.send_packed_command(b"".join(commands), check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as exc:  # that command's own error; its reply was read whole
-                replies.append(exc)
-        return replies
+    async def _open(self) -> _Link:
+        """A connection as redis-py makes it (the URL's password, database, TLS), whose socket
+        then answers to a ``_Link`` of ours."""
+        connection = self._connection_class(**self._connection_kwargs)
+        await connection.connect()
+        self._connection = connection  # closes the socket when we are done with it
+        transport = connection._writer.transport
+        link = _Link(transport)
+        transport.set_protocol(link)
+        self._link = link
+        return link
 
     async def close(self) -> None:
+        self._link = None
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.disconnect(nowait=True)
@@ -290,6 +358,8 @@ class RedisStore:
         #: (the rules of a request repeat: RuleBook remembers them). Encoding them anew with
         #: each call was most of what a call cost us.
         self._wire: dict[Rule, tuple[bytes, bytes, bytes]] = {}
+        #: The rules' ids, in order → what ``_planned`` gives for them (and the rules).
+        self._plans: dict[tuple[int, ...], tuple[bytes, list[bytes], tuple[Rule, ...]]] = {}
 
     async def start(self) -> None:
         await self.client.ping()
@@ -313,27 +383,42 @@ class RedisStore:
             )
         return wire
 
+    def _planned(self, rules: list[Rule]) -> tuple[bytes, list[bytes]]:
+        """A request's command up to its keys, and each rule's fixed arguments: the same
+        rules come back request after request (RuleBook), so this is made once for them."""
+        ids = tuple(map(id, rules))
+        plan = self._plans.get(ids)
+        if plan is None:
+            if len(self._plans) >= 10_000:
+                self._plans.clear()
+            wires = [self._encoded(rule) for rule in rules]
+            n = len(rules)
+            head = b"".join(
+                [b"*%d\r\n" % (6 + 7 * n), self._evalsha_acquire, _arg(n)]
+                + [wire[0] for wire in wires]
+            )
+            # The plan holds the rules themselves, so their ids cannot be another's meanwhile.
+            plan = self._plans[ids] = (head, [wire[1] for wire in wires], tuple(rules))
+        return plan[0], plan[1]
+
     async def acquire(
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision:
-        wires = [self._encoded(rule) for rule in rules]
-        n = len(rules)
-        parts = [b"*%d\r\n" % (6 + 7 * n), self._evalsha_acquire, _arg(n)]
-        parts += [wire[0] for wire in wires]
-        parts += [_arg(now_us), _arg(slot_id), _COMMIT if commit else _PEEK]
-        for wire, cost in zip(wires, costs, strict=True):
-            parts += [wire[1], _arg(cost)]
+        head, fixed = self._planned(rules)
+        parts = [head, _arg(now_us), _arg(slot_id), _COMMIT if commit else _PEEK]
+        for wire, cost in zip(fixed, costs, strict=True):
+            parts.append(wire)
+            parts.append(_ONE if cost == 1 else _arg(cost))
         raw = await self._batcher.call(b"".join(parts))
         allowed = raw[0] == 1
-        states: list[RuleState] = []
+        values = [int(v) for v in raw[1::2]]
+        oks = [ok == 1 for ok in raw[2::2]]
         slots: dict[str, str] = {}
-        for i, (rule, cost) in enumerate(zip(rules, costs, strict=True)):
-            value = int(raw[1 + 2 * i])
-            ok = raw[2 + 2 * i] == 1
-            states.append(state_of(rule, value, cost, ok, now_us))
-            if allowed and commit and rule.kind == "concurrency" and cost:
-                slots[rule.key] = slot_id
-        return Decision(allowed, states, slots)
+        if allowed and commit:
+            for rule, cost in zip(rules, costs, strict=True):
+                if rule.kind == "concurrency" and cost:
+                    slots[rule.key] = slot_id
+        return Decision(allowed, rules, costs, values, oks, now_us, slots)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         if not batch:
