@@ -15,7 +15,9 @@ the bare Starlette + aiohttp relay (``bare_proxy.py``):
   never seen) loaded from the moment it answers ``/health``, over the first two seconds —
   each started ``--cold-runs`` times, the worst run counted;
 * p50 added at one connection ≤ 0.5 ms (Keyhouse's p50 minus the upstream's own);
-* limits ≤ 10 %: ``limits.py``'s three servers (billing off; limits off, in-process, Redis).
+* meter ≤ 10 % and limits ≤ 10 %: four servers through ``compare.py`` — neither (billing off, no
+  limits), the meter alone (``meter.py``'s enforce: holds against leased credit), the limits
+  alone in-process and in Redis (``limits.py``'s tier) — each one's cost against the first.
 
 Warm figures are the medians of ``--rounds`` rounds in which the contenders take turns.
 """
@@ -149,7 +151,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--no-limits", action="store_true", help="skip the limits servers")
+    parser.add_argument(
+        "--no-limits", action="store_true", help="skip the meter and limits servers"
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
         "--before",
@@ -349,10 +353,13 @@ def main() -> None:
             print()
             from compare import compare
             from limits import OFF, ON
+            from meter import MODES
 
-            limits_cpu: dict[str, float] = {}
+            fixed_cpu: dict[str, float] = {}
+            # The meter's and the limits' own cost, each against a server with neither.
             variants = {
-                "limits off": (OFF, {}),
+                "off": (OFF, {}),
+                "meter (enforce)": (MODES["enforce (holds)"], {}),
                 "limits in-process": (ON, {}),
                 "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
             }
@@ -361,16 +368,16 @@ def main() -> None:
                 variants |= {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
             medians = compare(
                 variants,
-                baseline="limits off",
+                baseline="off",
                 connections=conns,
                 seconds=args.seconds,
                 rounds=args.rounds,
-                cpu_out=limits_cpu,
+                cpu_out=fixed_cpu,
             )
             for name, off in [
-                (f"limits {n}{when}", f"limits off{when}")
+                (f"{n}{when}", f"off{when}")
                 for when in (["", " (before)"] if args.before else [""])
-                for n in ("in-process", "in Redis")
+                for n in ("meter (enforce)", "limits in-process", "limits in Redis")
             ]:
                 cost = 1 - medians[name] / medians[off]
                 targets.append(
@@ -382,11 +389,11 @@ def main() -> None:
                         False,
                     )
                 )
-                cpu_cost = limits_cpu[name] / limits_cpu[off] - 1
+                cpu_cost = fixed_cpu[name] / fixed_cpu[off] - 1
                 targets.append(
                     Target(
                         f"{name} cost, CPU",
-                        f"{limits_cpu[name]:.0f} vs {limits_cpu[off]:.0f} µs/request",
+                        f"{fixed_cpu[name]:.0f} vs {fixed_cpu[off]:.0f} µs/request",
                         cpu_cost,
                         0.10,
                         False,
