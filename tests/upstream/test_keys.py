@@ -121,6 +121,15 @@ def test_settings_read_keys_and_refuse_literals(monkeypatch: pytest.MonkeyPatch)
         settings(api_keys="env:KH_TEST_K1")
 
 
+def test_a_base_url_with_credentials_is_refused_without_echoing_them() -> None:
+    deployment = DeploymentSpec(
+        "a", "openai", {"base_url": "https://user:sk-secret-99@example.org/v1"}
+    )
+    with pytest.raises(ConfigError, match="may not carry a user name or password") as caught:
+        upstream_settings(ModelSpec("m", (deployment,)), deployment)
+    assert "sk-secret-99" not in str(caught.value)
+
+
 # ----------------------------------------------------------------------------- the pool
 
 

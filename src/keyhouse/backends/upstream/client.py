@@ -123,6 +123,12 @@ def upstream_settings(
         raise ConfigError(
             f"{where}: base_url must be an http(s) URL, e.g. https://api.openai.com/v1"
         )
+    if "@" in urlsplit(base_url).netloc:
+        # A secret in the URL would be in every log line and error that names it.
+        raise ConfigError(
+            f"{where}: base_url may not carry a user name or password; give the key as "
+            'api_key = "env:NAME" (or a header in headers)'
+        )
     references = raw.get("api_keys", [])
     if "api_key" in raw:
         references = [raw["api_key"], *references]
