@@ -371,32 +371,17 @@ class AnthropicBackend(UpstreamBackend):
             if left_early and not state.stopped:
                 # The client went away: read on (bounded by ``drain``) for the true usage.
                 call.meter.defer()
-                task = asyncio.create_task(self._drain_messages(response, state))
-                self._drains.add(task)
-                task.add_done_callback(self._drains.discard)
-                task.add_done_callback(
-                    lambda _: call.meter.settle(state.usage() or self.estimate(request, state.text))
+                self._read_on(
+                    _sse(response),
+                    response,
+                    lambda data: state.feed(_loads(data)),
+                    lambda: state.stopped,
+                    lambda: call.meter.settle(state.usage() or self.estimate(request, state.text)),
                 )
             else:
                 if left_early:  # gone after the last event, before the Usage event
                     call.meter.settle(state.usage() or self.estimate(request, state.text))
                 response.release()
-
-    async def _drain_messages(self, response: http.Response, state: _Stream) -> None:
-        lines = _sse(response)
-        try:
-            async with asyncio.timeout(self.settings.drain):
-                async for data in lines:
-                    with contextlib.suppress(KeyhouseError, ValueError):
-                        state.feed(_loads(data))
-                    if state.stopped:
-                        break
-        except (TimeoutError, http.HTTPError, asyncio.CancelledError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                await lines.aclose()
-            response.release()
 
     def _broken_stream(self, request: ChatCompletionRequest, call: Call, state: _Stream) -> None:
         """Failed after output reached the client: no other deployment may answer now, so

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -513,33 +513,18 @@ class UpstreamBackend:
                 call.meter.defer()
                 with contextlib.suppress(Exception):
                     await lines.aclose()
-                task = asyncio.create_task(self._drain_responses(response, seen))
-                self._drains.add(task)
-                task.add_done_callback(self._drains.discard)
-                task.add_done_callback(
-                    lambda _: call.meter.settle(
+                self._read_on(
+                    _sse(response),
+                    response,
+                    seen.hear,
+                    lambda: seen.usage is not None,
+                    lambda: call.meter.settle(
                         seen.usage or self._respond_estimate(request, seen.text)
-                    )
+                    ),
                 )
             else:
                 await lines.aclose()
                 response.release()
-
-    async def _drain_responses(self, response: http.Response, seen: _Heard) -> None:
-        lines = _sse(response)
-        try:
-            async with asyncio.timeout(self.settings.drain):
-                async for data in lines:
-                    with contextlib.suppress(KeyhouseError, ValueError):
-                        seen.hear(data)
-                    if seen.usage is not None:
-                        break
-        except (TimeoutError, http.HTTPError, asyncio.CancelledError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                await lines.aclose()
-            response.release()
 
     def _respond_estimate(self, request: ResponsesRequest, text: list[str] | None = None) -> Usage:
         """No usage from the server: the input, and the output text seen, counted here."""
@@ -674,13 +659,12 @@ class UpstreamBackend:
                 # stopped.
                 with contextlib.suppress(Exception):
                     await batches.aclose()  # type: ignore[attr-defined]
-                task = asyncio.create_task(
-                    self._drain(reader.events(), response, seen, request, call)
-                )
-                self._drains.add(task)
-                task.add_done_callback(self._drains.discard)
-                task.add_done_callback(
-                    lambda _: call.meter.settle(seen.usage or self.estimate(request, seen.text))
+                self._read_on(
+                    reader.events(),
+                    response,
+                    lambda data: self._relay(data, seen, wanted=False),
+                    lambda: seen.usage is not None,
+                    lambda: call.meter.settle(seen.usage or self.estimate(request, seen.text)),
                 )
             else:
                 if left_early:  # gone after the usage chunk, before the Usage event
@@ -776,28 +760,42 @@ class UpstreamBackend:
             return [Relayed(orjson.dumps(chunk))]
         return [Relayed(data)]
 
+    def _read_on(
+        self,
+        lines: AsyncIterator[bytes],
+        response: http.Response,
+        hear: Callable[[bytes], object],
+        done: Callable[[], bool],
+        settle: Callable[[], None],
+    ) -> None:
+        """The client left before the usage came: read the server's events on in the
+        background (bounded by ``drain``) until ``done``, then ``settle`` the meter — also if
+        the task is cancelled before it runs (``stop``), hence a done-callback."""
+        task = asyncio.create_task(self._drain(lines, response, hear, done))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        task.add_done_callback(lambda _: settle())
+
     async def _drain(
         self,
         lines: AsyncIterator[bytes],
         response: http.Response,
-        seen: _Seen,
-        request: ChatCompletionRequest | CompletionRequest,
-        call: Call,
+        hear: Callable[[bytes], object],
+        done: Callable[[], bool],
     ) -> None:
         try:
             async with asyncio.timeout(self.settings.drain):
                 async for data in lines:
                     with contextlib.suppress(KeyhouseError, ValueError):
-                        self._relay(data, seen, wanted=False)
-                    if seen.usage is not None:
+                        hear(data)
+                    if done():
                         break
         except (TimeoutError, http.HTTPError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
-                await lines.aclose()
+                await lines.aclose()  # type: ignore[attr-defined]
             response.release()
-            call.meter.settle(seen.usage or self.estimate(request, seen.text))
 
     def _broken(self, request: WireModel, call: Call, seen: _Seen) -> None:
         """A stream that failed after it began (no other deployment may answer now) is billed
