@@ -104,8 +104,8 @@ class Router:
 
     def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:
         vision = has_images(request)
-        if vision and not any(d.spec.vision for d in self.deployments):
-            raise no_vision(request, self.spec.name)
+        if vision:  # (no images: nothing to refuse, and no second look for them)
+            self.check(request)
         return self._stream(
             lambda backend: backend.chat(request, call), call, vision, "chat.completions"
         )
