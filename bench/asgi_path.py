@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import CHAT, CONFIG
-from run import free_port, stop, wait_healthy
+from run import fake_upstream, free_port, keyhouse_cli, stop
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -142,26 +142,10 @@ def main() -> None:
         "PYTHONPATH": str(SRC),
     }
     log = home / "upstream.log"
-    upstream = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    upstream = fake_upstream(port, log)
     try:
-        wait_healthy(port, upstream, log, 30)
-
-        def cli(*argv: str) -> str:
-            done = subprocess.run(
-                [sys.executable, "-m", "keyhouse", *argv],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            return done.stdout.strip()
-
-        cli("users", "create", "--email", EMAIL)
-        key = cli("keys", "create", "--user", EMAIL, "--name", "bench")
+        keyhouse_cli(env, "users", "create", "--email", EMAIL)
+        key = keyhouse_cli(env, "keys", "create", "--user", EMAIL, "--name", "bench")
         trees = {"this": SRC, **({"against": args.against.resolve()} if args.against else {})}
         spent: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.rounds):

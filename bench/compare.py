@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 import httpload
-from run import free_port, stop, wait_healthy
+from run import fake_upstream, free_port, keyhouse_cli, stop, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,13 +61,7 @@ def compare(
     try:
         root = Path(tempfile.mkdtemp(prefix="keyhouse-compare-"))
         log = root / "upstream.log"
-        upstream = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port)],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(upstream)
-        wait_healthy(upstream_port, upstream, log, 30)
+        processes.append(fake_upstream(upstream_port, log))
         servers: dict[str, tuple[int, str, int]] = {}
         for name, (toml, extra) in variants.items():
             home = root / name.replace(" ", "-")
@@ -81,17 +75,10 @@ def compare(
                 **extra,
             }
 
-            def cli(*argv: str, env: dict[str, str] = env) -> str:
-                return subprocess.run(
-                    [sys.executable, "-m", "keyhouse", *argv],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout.strip()
-
-            cli("users", "create", "--email", "bench@example.org")
-            key = cli("keys", "create", "--user", "bench@example.org", "--name", "bench")
+            keyhouse_cli(env, "users", "create", "--email", "bench@example.org")
+            key = keyhouse_cli(
+                env, "keys", "create", "--user", "bench@example.org", "--name", "bench"
+            )
             port = free_port()
             log = home / "server.log"
             process = subprocess.Popen(

@@ -31,7 +31,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpload
-from run import free_port, stop, wait_healthy
+from run import fake_upstream, free_port, keyhouse_cli, stop, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 EMAIL = "proxy-bench@example.org"
@@ -93,25 +93,9 @@ def main() -> None:
     (home / "keyhouse.toml").write_text(CONFIG.format(port=upstream_port))
     try:
         log = home / "upstream.log"
-        upstream = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port)],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_healthy(upstream_port, upstream, log, 30)
-
-        def cli(*argv: str) -> str:
-            done = subprocess.run(
-                [sys.executable, "-m", "keyhouse", *argv],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            return done.stdout.strip()
-
-        cli("users", "create", "--email", EMAIL)
-        key = cli("keys", "create", "--user", EMAIL, "--name", "bench")
+        upstream = fake_upstream(upstream_port, log)
+        keyhouse_cli(env, "users", "create", "--email", EMAIL)
+        key = keyhouse_cli(env, "keys", "create", "--user", EMAIL, "--name", "bench")
         log = home / "keyhouse.log"
         keyhouse = subprocess.Popen(
             [sys.executable, "-m", "keyhouse", "serve", "--port", str(keyhouse_port)],

@@ -85,6 +85,32 @@ def stop(process: subprocess.Popen[Any] | None) -> None:
         process.wait()
 
 
+def fake_upstream(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``fake_upstream.py`` on ``port`` (its output to ``log``), once it answers."""
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(port, process, log, 30)
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def keyhouse_cli(env: dict[str, str], *argv: str) -> str:
+    """``python -m keyhouse …`` in ``env``; what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "keyhouse", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 @dataclass
 class Keyhouse:
     """``keyhouse serve`` with its own home, one member and one key."""

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpload
 from compare import cpu_seconds
 from proxy import CHAT, CONFIG, STREAM
-from run import free_port, stop, wait_healthy
+from run import free_port, keyhouse_cli, stop, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 EMAIL = "targets@example.org"
@@ -93,13 +93,7 @@ class Bench:
         return process, log
 
     def cli(self, *argv: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "keyhouse", *argv],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        return keyhouse_cli(self.env, *argv)
 
     def new_key(self) -> str:
         return self.cli("keys", "create", "--user", EMAIL, "--name", f"bench-{time.time_ns()}")

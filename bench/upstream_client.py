@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from keyhouse.backends.upstream.client import MAX_BODY
 from keyhouse.backends.upstream.http import HTTPClient
 from proxy import CHAT, STREAM
-from run import free_port, stop, wait_healthy
+from run import fake_upstream, free_port, stop
 
 HERE = Path(__file__).resolve().parent
 HEADERS = {"Content-Type": "application/json"}
@@ -133,13 +132,8 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="keyhouse-client-bench-")) / "upstream.log"
-    upstream = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    upstream = fake_upstream(port, log)
     try:
-        wait_healthy(port, upstream, log, 30)
         asyncio.run(measure(port, args.requests, args.rounds))
     finally:
         stop(upstream)
