@@ -30,10 +30,11 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import compare
+from compare import compare, cpu_seconds
 
 TIERS = "[tiers.default]\n"  # no rate limits: only the meter differs
 TRIAL = 'trial_credit = "1000000"\n'
@@ -45,8 +46,15 @@ MODES = {
 BEFORE = " (before)"
 
 
-async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
-    """Microseconds of CPU (all threads) per request for the wallet's share of ``requests``."""
+def _writer_cpu(wallet: Any) -> float:
+    """CPU seconds of the wallet's writer process so far (0 when it writes inline)."""
+    child = getattr(wallet.writer, "_child", None)
+    return cpu_seconds(child.pid) if child is not None else 0.0
+
+
+async def wallet_cpu(mode: str, requests: int, batch: int, writer: str) -> tuple[float, float]:
+    """Microseconds of CPU per request for the wallet's share of ``requests``: this process
+    (all threads), and the writer process (``billing_writer = "process"``)."""
     from keyhouse.accounts.members import create_member
     from keyhouse.api.http import new_request_id
     from keyhouse.backends.base import Usage
@@ -61,7 +69,7 @@ async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
 
     home = tempfile.mkdtemp(prefix="keyhouse-meter-")
     env = {"KEYHOUSE_HOME": home, "KEYHOUSE_CONFIG": "", "KEYHOUSE_SECRET": "b" * 43}
-    settings = load_settings(env).with_(billing_mode=mode)
+    settings = load_settings(env).with_(billing_mode=mode, billing_writer=writer)
     db = Database(settings)
     await migrate(db)
     clock = SystemClock()
@@ -75,6 +83,7 @@ async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
     prices = Prices(Decimal("0.15"), Decimal("0.15"), Decimal("0.60"))
     org = Prices(Decimal("0.05"), Decimal("0.05"), Decimal("0.20"))
     wallet = Wallet(db, clock, settings)
+    await wallet.writer.start()
 
     async def run(count: int, first: int) -> None:
         for n in range(first, first + count):
@@ -96,28 +105,32 @@ async def wallet_cpu(mode: str, requests: int, batch: int) -> float:
         await wallet.flush()
 
     await run(2 * batch, 0)  # warm: statements prepared, leases taken
-    started = time.process_time()
+    started, child = time.process_time(), _writer_cpu(wallet)
     await run(requests, 10**9)
-    spent = time.process_time() - started
+    spent, child = time.process_time() - started, _writer_cpu(wallet) - child
+    await wallet.writer.close()
     await db.dispose()
-    return spent / requests * 1e6
+    return spent / requests * 1e6, child / requests * 1e6
 
 
 def cpu(args: argparse.Namespace) -> None:
     trees = {"this tree": os.environ.get("PYTHONPATH", "")}
     if args.against is not None:
         trees["before"] = str(args.against.resolve())
-    results: dict[tuple[str, str], list[float]] = {}
+    runs = [("meter-only", "process"), ("enforce", "process"), ("enforce", "inline")]
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
         names = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for tree in names:
-            for mode in ("meter-only", "enforce"):
+            for mode, writer in runs:
                 out = subprocess.run(
                     [
                         sys.executable,
                         __file__,
                         "--cpu-one",
                         mode,
+                        "--writer",
+                        writer,
                         "--requests",
                         str(args.requests),
                         "--batch",
@@ -127,27 +140,32 @@ def cpu(args: argparse.Namespace) -> None:
                     capture_output=True,
                     text=True,
                     check=True,
-                ).stdout
-                results.setdefault((tree, mode), []).append(float(out))
+                ).stdout.split()
+                results.setdefault((tree, mode, writer), []).append((float(out[0]), float(out[1])))
     print(
-        f"The wallet alone, in process, SQLite: CPU per request ({args.requests} requests, "
-        f"a flush every {args.batch}, {args.rounds} rounds; median (min … max))"
+        f"The wallet alone, SQLite: CPU per request ({args.requests} requests, a flush every "
+        f"{args.batch}, {args.rounds} rounds; median (min … max)) in the server's process, "
+        "and in the writer process"
     )
-    for (tree, mode), values in results.items():
+    for (tree, mode, writer), values in results.items():
+        own = [v for v, _ in values]
+        child = statistics.median(c for _, c in values)
         print(
-            f"  {tree:<10} {mode:<11} {statistics.median(values):6.1f} µs "
-            f"({min(values):.1f} … {max(values):.1f})"
+            f"  {tree:<10} {mode:<11} {writer:<8} {statistics.median(own):6.1f} µs "
+            f"({min(own):.1f} … {max(own):.1f}) + writer {child:5.1f} µs"
         )
     if args.against is not None:
-        for mode in ("meter-only", "enforce"):
+        for mode, writer in runs:
             ratios = [
-                new / old
+                new[0] / old[0]
                 for new, old in zip(
-                    results[("this tree", mode)], results[("before", mode)], strict=True
+                    results[("this tree", mode, writer)],
+                    results[("before", mode, writer)],
+                    strict=True,
                 )
             ]
             print(
-                f"  {mode}: this tree / before = {statistics.median(ratios):.2f} "
+                f"  {mode}, {writer}: this tree / before = {statistics.median(ratios):.2f} "
                 f"(per-round ratios {', '.join(f'{r:.2f}' for r in ratios)})"
             )
     print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
@@ -163,9 +181,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=800)
     parser.add_argument("--cpu-one", help=argparse.SUPPRESS)
+    parser.add_argument("--writer", default="process", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cpu_one:
-        print(asyncio.run(wallet_cpu(args.cpu_one, args.requests, args.batch)))
+        print(*asyncio.run(wallet_cpu(args.cpu_one, args.requests, args.batch, args.writer)))
         return
     if args.cpu:
         cpu(args)

@@ -73,6 +73,9 @@ def free_port() -> int:
 def make_settings(home: Path, **env: str) -> Settings:
     """Settings as a fresh process would read them, from an environment we control."""
     base = {"KEYHOUSE_HOME": str(home), "KEYHOUSE_CONFIG": "", "KEYHOUSE_LOG_LEVEL": "warning"}
+    # In-process apps flush inline: a helper process each would add its start to every test.
+    # The servers the suite starts write through one (the default), as does test_writer.py.
+    base["KEYHOUSE_BILLING_WRITER"] = "inline"
     base.update(env)
     return load_settings(base)
 

@@ -465,6 +465,12 @@ class Settings:
     billing_flush_interval: float = setting(
         0.2, "Settlements and usage rows are written at least this often (seconds).", SECONDS
     )
+    billing_writer: Literal["process", "inline"] = setting(
+        "process",
+        "SQLite only. `process`: each flush is written by a helper process, so that SQLite's "
+        "work never waits on the server's Python lock (the server answers more requests a "
+        "second); `inline`: in the server's own process, as on PostgreSQL.",
+    )
     usage_retention_days: int = setting(
         90, "Days raw usage rows are kept (roll-ups are kept for good)."
     )

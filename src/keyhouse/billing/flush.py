@@ -21,7 +21,7 @@ from keyhouse.billing import ledger
 from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import Account, Settlement
 from keyhouse.billing.leases import Leases
-from keyhouse.db.engine import take_write_lock
+from keyhouse.db.engine import Database, take_write_lock
 from keyhouse.db.models import Balance, BudgetSpend
 
 log = logging.getLogger("keyhouse.billing")
@@ -35,6 +35,25 @@ class Written:
     account: Account
     release: int
     shrink: int
+
+
+async def commit(
+    db: Database,
+    batch: Sequence[Settlement],
+    now: datetime,
+    *,
+    timezone: str,
+    leases: Leases,
+    renew: bool,
+) -> list[Written]:
+    """``write`` in a transaction of its own, with our leases renewed if ``renew``, committed.
+    The wallet's whole flush, wherever it runs (``billing.writer``)."""
+    async with db.session() as session:
+        written = await write(session, batch, now, timezone=timezone, leases=leases)
+        if renew:
+            await leases.renew_in(session, now)
+        await session.commit()
+    return written
 
 
 async def write(

@@ -151,14 +151,19 @@ class Leases:
         own); nothing to do when none of ``accounts`` has a lease."""
         if not any(a.lease_id for a in accounts):
             return
-        expires = self._expiry(now or self.clock.now())
-        statement = update(Lease).where(Lease.owner == self.owner).values(expires_at=expires)
         if session is None:
             async with self.db.session() as own:
-                await own.execute(statement)
+                await self.renew_in(own, now)
                 await own.commit()
             return
-        await session.execute(statement)
+        await self.renew_in(session, now)
+
+    async def renew_in(self, session: AsyncSession, now: datetime | None = None) -> None:
+        """Push back the expiry of every lease this process (``owner``) holds, in ``session``."""
+        expires = self._expiry(now or self.clock.now())
+        await session.execute(
+            update(Lease).where(Lease.owner == self.owner).values(expires_at=expires)
+        )
 
     async def give_back(self, returning: list[tuple[Account, str]]) -> None:
         """Delete these leases (account, lease id) and give their credit back. The wallet has

@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 from keyhouse.backends.base import Usage
-from keyhouse.billing import flush as flushing
 from keyhouse.billing import ledger, names
 from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Settlement
 from keyhouse.billing.leases import Leases
@@ -31,6 +30,7 @@ from keyhouse.billing.money import Prices, show, to_micro
 from keyhouse.billing.names import period_key
 from keyhouse.billing.prices import PriceVersions
 from keyhouse.billing.quota import InsufficientQuota, no_credit, why
+from keyhouse.billing.writer import Writer, writer_for
 from keyhouse.clock import Clock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
@@ -58,8 +58,12 @@ UNKNOWN = Usage(0, 0, estimated=True)
 class Wallet:
     """Holds and settlements in memory, written in batches; one per server process."""
 
-    def __init__(self, db: Database, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, settings: Settings, writer: Writer | None = None
+    ) -> None:
         self.db = db
+        #: Who writes a flush: a helper process on SQLite, this one otherwise.
+        self.writer = writer if writer is not None else writer_for(db, settings)
         self.clock = clock
         self.leases = Leases(db, clock, size=to_micro(settings.lease_size), ttl=settings.lease_ttl)
         self.prices = PriceVersions(db, clock, settings.currency)
@@ -95,6 +99,8 @@ class Wallet:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if not self.off:
+            await self.writer.start()
         self._task = asyncio.create_task(self._loop(), name="billing-flush")
 
     async def stop(self) -> None:
@@ -107,6 +113,7 @@ class Wallet:
             await self.flush()
         with contextlib.suppress(Exception):
             await self.return_leases(everything=True)
+        await self.writer.close()
 
     async def _loop(self) -> None:
         while True:
@@ -268,24 +275,20 @@ class Wallet:
         return cost
 
     async def flush(self) -> None:
-        """Write every settlement so far in one transaction."""
+        """Write every settlement so far in one transaction (``billing.writer`` says where)."""
         async with self._flushing:
             if not self._queue:
                 await self.leases.renew(self.accounts.values())
                 return
             batch, self._queue = self._queue, []
-            now = self.clock.now()
             try:
-                async with self.db.session() as session:
-                    written = await flushing.write(
-                        session,
-                        batch,
-                        now,
-                        timezone=self.settings.timezone,
-                        leases=self.leases,
-                    )
-                    await self.leases.renew(self.accounts.values(), session, now)
-                    await session.commit()
+                written = await self.writer.write(
+                    batch,
+                    self.clock.now(),
+                    timezone=self.settings.timezone,
+                    leases=self.leases,
+                    renew=any(a.lease_id for a in self.accounts.values()),
+                )
             except BaseException:
                 self._queue[:0] = batch  # not written: again next time
                 raise

@@ -52,7 +52,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """One engine and its session factory; build as many as you like (tests do)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, threadless: bool = False) -> None:
+        """``threadless``: SQLite called in the event loop's thread (``db.threadless``), for a
+        process that only writes; every statement then blocks the loop while it runs."""
         url = async_url(settings.database_url)
         backend = make_url(url).get_backend_name()
         kwargs: dict[str, Any] = {"pool_pre_ping": backend == "postgresql"}
@@ -60,6 +62,10 @@ class Database:
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            if threadless:
+                from keyhouse.db.threadless import connector
+
+                kwargs["async_creator"] = connector(str(path) if path else ":memory:")
         elif backend == "postgresql":
             if settings.database_schema:
                 kwargs["connect_args"] = {

@@ -1,0 +1,329 @@
+"""Who writes a flush: this process (``Inline``), or, on SQLite, a helper process (``Process``).
+
+SQLite runs in a driver thread of the server's process. Every statement hands Python's GIL
+back and forth between that thread and the event loop, and under load the loop loses far more
+time waiting for the GIL than SQLite spends writing: measured, a thread inserting usage rows
+beside a busy loop cost the loop ~25 µs a row, against ~7 µs for the insert itself, and the
+same rows written by another process cost it ~1 µs (``bench/meter.py``). So on SQLite each
+flush is sent, as plain tuples, to a process of its own (``python -m keyhouse.billing.writer``,
+started with the wallet), which runs the very same transaction (``flush.commit``) and answers
+what it wrote. PostgreSQL's driver lives in the event loop itself: it writes inline.
+
+A flush the helper could not write is not lost: the wallet keeps the batch and tries again,
+and a helper that died is started again. Its answer names the accounts it spent from, which the
+wallet maps back to its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, BinaryIO, Protocol
+
+from keyhouse.backends.base import Usage
+from keyhouse.billing import flush as flushing
+from keyhouse.billing.holds import Account, Hold, Settlement
+from keyhouse.billing.leases import Leases
+from keyhouse.billing.money import Prices
+from keyhouse.clock import SystemClock
+from keyhouse.config import Settings
+from keyhouse.db.engine import Database
+
+log = logging.getLogger("keyhouse.billing")
+
+HEADER = struct.Struct("!I")  # a frame: its length, then a pickle
+#: Settlements come priced: the helper never prices, so its holds carry no prices.
+UNPRICED = Prices(Decimal(0), Decimal(0), Decimal(0))
+
+
+class WriterError(Exception):
+    """The helper process could not write a flush (it says why), or is gone."""
+
+
+class Writer(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(
+        self,
+        batch: Sequence[Settlement],
+        now: datetime,
+        *,
+        timezone: str,
+        leases: Leases,
+        renew: bool,
+    ) -> list[flushing.Written]:
+        """Write ``batch`` (and renew our leases if ``renew``) in one committed transaction."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Inline:
+    """The flush in this process, on the wallet's own database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        pass
+
+    async def write(
+        self,
+        batch: Sequence[Settlement],
+        now: datetime,
+        *,
+        timezone: str,
+        leases: Leases,
+        renew: bool,
+    ) -> list[flushing.Written]:
+        return await flushing.commit(
+            self.db, batch, now, timezone=timezone, leases=leases, renew=renew
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ the batch as plain tuples
+
+AccountRow = tuple[str, str, int | None, int | None, str | None, int]
+SettlementRow = tuple[Any, ...]
+
+
+def pack(batch: Sequence[Settlement]) -> tuple[list[AccountRow], list[SettlementRow]]:
+    """The batch as tuples of plain values: each account once, then a row per settlement that
+    names its accounts by their place in the first list."""
+    places: dict[int, int] = {}
+    accounts: list[AccountRow] = []
+    rows: list[SettlementRow] = []
+    for s in batch:
+        hold, usage = s.hold, s.usage
+        held: list[int] = []
+        for account in hold.accounts:
+            place = places.get(id(account))
+            if place is None:
+                place = places[id(account)] = len(accounts)
+                accounts.append(
+                    (
+                        account.name,
+                        account.member_id,
+                        account.limit,
+                        account.soft,
+                        account.lease_id,
+                        account.leased,
+                    )
+                )
+            held.append(place)
+        rows.append(
+            (
+                hold.request_id,
+                hold.member_id,
+                hold.key_id,
+                hold.model,
+                hold.price_version,
+                hold.amount,
+                tuple(held),
+                s.cost,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                usage.estimated,
+                s.at,
+                s.deployment,
+                s.latency_ms,
+                s.ttft_ms,
+                s.status,
+                s.overshoot,
+                s.org_cost,
+            )
+        )
+    return accounts, rows
+
+
+def unpack(accounts: list[AccountRow], rows: list[SettlementRow]) -> list[Settlement]:
+    """``pack``'s tuples as settlements again (in the helper): their accounts are new objects,
+    one per account, as in the batch."""
+    made = [
+        Account(name, member_id, limit, soft, lease_id, leased)
+        for name, member_id, limit, soft, lease_id, leased in accounts
+    ]
+    held: dict[tuple[int, ...], tuple[Account, ...]] = {}  # a few distinct ones a batch
+    out = []
+    for r in rows:
+        places = r[6]
+        accounts_of = held.get(places)
+        if accounts_of is None:
+            accounts_of = held[places] = tuple(made[place] for place in places)
+        hold = Hold(r[0], r[1], r[2], r[3], UNPRICED, r[4], accounts_of, r[5], None, True)
+        usage = Usage(r[8], r[9], r[10], r[11])
+        out.append(Settlement(hold, r[7], usage, r[12], r[13], r[14], r[15], r[16], r[17], r[18]))
+    return out
+
+
+# ------------------------------------------------------------------ the helper process
+
+
+class Process:
+    """The flush in a helper process of our own, over its stdin and stdout (frames of
+    pickles: only ever between this process and the child it started)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._child: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the helper and wait until it has its database (so the first flush does not
+        pay for its start, nor the first requests share the cores with it)."""
+        async with self._lock:
+            await self._ensure()
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        child = self._child
+        if child is not None and child.returncode is None:
+            return child
+        self._child = child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "keyhouse.billing.writer",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            await self._send(child, self.settings)
+            await self._receive(child)  # "ready": its database is open
+        except BaseException:
+            await self._stop(child)
+            raise
+        return child
+
+    async def write(
+        self,
+        batch: Sequence[Settlement],
+        now: datetime,
+        *,
+        timezone: str,
+        leases: Leases,
+        renew: bool,
+    ) -> list[flushing.Written]:
+        accounts, rows = pack(batch)
+        request = (accounts, rows, now, timezone, leases.owner, leases.ttl, renew)
+        async with self._lock:
+            child = await self._ensure()
+            try:
+                await self._send(child, request)
+                answer = await self._receive(child)
+            except BaseException:
+                # A half-sent or half-read frame leaves the pipe out of step: start afresh.
+                await self._stop(child)
+                raise
+        if isinstance(answer, str):
+            raise WriterError(answer)
+        by_name = {a.name: a for s in batch for a in s.hold.accounts}
+        return [
+            flushing.Written(by_name[name], release, shrink) for name, release, shrink in answer
+        ]
+
+    @staticmethod
+    async def _send(child: asyncio.subprocess.Process, message: Any) -> None:
+        assert child.stdin is not None
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        child.stdin.write(HEADER.pack(len(data)) + data)
+        await child.stdin.drain()
+
+    @staticmethod
+    async def _receive(child: asyncio.subprocess.Process) -> Any:
+        assert child.stdout is not None
+        try:
+            (size,) = HEADER.unpack(await child.stdout.readexactly(HEADER.size))
+            return pickle.loads(await child.stdout.readexactly(size))
+        except asyncio.IncompleteReadError:
+            raise WriterError("the billing writer process stopped") from None
+
+    async def _stop(self, child: asyncio.subprocess.Process) -> None:
+        if self._child is child:
+            self._child = None
+        if child.stdin is not None and not child.stdin.is_closing():
+            child.stdin.close()  # end of input: it disposes of its database and exits
+        try:
+            await asyncio.wait_for(child.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._child is not None:
+                await self._stop(self._child)
+
+
+def writer_for(db: Database, settings: Settings) -> Writer:
+    """A helper process on SQLite (unless ``billing_writer = "inline"``); inline otherwise."""
+    if db.backend == "sqlite" and settings.billing_writer == "process":
+        return Process(settings)
+    return Inline(db)
+
+
+# ------------------------------------------------------------------ inside the helper
+
+
+def _read(stream: BinaryIO) -> Any:
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None  # the server closed our input: it is done with us
+    (size,) = HEADER.unpack(header)
+    return pickle.loads(stream.read(size))
+
+
+def _answer(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+async def _write(db: Database, request: tuple[Any, ...]) -> list[tuple[str, int, int]]:
+    accounts, rows, now, timezone, owner, ttl, renew = request
+    leases = Leases(db, SystemClock(), size=0, ttl=ttl)
+    leases.owner = owner  # renew and shrink the server's own leases
+    written = await flushing.commit(
+        db, unpack(accounts, rows), now, timezone=timezone, leases=leases, renew=renew
+    )
+    return [(w.account.name, w.release, w.shrink) for w in written]
+
+
+def main() -> None:
+    """The helper: a settings frame, then a flush per frame until its input ends."""
+    # Ctrl-C reaches the whole process group; the server's own shutdown still has a last
+    # flush to send here, and closes our input when it is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the answers
+    settings: Settings = _read(stdin)
+    from keyhouse.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    with asyncio.Runner() as runner:
+        db = Database(settings, threadless=True)  # nothing else runs here to keep waiting
+        _answer(stdout, "ready")
+        try:
+            while (request := _read(stdin)) is not None:
+                try:
+                    _answer(stdout, runner.run(_write(db, request)))
+                except Exception as exc:  # the server keeps the batch and tries again
+                    log.debug("flush failed in the writer process", exc_info=True)
+                    _answer(stdout, f"{type(exc).__name__}: {exc}")
+        finally:
+            runner.run(db.dispose())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The billing writer: on SQLite a helper process writes each flush (``billing.writer``).
+
+These run the real helper (``python -m keyhouse.billing.writer``) against a real SQLite file,
+and compare what it wrote with what the same flush writes inline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select, text
+
+from keyhouse.backends.base import Usage
+from keyhouse.billing import ledger
+from keyhouse.billing.holds import Account, Hold, Settlement
+from keyhouse.billing.money import Prices
+from keyhouse.billing.wallet import Wallet
+from keyhouse.billing.writer import Inline, Process, WriterError, pack, unpack, writer_for
+from keyhouse.clock import FrozenClock
+from keyhouse.config import Settings
+from keyhouse.db.engine import Database
+from keyhouse.db.models import Lease, UsageRecord, UsageRollup
+from keyhouse.keys.principal import Principal
+from tests.billing.credit_support import add_member, assert_books, micro
+from tests.conftest import make_settings, seed_sqlite
+
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+PRICES = Prices(Decimal("1"), Decimal("1"), Decimal("1"))  # 1 micro-unit a token
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    return seed_sqlite(
+        make_settings(tmp_path, KEYHOUSE_SECRET="s" * 43, KEYHOUSE_BILLING_WRITER="process")
+    )
+
+
+def principal(member_id: str) -> Principal:
+    return Principal("key_w", member_id, False, "active", "all", None, None, None, None, "")
+
+
+async def funded_member(db: Database, clock: FrozenClock) -> str:
+    async with db.session() as session:
+        member = await add_member(session, clock)
+        await ledger.grant(session, member, micro("1"), NOW)
+        await session.commit()
+    return member
+
+
+async def spend(wallet: Wallet, member: str, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        hold = await wallet.hold(f"req_{n:06d}", principal(member), "m", PRICES, 10, 20, 1)
+        wallet.settle(
+            hold, Usage(10, n % 7), deployment="d", latency_ms=3, ttft_ms=None, status=200
+        )
+
+
+async def books(db: Database, member: str) -> tuple[int, int, int, int]:
+    """Rows, their summed cost, the rolled-up cost and the balance."""
+    async with db.session() as session:
+        await assert_books(session, member)
+        rows, cost = (await session.execute(select(func.count(), func.sum(UsageRecord.cost)))).one()
+        rolled = await session.scalar(
+            select(func.sum(UsageRollup.cost)).where(UsageRollup.period == "day")
+        )
+        return rows, cost, rolled, await ledger.balance_of(session, member)
+
+
+def test_sqlite_flushes_in_a_helper_process_and_postgresql_inline(
+    sqlite_settings: Settings, db_settings: Settings
+) -> None:
+    assert isinstance(writer_for(Database(sqlite_settings), sqlite_settings), Process)
+    inline = sqlite_settings.with_(billing_writer="inline")
+    assert isinstance(writer_for(Database(inline), inline), Inline)
+    everywhere = db_settings.with_(billing_writer="process")
+    expected = Process if Database(everywhere).backend == "sqlite" else Inline
+    assert isinstance(writer_for(Database(everywhere), everywhere), expected)
+
+
+def test_a_batch_crosses_as_plain_tuples_and_comes_back_the_same() -> None:
+    balance = Account("bal:mem_a", "mem_a", None, None, "lease_1", 5000)
+    budget = Account("bud:k:key_a:2026-03", "mem_a", 900, 800, None, 0)
+    batch = [
+        Settlement(
+            Hold(f"req_{n}", "mem_a", "key_a", "m", PRICES, 3, (balance, budget), 40),
+            30 + n,
+            Usage(10, n, cached_tokens=2, estimated=n == 1),
+            NOW,
+            "d" if n else None,
+            5,
+            None if n else 2,
+            200,
+            n,
+            None if n else 7,
+        )
+        for n in range(3)
+    ]
+    again = unpack(*pack(batch))
+    for before, after in zip(batch, again, strict=True):
+        for field in ("cost", "usage", "at", "deployment", "latency_ms", "ttft_ms", "status"):
+            assert getattr(after, field) == getattr(before, field)
+        assert (after.overshoot, after.org_cost) == (before.overshoot, before.org_cost)
+        for field in ("request_id", "member_id", "key_id", "model", "price_version", "amount"):
+            assert getattr(after.hold, field) == getattr(before.hold, field)
+        assert [
+            (a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased)
+            for a in after.hold.accounts
+        ] == [
+            (a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased)
+            for a in before.hold.accounts
+        ]
+    # One object per account, shared by the settlements, as in the batch.
+    assert again[0].hold.accounts[0] is again[2].hold.accounts[0]
+
+
+async def test_the_helper_writes_what_the_inline_flush_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    results = []
+    for writer in ("process", "inline"):
+        settings = seed_sqlite(
+            make_settings(
+                tmp_path / writer, KEYHOUSE_SECRET="s" * 43, KEYHOUSE_BILLING_WRITER=writer
+            )
+        )
+        db = Database(settings)
+        clock = FrozenClock(NOW)
+        member = await funded_member(db, clock)
+        wallet = Wallet(db, clock, settings)
+        await wallet.start()
+        try:
+            for first, count in ((0, 100), (100, 100), (200, 1)):  # flushes of several sizes
+                await spend(wallet, member, first, count)
+                await wallet.flush()
+            account = wallet.accounts[f"bal:{member}"]
+            assert (account.held, account.pending) == (0, 0)
+            leased = account.leased
+            async with db.session() as session:  # the lease shrank by what was spent
+                assert await session.scalar(select(Lease.amount)) == leased
+            results.append(await books(db, member))
+        finally:
+            await wallet.stop()
+            await db.dispose()
+    helper, inline = results
+    assert helper == inline
+    rows, cost, rolled, balance = helper
+    assert rows == 201 and cost == rolled == micro("1") - balance > 0
+
+
+async def test_a_flush_the_helper_cannot_write_is_kept_and_written_later(
+    sqlite_settings: Settings,
+) -> None:
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings)
+    await wallet.start()
+    try:
+        await spend(wallet, member, 0, 20)
+        async with db.session() as session:  # the helper's INSERT now fails
+            await session.execute(text("ALTER TABLE usage RENAME TO usage_away"))
+            await session.commit()
+        with pytest.raises(WriterError, match="usage"):
+            await wallet.flush()
+        assert len(wallet._queue) == 20  # kept, in order
+        async with db.session() as session:
+            await session.execute(text("ALTER TABLE usage_away RENAME TO usage"))
+            await session.commit()
+        await wallet.flush()
+        assert not wallet._queue
+        assert (await books(db, member))[0] == 20
+    finally:
+        await wallet.stop()
+        await db.dispose()
+
+
+async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(
+    sqlite_settings: Settings,
+) -> None:
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings)
+    await wallet.start()
+    writer = wallet.writer
+    assert isinstance(writer, Process) and writer._child is not None
+    first = writer._child
+    try:
+        # Ctrl-C reaches the whole process group: the helper stays for the last flush.
+        os.kill(first.pid, signal.SIGINT)
+        await spend(wallet, member, 0, 5)
+        await wallet.flush()
+        assert writer._child is first
+        first.kill()
+        await first.wait()
+        await spend(wallet, member, 5, 5)
+        await wallet.flush()  # a new helper writes it
+        assert writer._child is not None and writer._child is not first
+        assert not wallet._queue
+        assert (await books(db, member))[0] == 10
+    finally:
+        await wallet.stop()
+        await db.dispose()
+    # Stopping flushed what was left and ended the helper.
+    assert writer._child is None
+
+
+async def test_the_last_flush_on_stop_goes_through_the_helper(
+    sqlite_settings: Settings,
+) -> None:
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings)
+    await wallet.start()
+    writer = wallet.writer
+    assert isinstance(writer, Process) and writer._child is not None
+    child = writer._child
+    await spend(wallet, member, 0, 7)
+    await wallet.stop()
+    assert child.returncode == 0  # its input closed, it disposed of its database and left
+    rows, _, _, _ = await books(db, member)
+    assert rows == 7
+    async with db.session() as session:  # every lease was given back
+        assert await session.scalar(select(func.count()).select_from(Lease)) == 0
+    await db.dispose()
+
+
+async def test_a_threadless_sqlite_database_starts_no_thread(sqlite_settings: Settings) -> None:
+    """What the helper runs on: sqlite3 in the event loop's own thread."""
+
+    def drivers() -> set[threading.Thread]:
+        """aiosqlite's threads started since the test began."""
+        return {
+            t for t in threading.enumerate() if "connection_worker" in t.name and t not in before
+        }
+
+    before = set(threading.enumerate())
+    db = Database(sqlite_settings, threadless=True)
+    async with db.session() as session:
+        member = await add_member(session, FrozenClock(NOW))
+        await ledger.grant(session, member, micro("2"), NOW)
+        await session.commit()
+        assert not drivers()
+    async with db.session() as session:
+        assert await ledger.balance_of(session, member) == micro("2")
+        assert (await session.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+    await db.dispose()
+    assert not drivers()
+    threaded = Database(sqlite_settings)  # the server's own: aiosqlite's thread, as ever
+    async with threaded.session() as session:
+        await session.execute(text("SELECT 1"))
+        assert len(drivers()) == 1
+    await threaded.dispose()
