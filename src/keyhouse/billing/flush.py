@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, false, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing import ledger
@@ -22,9 +22,36 @@ from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import Account, Settlement
 from keyhouse.billing.leases import Leases
 from keyhouse.db.engine import Database, take_write_lock
-from keyhouse.db.models import Balance, BudgetSpend
+from keyhouse.db.models import Balance, BudgetSpend, UTCDateTime
 
 log = logging.getLogger("keyhouse.billing")
+
+_SPENDS = BudgetSpend.__table__
+_BALANCES = Balance.__table__
+#: Built once (Core, bound parameters): a flush runs them for every account it spent from.
+_SPEND_BUDGET = (
+    update(_SPENDS)
+    .where(_SPENDS.c.account == bindparam("name"))
+    .values(
+        spent=_SPENDS.c.spent + bindparam("add"),
+        leased=_SPENDS.c.leased - bindparam("shrink"),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+)
+_SHRINK_BALANCE_LEASE = (
+    update(_BALANCES)
+    .where(_BALANCES.c.member_id == bindparam("member"))
+    .values(leased=_BALANCES.c.leased - bindparam("shrink"))
+)
+_SOFT_LIMIT_CROSSED = (
+    update(_SPENDS)
+    .where(
+        _SPENDS.c.account == bindparam("name"),
+        _SPENDS.c.spent >= bindparam("soft"),
+        _SPENDS.c.soft_notified == false(),
+    )
+    .values(soft_notified=True)
+)
 
 
 @dataclass(slots=True)
@@ -114,20 +141,12 @@ async def _spend(
             shrink = 0
         if account.is_budget:
             await session.execute(
-                update(BudgetSpend)
-                .where(BudgetSpend.account == account.name)
-                .values(
-                    spent=BudgetSpend.spent + spent,
-                    leased=BudgetSpend.leased - shrink,
-                    updated_at=now,
-                )
+                _SPEND_BUDGET, {"name": account.name, "add": spent, "shrink": shrink, "now": now}
             )
             await _soft_limit(session, account, now)
         elif shrink:
             await session.execute(
-                update(Balance)
-                .where(Balance.member_id == account.member_id)
-                .values(leased=Balance.leased - shrink)
+                _SHRINK_BALANCE_LEASE, {"member": account.member_id, "shrink": shrink}
             )
         written.append(Written(account, release, shrink))
     return written
@@ -139,10 +158,7 @@ async def _soft_limit(session: AsyncSession, account: Account, now: datetime) ->
     if account.soft is None:
         return
     crossed = await session.execute(
-        update(BudgetSpend)
-        .where(BudgetSpend.account == account.name, BudgetSpend.spent >= account.soft)
-        .where(BudgetSpend.soft_notified.is_(False))
-        .values(soft_notified=True)
+        _SOFT_LIMIT_CROSSED, {"name": account.name, "soft": account.soft}
     )
     if crossed.rowcount == 1:
         await usage_rows.event(

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing import ledger, names
@@ -22,8 +22,21 @@ from keyhouse.billing.holds import Account
 from keyhouse.billing.sql import insert_ignore
 from keyhouse.clock import Clock
 from keyhouse.db.engine import Database
-from keyhouse.db.models import Balance, BudgetSpend, Lease
+from keyhouse.db.models import Balance, BudgetSpend, Lease, UTCDateTime
 from keyhouse.ids import new_id
+
+_LEASES = Lease.__table__
+#: Built once (Core, bound parameters): every flush runs them.
+_SHRINK = (
+    update(_LEASES)
+    .where(_LEASES.c.id == bindparam("lease"))
+    .values(amount=_LEASES.c.amount - bindparam("take"))
+)
+_RENEW = (
+    update(_LEASES)
+    .where(_LEASES.c.owner == bindparam("by"))
+    .values(expires_at=bindparam("expires", type_=UTCDateTime()))
+)
 
 log = logging.getLogger("keyhouse.billing")
 
@@ -136,9 +149,7 @@ class Leases:
 
     async def shrink(self, session: AsyncSession, lease_id: str, amount: int) -> bool:
         """Take ``amount`` (spent) off a lease; False if the lease is gone (reaped)."""
-        result = await session.execute(
-            update(Lease).where(Lease.id == lease_id).values(amount=Lease.amount - amount)
-        )
+        result = await session.execute(_SHRINK, {"lease": lease_id, "take": amount})
         return result.rowcount == 1
 
     async def renew(
@@ -161,9 +172,7 @@ class Leases:
     async def renew_in(self, session: AsyncSession, now: datetime | None = None) -> None:
         """Push back the expiry of every lease this process (``owner``) holds, in ``session``."""
         expires = self._expiry(now or self.clock.now())
-        await session.execute(
-            update(Lease).where(Lease.owner == self.owner).values(expires_at=expires)
-        )
+        await session.execute(_RENEW, {"by": self.owner, "expires": expires})
 
     async def give_back(self, returning: list[tuple[Account, str]]) -> None:
         """Delete these leases (account, lease id) and give their credit back. The wallet has

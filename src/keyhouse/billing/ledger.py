@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, insert, nulls_last, select, update
+from sqlalchemy import and_, bindparam, func, insert, nulls_last, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing.money import to_micro
@@ -25,17 +25,30 @@ from keyhouse.ids import new_id
 LOT_KINDS = ("trial", "grant", "code", "correction")
 
 
-def spendable(member_id: str, now: datetime) -> Select[tuple[str, int]]:
+_SPENDABLE = (
+    select(Lot.__table__.c.id, Lot.__table__.c.remaining)
+    .where(
+        Lot.__table__.c.member_id == bindparam("member"),
+        Lot.__table__.c.remaining > 0,
+        Lot.__table__.c.expires_at.is_(None)
+        | (Lot.__table__.c.expires_at > bindparam("now", type_=UTCDateTime())),
+    )
+    .order_by(
+        nulls_last(Lot.__table__.c.expires_at.asc()),
+        Lot.__table__.c.created_at,
+        Lot.__table__.c.id,
+    )
+    .with_for_update()
+)
+
+
+async def spendable(session: AsyncSession, member_id: str, now: datetime) -> list[tuple[str, int]]:
     """The member's lots with credit left and not expired at ``now``, in the order charges
     draw on them: the one expiring first first, lots without expiry last, ties to the older
-    lot. Locked until the transaction ends (PostgreSQL; on SQLite the write lock is)."""
-    return (
-        select(Lot.id, Lot.remaining)
-        .where(Lot.member_id == member_id, Lot.remaining > 0)
-        .where((Lot.expires_at.is_(None)) | (Lot.expires_at > now))
-        .order_by(nulls_last(Lot.expires_at.asc()), Lot.created_at, Lot.id)
-        .with_for_update()
-    )
+    lot. Locked until the transaction ends (PostgreSQL; on SQLite the write lock is). Built
+    once (Core, bound parameters): every flush runs it for every member it charges."""
+    result = await session.execute(_SPENDABLE, {"member": member_id, "now": now})
+    return [(lot_id, remaining) for lot_id, remaining in result]
 
 
 _BALANCES = Balance.__table__
@@ -50,6 +63,7 @@ _ADD_TO_BALANCE = (
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
 )
+_INSERT_ENTRIES = insert(LedgerEntry.__table__)
 _DRAW_ON_LOT = (
     update(_LOTS)
     .where(_LOTS.c.id == bindparam("lot"), _LOTS.c.remaining >= bindparam("take"))
@@ -217,7 +231,7 @@ async def _draw(
 ) -> list[Drawn]:
     drawn: list[Drawn] = []
     left = cost
-    lots = (await session.execute(spendable(member_id, now))).all()
+    lots = await spendable(session, member_id, now)
     for lot_id, remaining in lots:
         if left <= 0:
             break
@@ -325,7 +339,7 @@ async def charge_many(
     charges = [(request_id, cost) for request_id, cost in charges if cost > 0]
     if not charges:
         return
-    lots = (await session.execute(spendable(member_id, now))).all()
+    lots = await spendable(session, member_id, now)
     left_in = {lot_id: remaining for lot_id, remaining in lots}
     order = [lot_id for lot_id, _ in lots]
     taken: dict[str | None, int] = {}
@@ -357,7 +371,7 @@ async def charge_many(
         result = await session.execute(_DRAW_ON_LOT, {"lot": lot_id, "take": take})
         if result.rowcount != 1:  # cannot happen under the row locks taken above
             raise LotRace(lot_id)
-    await session.execute(insert(LedgerEntry.__table__), entries)  # Core: no ORM per row
+    await session.execute(_INSERT_ENTRIES, entries)  # Core: no ORM per row
     await _add_to_balance(session, member_id, -sum(cost for _, cost in charges), now)
 
 
