@@ -28,6 +28,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, BinaryIO, Protocol
 
+from sqlalchemy import text
+from sqlalchemy.orm import configure_mappers
+
 from keyhouse.backends.base import Usage
 from keyhouse.billing import flush as flushing
 from keyhouse.billing.holds import Account, Hold, Settlement
@@ -300,6 +303,15 @@ async def _write(db: Database, request: tuple[Any, ...]) -> list[tuple[str, int,
     return [(w.account.name, w.release, w.shrink) for w in written]
 
 
+async def _warm(db: Database) -> None:
+    """What the first flush would do first, done before "ready": the ORM's mappers set up and
+    the database opened, so that a fresh server's first seconds do not share the cores with
+    it."""
+    configure_mappers()
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+
+
 def main() -> None:
     """The helper: a settings frame, then a flush per frame until its input ends."""
     # Ctrl-C reaches the whole process group; the server's own shutdown still has a last
@@ -313,6 +325,7 @@ def main() -> None:
     setup_logging(settings.log_level)
     with asyncio.Runner() as runner:
         db = Database(settings, threadless=True)  # nothing else runs here to keep waiting
+        runner.run(_warm(db))
         _answer(stdout, "ready")
         try:
             while (request := _read(stdin)) is not None:
