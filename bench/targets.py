@@ -265,6 +265,16 @@ def main() -> None:
             "  plain, 1 connection, p50: "
             + ", ".join(f"{name} {value:.3f} ms" for name, value in p50_one.items())
         )
+        # The target is absolute; what the bare relay itself adds on this machine says how far
+        # below it Python's loop, uvicorn and one relay hop can go here.
+        print(
+            "  … added to the upstream's own: "
+            + ", ".join(
+                f"{name} {value - p50_one['direct']:.3f} ms"
+                for name, value in p50_one.items()
+                if name != "direct"
+            )
+        )
 
         def streams(port: int, headers: dict[str, str]) -> tuple[httpload.Result, float]:
             events: list[int] = []
