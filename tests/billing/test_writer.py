@@ -6,8 +6,10 @@ and compare what it wrote with what the same flush writes inline.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,7 +25,7 @@ from keyhouse.billing.wallet import Wallet
 from keyhouse.billing.writer import Inline, Process, WriterError, pack, unpack, writer_for
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
-from keyhouse.db.engine import Database
+from keyhouse.db.engine import Database, sqlite_path
 from keyhouse.db.models import Lease, UsageRecord, UsageRollup
 from keyhouse.keys.principal import Principal
 from tests.billing.credit_support import add_member, assert_books, micro
@@ -206,6 +208,72 @@ async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(
         await db.dispose()
     # Stopping flushed what was left and ended the helper.
     assert writer._child is None
+
+
+async def test_a_helper_that_gives_no_answer_is_stopped_and_the_batch_kept(
+    sqlite_settings: Settings,
+) -> None:
+    """A helper stuck (here: waiting for SQLite's write lock, which another process holds
+    past the wait allowed for its answer) is killed; the batch waits for the next flush."""
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings)
+    await wallet.start()
+    writer = wallet.writer
+    assert isinstance(writer, Process) and writer._child is not None
+    stuck = writer._child
+    writer.answer_timeout = 0.5
+    path = sqlite_path(sqlite_settings.database_url)
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await spend(wallet, member, 0, 3)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held
+        with pytest.raises(WriterError, match="no answer"):
+            await wallet.flush()
+        assert stuck.returncode is not None and writer._child is None
+        assert len(wallet._queue) == 3
+        other.execute("ROLLBACK")
+        await wallet.flush()
+        assert not wallet._queue
+        assert (await books(db, member))[0] == 3
+    finally:
+        other.close()
+        await wallet.stop()
+        await db.dispose()
+
+
+async def test_stopping_lets_a_flush_under_way_finish(
+    sqlite_settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Shutdown must not cancel a flush the helper is writing: cancelled, the batch would be
+    kept and sent again after the helper had written it."""
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings.with_(billing_flush_interval=0.05))
+    await wallet.start()
+    path = sqlite_path(sqlite_settings.database_url)
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await spend(wallet, member, 0, 1)  # the price version and the lease, written
+        await wallet.flush()
+        other.execute("BEGIN IMMEDIATE")  # the helper's next write waits for this
+        await spend(wallet, member, 1, 29)
+        while wallet._queue:  # the loop has taken the batch and sent it
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(wallet.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # waiting for the flush, not cancelling it
+        other.execute("ROLLBACK")
+        await stopping
+    finally:
+        other.close()
+    assert (await books(db, member))[0] == 30
+    assert "settled already" not in capfd.readouterr().err
+    await db.dispose()
 
 
 async def test_the_last_flush_on_stop_goes_through_the_helper(

@@ -106,7 +106,9 @@ class Wallet:
     async def stop(self) -> None:
         """Flush what is settled and give every lease back (SIGTERM)."""
         if self._task is not None:
-            self._task.cancel()
+            # Never cut a flush short: a helper process may have written its batch already.
+            async with self._flushing:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):

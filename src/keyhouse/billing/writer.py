@@ -178,6 +178,10 @@ class Process:
     """The flush in a helper process of our own, over its stdin and stdout (frames of
     pickles: only ever between this process and the child it started)."""
 
+    #: Seconds to wait for the helper's answer before it is taken for hung, stopped, and the
+    #: batch kept (SQLite's own wait for a lock is 10 s; a flush takes milliseconds).
+    answer_timeout = 120.0
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._child: asyncio.subprocess.Process | None = None
@@ -223,7 +227,12 @@ class Process:
             child = await self._ensure()
             try:
                 await self._send(child, request)
-                answer = await self._receive(child)
+                answer = await asyncio.wait_for(self._receive(child), self.answer_timeout)
+            except TimeoutError:
+                await self._stop(child, grace=0)  # hung: it will not read its input either
+                raise WriterError(
+                    f"the billing writer process gave no answer in {self.answer_timeout:g} s"
+                ) from None
             except BaseException:
                 # A half-sent or half-read frame leaves the pipe out of step: start afresh.
                 await self._stop(child)
@@ -251,13 +260,13 @@ class Process:
         except asyncio.IncompleteReadError:
             raise WriterError("the billing writer process stopped") from None
 
-    async def _stop(self, child: asyncio.subprocess.Process) -> None:
+    async def _stop(self, child: asyncio.subprocess.Process, grace: float = 5) -> None:
         if self._child is child:
             self._child = None
         if child.stdin is not None and not child.stdin.is_closing():
             child.stdin.close()  # end of input: it disposes of its database and exits
         try:
-            await asyncio.wait_for(child.wait(), 5)
+            await asyncio.wait_for(child.wait(), grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
