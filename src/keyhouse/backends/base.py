@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from keyhouse.config import ModelSpec
-from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+if TYPE_CHECKING:  # annotations only: what imports this for ``Usage`` (the billing writer
+    # process, the ledger) need not load the wire models
+    from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 class Meter:

@@ -185,31 +185,47 @@ class Process:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._child: asyncio.subprocess.Process | None = None
+        self._ready = False  # the child said "ready"
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Start the helper and wait until it has its database (so the first flush does not
-        pay for its start, nor the first requests share the cores with it)."""
+        """Start the helper. Its own start (imports, the database opened) runs beside the
+        server's; the first flush waits for its "ready"."""
         async with self._lock:
-            await self._ensure()
+            if self._child is None:
+                await self._spawn()
 
-    async def _ensure(self) -> asyncio.subprocess.Process:
-        child = self._child
-        if child is not None and child.returncode is None:
-            return child
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        self._ready = False
         self._child = child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "keyhouse.billing.writer",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # Its own process group: a Ctrl-C in the terminal stops the server, whose shutdown
+            # still sends its last flush here; the helper ends when its input does.
+            start_new_session=True,
         )
         try:
             await self._send(child, self.settings)
-            await self._receive(child)  # "ready": its database is open
         except BaseException:
             await self._stop(child)
             raise
+        return child
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        """The helper, started again if it is gone, once it has said it is ready."""
+        child = self._child
+        if child is None or child.returncode is not None:
+            child = await self._spawn()
+        if not self._ready:
+            try:
+                await self._receive(child)  # "ready": its database is open
+            except BaseException:
+                await self._stop(child)
+                raise
+            self._ready = True
         return child
 
     async def write(
@@ -313,9 +329,9 @@ async def _write(db: Database, request: tuple[Any, ...]) -> list[tuple[str, int,
 
 
 async def _warm(db: Database) -> None:
-    """What the first flush would do first, done before "ready": the ORM's mappers set up and
-    the database opened, so that a fresh server's first seconds do not share the cores with
-    it."""
+    """What the first flush would do first, done before "ready" (while the server starts
+    too): the ORM's mappers set up and the database opened, so the first flush is as quick as
+    the rest."""
     configure_mappers()
     async with db.session() as session:
         await session.execute(text("SELECT 1"))
@@ -323,8 +339,8 @@ async def _warm(db: Database) -> None:
 
 def main() -> None:
     """The helper: a settings frame, then a flush per frame until its input ends."""
-    # Ctrl-C reaches the whole process group; the server's own shutdown still has a last
-    # flush to send here, and closes our input when it is done.
+    # Should an interrupt reach us all the same: the server's shutdown still has a last flush
+    # to send here, and closes our input when it is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answers
