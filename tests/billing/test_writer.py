@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -278,6 +279,32 @@ async def test_stopping_lets_a_flush_under_way_finish(
     assert (await books(db, member))[0] == 30
     assert "settled already" not in capfd.readouterr().err
     await db.dispose()
+
+
+async def test_a_helper_that_cannot_start_leaves_the_flushes_to_the_server(
+    sqlite_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Python that cannot run the helper (a broken install, say) must not stop billing: the
+    server says so once and writes its flushes itself."""
+    db = Database(sqlite_settings)
+    clock = FrozenClock(NOW)
+    member = await funded_member(db, clock)
+    wallet = Wallet(db, clock, sqlite_settings)
+    writer = wallet.writer
+    assert isinstance(writer, Process)
+    writer.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    await wallet.start()
+    try:
+        for first in (0, 4):
+            await spend(wallet, member, first, 4)
+            await wallet.flush()
+        assert not wallet._queue
+        assert (await books(db, member))[0] == 8
+        said = [r for r in caplog.records if "could not start" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "ERROR"
+    finally:
+        await wallet.stop()
+        await db.dispose()
 
 
 async def test_the_last_flush_on_stop_goes_through_the_helper(

@@ -182,10 +182,14 @@ class Process:
     #: batch kept (SQLite's own wait for a lock is 10 s; a flush takes milliseconds).
     answer_timeout = 120.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fallback: Writer) -> None:
         self.settings = settings
+        #: Where flushes go if the helper cannot start at all (this process: slower, as right).
+        self.fallback = fallback
+        self.command = [sys.executable, "-m", "keyhouse.billing.writer"]
         self._child: asyncio.subprocess.Process | None = None
         self._ready = False  # the child said "ready"
+        self._inline = False  # it could not start: the fallback writes
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -198,9 +202,7 @@ class Process:
     async def _spawn(self) -> asyncio.subprocess.Process:
         self._ready = False
         self._child = child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "keyhouse.billing.writer",
+            *self.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             # Its own process group: a Ctrl-C in the terminal stops the server, whose shutdown
@@ -240,7 +242,20 @@ class Process:
         accounts, rows = pack(batch)
         request = (accounts, rows, now, timezone, leases.owner, leases.ttl, renew)
         async with self._lock:
-            child = await self._ensure()
+            if not self._inline:
+                try:
+                    child = await self._ensure()
+                except (OSError, WriterError) as exc:
+                    self._inline = True
+                    log.error(
+                        "the billing writer process could not start (%s); flushes are written "
+                        "in this process from now on",
+                        exc,
+                    )
+            if self._inline:
+                return await self.fallback.write(
+                    batch, now, timezone=timezone, leases=leases, renew=renew
+                )
             try:
                 await self._send(child, request)
                 answer = await asyncio.wait_for(self._receive(child), self.answer_timeout)
@@ -297,7 +312,7 @@ class Process:
 def writer_for(db: Database, settings: Settings) -> Writer:
     """A helper process on SQLite (unless ``billing_writer = "inline"``); inline otherwise."""
     if db.backend == "sqlite" and settings.billing_writer == "process":
-        return Process(settings)
+        return Process(settings, fallback=Inline(db))
     return Inline(db)
 
 
