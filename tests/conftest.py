@@ -67,6 +67,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# ----------------------------------------------------------------------------- test order
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests last, whatever was selected: their chromium (one for the session,
+    ``tests/web/conftest.py``) runs playwright's event loop in the main thread until the session
+    ends, and a test after it that starts a loop of its own (``asyncio.run``) would fail with
+    "cannot be called from a running event loop". Stable: the rest keep their order."""
+    web = [item for item in items if "browser" in getattr(item, "fixturenames", ())]
+    if web:
+        chosen = {id(item) for item in web}
+        items[:] = [item for item in items if id(item) not in chosen] + web
+
+
 # ----------------------------------------------------------------------------- settings & databases
 
 
