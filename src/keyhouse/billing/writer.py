@@ -4,7 +4,7 @@ SQLite runs in a driver thread of the server's process. Every statement hands Py
 back and forth between that thread and the event loop, and under load the loop loses far more
 time waiting for the GIL than SQLite spends writing: measured, a thread inserting usage rows
 beside a busy loop cost the loop ~25 µs a row, against ~7 µs for the insert itself, and the
-same rows written by another process cost it ~1 µs (``bench/meter.py``). So on SQLite each
+same rows written by another process cost it ~1 µs (``bench/README.md``). So on SQLite each
 flush is sent, as plain tuples, to a process of its own (``python -m keyhouse.billing.writer``,
 started with the wallet), which runs the very same transaction (``flush.commit``) and answers
 what it wrote. PostgreSQL's driver lives in the event loop itself: it writes inline.
