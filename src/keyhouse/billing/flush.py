@@ -22,12 +22,11 @@ from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import Account, Settlement
 from keyhouse.billing.leases import Leases
 from keyhouse.db.engine import Database, take_write_lock
-from keyhouse.db.models import Balance, BudgetSpend, UTCDateTime
+from keyhouse.db.models import BudgetSpend, UTCDateTime
 
 log = logging.getLogger("keyhouse.billing")
 
 _SPENDS = BudgetSpend.__table__
-_BALANCES = Balance.__table__
 #: Built once (Core, bound parameters): a flush runs them for every account it spent from.
 _SPEND_BUDGET = (
     update(_SPENDS)
@@ -37,11 +36,6 @@ _SPEND_BUDGET = (
         leased=_SPENDS.c.leased - bindparam("shrink"),
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
-)
-_SHRINK_BALANCE_LEASE = (
-    update(_BALANCES)
-    .where(_BALANCES.c.member_id == bindparam("member"))
-    .values(leased=_BALANCES.c.leased - bindparam("shrink"))
 )
 _SOFT_LIMIT_CROSSED = (
     update(_SPENDS)
@@ -145,9 +139,7 @@ async def _spend(
             )
             await _soft_limit(session, account, now)
         elif shrink:
-            await session.execute(
-                _SHRINK_BALANCE_LEASE, {"member": account.member_id, "shrink": shrink}
-            )
+            await leases.unlease(session, account.name, shrink)
         written.append(Written(account, release, shrink))
     return written
 

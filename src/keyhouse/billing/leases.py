@@ -32,6 +32,18 @@ _SHRINK = (
     .where(_LEASES.c.id == bindparam("lease"))
     .values(amount=_LEASES.c.amount - bindparam("take"))
 )
+_BALANCES = Balance.__table__
+_SPENDS = BudgetSpend.__table__
+_UNLEASE_BALANCE = (
+    update(_BALANCES)
+    .where(_BALANCES.c.member_id == bindparam("member"))
+    .values(leased=_BALANCES.c.leased - bindparam("take"))
+)
+_UNLEASE_BUDGET = (
+    update(_SPENDS)
+    .where(_SPENDS.c.account == bindparam("name"))
+    .values(leased=_SPENDS.c.leased - bindparam("take"))
+)
 _RENEW = (
     update(_LEASES)
     .where(_LEASES.c.owner == bindparam("by"))
@@ -152,22 +164,14 @@ class Leases:
         result = await session.execute(_SHRINK, {"lease": lease_id, "take": amount})
         return result.rowcount == 1
 
-    async def renew(
-        self,
-        accounts: Iterable[Account],
-        session: AsyncSession | None = None,
-        now: datetime | None = None,
-    ) -> None:
-        """Push back the expiry of every lease of ours (in ``session``, or a transaction of its
-        own); nothing to do when none of ``accounts`` has a lease."""
+    async def renew(self, accounts: Iterable[Account]) -> None:
+        """Push back the expiry of every lease of ours, in a transaction of its own (a flush
+        renews in its own: ``renew_in``); nothing to do when none of ``accounts`` has a lease."""
         if not any(a.lease_id for a in accounts):
             return
-        if session is None:
-            async with self.db.session() as own:
-                await self.renew_in(own, now)
-                await own.commit()
-            return
-        await self.renew_in(session, now)
+        async with self.db.session() as session:
+            await self.renew_in(session)
+            await session.commit()
 
     async def renew_in(self, session: AsyncSession, now: datetime | None = None) -> None:
         """Push back the expiry of every lease this process (``owner``) holds, in ``session``."""
@@ -184,7 +188,7 @@ class Leases:
                 )
                 amount = result.scalar_one_or_none()
                 if amount is not None:
-                    await self._unlease(session, account.name, amount)
+                    await self.unlease(session, account.name, amount)
             await session.commit()
 
     async def reap(self) -> int:
@@ -204,23 +208,19 @@ class Leases:
                     delete(Lease).where(Lease.id == lease_id, Lease.expires_at < now)
                 )
                 if result.rowcount == 1:
-                    await self._unlease(session, account, amount)
+                    await self.unlease(session, account, amount)
                     reaped += 1
             await session.commit()
         if reaped:
             log.info("reaped %d expired leases", reaped)
         return reaped
 
-    async def _unlease(self, session: AsyncSession, account: str, amount: int) -> None:
+    async def unlease(self, session: AsyncSession, account: str, amount: int) -> None:
+        """Take ``amount`` off what ``account`` (a balance or a budget) has out on leases: given
+        back, reaped, or spent from a lease by a flush."""
         if names.is_balance(account):
             await session.execute(
-                update(Balance)
-                .where(Balance.member_id == names.member_of(account))
-                .values(leased=Balance.leased - amount)
+                _UNLEASE_BALANCE, {"member": names.member_of(account), "take": amount}
             )
         else:
-            await session.execute(
-                update(BudgetSpend)
-                .where(BudgetSpend.account == account)
-                .values(leased=BudgetSpend.leased - amount)
-            )
+            await session.execute(_UNLEASE_BUDGET, {"name": account, "take": amount})

@@ -25,19 +25,17 @@ from keyhouse.ids import new_id
 LOT_KINDS = ("trial", "grant", "code", "correction")
 
 
+_BALANCES = Balance.__table__
+_LOTS = Lot.__table__
+
 _SPENDABLE = (
-    select(Lot.__table__.c.id, Lot.__table__.c.remaining)
+    select(_LOTS.c.id, _LOTS.c.remaining)
     .where(
-        Lot.__table__.c.member_id == bindparam("member"),
-        Lot.__table__.c.remaining > 0,
-        Lot.__table__.c.expires_at.is_(None)
-        | (Lot.__table__.c.expires_at > bindparam("now", type_=UTCDateTime())),
+        _LOTS.c.member_id == bindparam("member"),
+        _LOTS.c.remaining > 0,
+        _LOTS.c.expires_at.is_(None) | (_LOTS.c.expires_at > bindparam("now", type_=UTCDateTime())),
     )
-    .order_by(
-        nulls_last(Lot.__table__.c.expires_at.asc()),
-        Lot.__table__.c.created_at,
-        Lot.__table__.c.id,
-    )
+    .order_by(nulls_last(_LOTS.c.expires_at.asc()), _LOTS.c.created_at, _LOTS.c.id)
     .with_for_update()
 )
 
@@ -50,9 +48,6 @@ async def spendable(session: AsyncSession, member_id: str, now: datetime) -> lis
     result = await session.execute(_SPENDABLE, {"member": member_id, "now": now})
     return [(lot_id, remaining) for lot_id, remaining in result]
 
-
-_BALANCES = Balance.__table__
-_LOTS = Lot.__table__
 
 #: The flush runs these for every member it charges: built once, with bound parameters.
 _ADD_TO_BALANCE = (

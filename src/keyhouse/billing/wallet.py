@@ -58,12 +58,10 @@ UNKNOWN = Usage(0, 0, estimated=True)
 class Wallet:
     """Holds and settlements in memory, written in batches; one per server process."""
 
-    def __init__(
-        self, db: Database, clock: Clock, settings: Settings, writer: Writer | None = None
-    ) -> None:
+    def __init__(self, db: Database, clock: Clock, settings: Settings) -> None:
         self.db = db
         #: Who writes a flush: a helper process on SQLite, this one otherwise.
-        self.writer = writer if writer is not None else writer_for(db, settings)
+        self.writer: Writer = writer_for(db, settings)
         self.clock = clock
         self.leases = Leases(db, clock, size=to_micro(settings.lease_size), ttl=settings.lease_ttl)
         self.prices = PriceVersions(db, clock, settings.currency)
