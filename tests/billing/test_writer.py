@@ -7,11 +7,14 @@ and compare what it wrote with what the same flush writes inline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import sys
 import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -53,6 +56,44 @@ async def funded_member(db: Database, clock: FrozenClock) -> str:
         await ledger.grant(session, member, micro("1"), NOW)
         await session.commit()
     return member
+
+
+@dataclass
+class Billed:
+    """A funded member on a database, and the wallet that bills it."""
+
+    db: Database
+    member: str
+    wallet: Wallet
+
+
+async def billed_on(settings: Settings) -> Billed:
+    db = Database(settings)
+    clock = FrozenClock(NOW)
+    return Billed(db, await funded_member(db, clock), Wallet(db, clock, settings))
+
+
+@pytest.fixture
+async def billed(sqlite_settings: Settings) -> AsyncIterator[Billed]:
+    """On SQLite, its flushes written by the helper; the wallet is the test's to start (and may
+    be stopped by it: stopping twice is harmless)."""
+    made = await billed_on(sqlite_settings)
+    yield made
+    await made.wallet.stop()
+    await made.db.dispose()
+
+
+@contextlib.contextmanager
+def another_connection(settings: Settings) -> Iterator[sqlite3.Connection]:
+    """A connection of the test's own to the SQLite file, as another process would have one:
+    ``BEGIN IMMEDIATE`` on it holds the write lock until its ``ROLLBACK``."""
+    path = sqlite_path(settings.database_url)
+    assert path is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield other
+    finally:
+        other.close()
 
 
 async def spend(wallet: Wallet, member: str, first: int, count: int) -> None:
@@ -129,10 +170,8 @@ async def test_the_helper_writes_what_the_inline_flush_writes(tmp_path) -> None:
                 tmp_path / writer, KEYHOUSE_SECRET="s" * 43, KEYHOUSE_BILLING_WRITER=writer
             )
         )
-        db = Database(settings)
-        clock = FrozenClock(NOW)
-        member = await funded_member(db, clock)
-        wallet = Wallet(db, clock, settings)
+        made = await billed_on(settings)
+        db, member, wallet = made.db, made.member, made.wallet
         await wallet.start()
         try:
             for first, count in ((0, 100), (100, 100), (200, 1)):  # flushes of several sizes
@@ -153,86 +192,63 @@ async def test_the_helper_writes_what_the_inline_flush_writes(tmp_path) -> None:
     assert rows == 201 and cost == rolled == micro("1") - balance > 0
 
 
-async def test_a_flush_the_helper_cannot_write_is_kept_and_written_later(
-    sqlite_settings: Settings,
-) -> None:
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings)
+async def test_a_flush_the_helper_cannot_write_is_kept_and_written_later(billed: Billed) -> None:
+    db, member, wallet = billed.db, billed.member, billed.wallet
     await wallet.start()
-    try:
-        await spend(wallet, member, 0, 20)
-        async with db.session() as session:  # the helper's INSERT now fails
-            await session.execute(text("ALTER TABLE usage RENAME TO usage_away"))
-            await session.commit()
-        with pytest.raises(WriterError, match="usage"):
-            await wallet.flush()
-        assert len(wallet._queue) == 20  # kept, in order
-        async with db.session() as session:
-            await session.execute(text("ALTER TABLE usage_away RENAME TO usage"))
-            await session.commit()
+    await spend(wallet, member, 0, 20)
+    async with db.session() as session:  # the helper's INSERT now fails
+        await session.execute(text("ALTER TABLE usage RENAME TO usage_away"))
+        await session.commit()
+    with pytest.raises(WriterError, match="usage"):
         await wallet.flush()
-        assert not wallet._queue
-        assert (await books(db, member))[0] == 20
-    finally:
-        await wallet.stop()
-        await db.dispose()
+    assert len(wallet._queue) == 20  # kept, in order
+    async with db.session() as session:
+        await session.execute(text("ALTER TABLE usage_away RENAME TO usage"))
+        await session.commit()
+    await wallet.flush()
+    assert not wallet._queue
+    assert (await books(db, member))[0] == 20
 
 
-async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(
-    sqlite_settings: Settings,
-) -> None:
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings)
+async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(billed: Billed) -> None:
+    db, member, wallet = billed.db, billed.member, billed.wallet
     await wallet.start()
     writer = wallet.writer
     assert isinstance(writer, Process) and writer._child is not None
     first = writer._child
-    try:
-        # A Ctrl-C in the terminal goes to the server's process group, not the helper's; and
-        # should one reach it, it stays for the server's last flush.
-        assert os.getpgid(first.pid) != os.getpgid(0)
-        await spend(wallet, member, 0, 5)
-        await wallet.flush()  # it has started and said it is ready
-        os.kill(first.pid, signal.SIGINT)
-        await spend(wallet, member, 5, 1)
-        await wallet.flush()
-        assert writer._child is first
-        first.kill()
-        await first.wait()
-        await spend(wallet, member, 6, 4)
-        await wallet.flush()  # a new helper writes it
-        assert writer._child is not None and writer._child is not first
-        assert not wallet._queue
-        assert (await books(db, member))[0] == 10
-    finally:
-        await wallet.stop()
-        await db.dispose()
+    # A Ctrl-C in the terminal goes to the server's process group, not the helper's; and
+    # should one reach it, it stays for the server's last flush.
+    assert os.getpgid(first.pid) != os.getpgid(0)
+    await spend(wallet, member, 0, 5)
+    await wallet.flush()  # it has started and said it is ready
+    os.kill(first.pid, signal.SIGINT)
+    await spend(wallet, member, 5, 1)
+    await wallet.flush()
+    assert writer._child is first
+    first.kill()
+    await first.wait()
+    await spend(wallet, member, 6, 4)
+    await wallet.flush()  # a new helper writes it
+    assert writer._child is not None and writer._child is not first
+    assert not wallet._queue
+    assert (await books(db, member))[0] == 10
+    await wallet.stop()
     # Stopping flushed what was left and ended the helper.
     assert writer._child is None
 
 
 async def test_a_helper_that_gives_no_answer_is_stopped_and_the_batch_kept(
-    sqlite_settings: Settings,
+    billed: Billed, sqlite_settings: Settings
 ) -> None:
     """A helper stuck (here: waiting for SQLite's write lock, which another process holds
     past the wait allowed for its answer) is killed; the batch waits for the next flush."""
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings)
+    db, member, wallet = billed.db, billed.member, billed.wallet
     await wallet.start()
     writer = wallet.writer
     assert isinstance(writer, Process) and writer._child is not None
     stuck = writer._child
     writer.answer_timeout = 0.5
-    path = sqlite_path(sqlite_settings.database_url)
-    assert path is not None
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
+    with another_connection(sqlite_settings) as other:
         await spend(wallet, member, 0, 3)
         other.execute("BEGIN IMMEDIATE")  # the write lock, held
         with pytest.raises(WriterError, match="no answer"):
@@ -243,26 +259,17 @@ async def test_a_helper_that_gives_no_answer_is_stopped_and_the_batch_kept(
         await wallet.flush()
         assert not wallet._queue
         assert (await books(db, member))[0] == 3
-    finally:
-        other.close()
-        await wallet.stop()
-        await db.dispose()
 
 
 async def test_stopping_lets_a_flush_under_way_finish(
-    sqlite_settings: Settings, capfd: pytest.CaptureFixture[str]
+    billed: Billed, sqlite_settings: Settings, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Shutdown must not cancel a flush the helper is writing: cancelled, the batch would be
     kept and sent again after the helper had written it."""
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings.with_(billing_flush_interval=0.05))
+    db, member, wallet = billed.db, billed.member, billed.wallet
+    wallet.settings = sqlite_settings.with_(billing_flush_interval=0.05)
     await wallet.start()
-    path = sqlite_path(sqlite_settings.database_url)
-    assert path is not None
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
+    with another_connection(sqlite_settings) as other:
         await spend(wallet, member, 0, 1)  # the price version and the lease, written
         await wallet.flush()
         other.execute("BEGIN IMMEDIATE")  # the helper's next write waits for this
@@ -274,46 +281,31 @@ async def test_stopping_lets_a_flush_under_way_finish(
         assert not stopping.done()  # waiting for the flush, not cancelling it
         other.execute("ROLLBACK")
         await stopping
-    finally:
-        other.close()
     assert (await books(db, member))[0] == 30
     assert "settled already" not in capfd.readouterr().err
-    await db.dispose()
 
 
 async def test_a_helper_that_cannot_start_leaves_the_flushes_to_the_server(
-    sqlite_settings: Settings, caplog: pytest.LogCaptureFixture
+    billed: Billed, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Python that cannot run the helper (a broken install, say) must not stop billing: the
     server says so once and writes its flushes itself."""
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings)
+    db, member, wallet = billed.db, billed.member, billed.wallet
     writer = wallet.writer
     assert isinstance(writer, Process)
     writer.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
     await wallet.start()
-    try:
-        for first in (0, 4):
-            await spend(wallet, member, first, 4)
-            await wallet.flush()
-        assert not wallet._queue
-        assert (await books(db, member))[0] == 8
-        said = [r for r in caplog.records if "could not start" in r.getMessage()]
-        assert len(said) == 1 and said[0].levelname == "ERROR"
-    finally:
-        await wallet.stop()
-        await db.dispose()
+    for first in (0, 4):
+        await spend(wallet, member, first, 4)
+        await wallet.flush()
+    assert not wallet._queue
+    assert (await books(db, member))[0] == 8
+    said = [r for r in caplog.records if "could not start" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR"
 
 
-async def test_the_last_flush_on_stop_goes_through_the_helper(
-    sqlite_settings: Settings,
-) -> None:
-    db = Database(sqlite_settings)
-    clock = FrozenClock(NOW)
-    member = await funded_member(db, clock)
-    wallet = Wallet(db, clock, sqlite_settings)
+async def test_the_last_flush_on_stop_goes_through_the_helper(billed: Billed) -> None:
+    db, member, wallet = billed.db, billed.member, billed.wallet
     await wallet.start()
     writer = wallet.writer
     assert isinstance(writer, Process) and writer._child is not None
@@ -325,7 +317,6 @@ async def test_the_last_flush_on_stop_goes_through_the_helper(
     assert rows == 7
     async with db.session() as session:  # every lease was given back
         assert await session.scalar(select(func.count()).select_from(Lease)) == 0
-    await db.dispose()
 
 
 async def test_a_threadless_sqlite_database_starts_no_thread(sqlite_settings: Settings) -> None:
