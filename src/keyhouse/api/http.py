@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -41,14 +41,34 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
+    # Starlette's ``request.stream()`` read straight off ``receive``: an async generator per
+    # request costs the loop's bookkeeping of it (a weak reference made and dropped).
+    if hasattr(request, "_body"):  # read before
+        if len(request._body) > limit:
+            raise too_large(limit)
+        return request._body
+    if request._stream_consumed:
+        raise RuntimeError("Stream consumed")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+    request._stream_consumed = True
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body
+    return body
 
 
 def too_large(limit: int) -> RequestTooLarge:

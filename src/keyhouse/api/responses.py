@@ -304,7 +304,7 @@ def translate(
         raw["stream"] = True
         raw["stream_options"] = {"include_usage": True}
     chat = p.ChatCompletionRequest.model_validate(raw)
-    chat._raw = raw
+    chat.keep_raw(raw)
     return Turn(chat, context)
 
 

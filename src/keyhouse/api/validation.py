@@ -294,5 +294,5 @@ def parse(model: type[M], body: bytes) -> M:
             parsed = model.model_validate_json(body)
         except ValidationError as exc:
             raise translate(exc, document) from None
-    parsed._raw = document  # type: ignore[attr-defined]
+    parsed.keep_raw(document)
     return parsed

@@ -12,12 +12,12 @@ import contextlib
 import hashlib
 import os
 import secrets as _random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from keyhouse.config import Settings
 from keyhouse.errors import ConfigError
-from keyhouse.keys.tokens import key_hash
+from keyhouse.keys.tokens import KeyHasher, key_hash
 
 
 def secret_id(secret: str) -> str:
@@ -28,10 +28,12 @@ def secret_id(secret: str) -> str:
 class SecretRing:
     #: (id, secret bytes), newest first; never logged, never echoed.
     entries: tuple[tuple[str, bytes], ...]
+    _current: KeyHasher = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.entries:
             raise ConfigError("the secret ring is empty")
+        object.__setattr__(self, "_current", KeyHasher(self.entries[0][1]))
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
         return f"SecretRing(ids={[sid for sid, _ in self.entries]})"
@@ -49,7 +51,7 @@ class SecretRing:
 
     def hash(self, key: str) -> str:
         """The hash under the current secret: what new keys store and lookups try first."""
-        return key_hash(self.entries[0][1], key)
+        return self._current(key)
 
     def older_hashes(self, key: str) -> list[tuple[str, str]]:
         return [(sid, key_hash(secret, key)) for sid, secret in self.entries[1:]]
