@@ -74,15 +74,18 @@ class Router:
         that serve ``endpoint`` (a model's kinds may differ), and with ``vision`` only those
         that read images."""
 
+        def serves(spec: DeploymentSpec) -> bool:
+            return (spec.vision or not vision) and (endpoint is None or endpoint in spec.endpoints)
+
+        deployments = self.deployments
+        if len(deployments) == 1:  # most models: nothing to weigh (this runs every request)
+            return [deployments[0]] if serves(deployments[0].spec) else []
+
         def key(d: Deployment) -> tuple[int, float]:
             weight = d.spec.weight
             return d.spec.priority, -(self.rng() ** (1 / weight)) if weight > 0 else 1.0
 
-        members = [
-            d
-            for d in self.deployments
-            if (d.spec.vision or not vision) and (endpoint is None or endpoint in d.spec.endpoints)
-        ]
+        members = [d for d in deployments if serves(d.spec)]
         return members if len(members) < 2 else sorted(members, key=key)
 
     def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:

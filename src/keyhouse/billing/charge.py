@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from keyhouse.backends.base import Usage
 from keyhouse.billing.money import Prices
 from keyhouse.billing.wallet import Hold, Wallet
-from keyhouse.config import ModelSpec
+from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.keys.principal import Principal
 
 
@@ -65,8 +65,12 @@ class Charge:
             return
         self.settled = True
         deployments = self.spec.deployments
-        name = deployment or (deployments[0].name if len(deployments) == 1 else None)
-        answered = next((d for d in deployments if d.name == name), None)
+        if deployment is None and len(deployments) == 1:
+            answered: DeploymentSpec | None = deployments[0]
+            name: str | None = answered.name
+        else:
+            name = deployment
+            answered = next((d for d in deployments if d.name == name), None)
         now = time.perf_counter()
         self.wallet.settle(
             self.held,
