@@ -4,6 +4,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python caches compiled modules (__pycache__, ignored by git) even where the environment says
+# PYTHONDONTWRITEBYTECODE: else every server and command the suite starts, and every
+# `make run`, compiles Keyhouse's modules again (~0.5 s of CPU each).
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from proxy import CHAT, CONFIG
 from run import fake_upstream, free_port, keyhouse_cli, stop
 
@@ -128,7 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         call = MODELS_CALL if args.models else CHAT_CALL
-        asyncio.run(child(args.child, call, args.requests, args.connections))
+        # uvloop, as the server runs (uvicorn's "auto" loop).
+        uvloop.run(child(args.child, call, args.requests, args.connections))
         return
 
     home = Path(tempfile.mkdtemp(prefix="keyhouse-asgi-bench-"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import os
 import re
 import zlib
 
@@ -147,3 +149,14 @@ def test_key_hash_is_keyed_hmac() -> None:
     assert one != tokens.key_hash(b"t" * 32, key)
     assert one != tokens.key_hash(b"s" * 32, tokens.mint())
     assert key not in one
+
+
+@pytest.mark.parametrize("size", [1, 32, 63, 64, 65, 100])
+def test_key_hasher_gives_hmac_sha256(size: int) -> None:
+    """The hasher with its key schedule made once gives ``hmac.digest``'s digests, for secrets
+    shorter than, as long as and longer than SHA-256's block (hashed first, as RFC 2104 says)."""
+    secret = os.urandom(size)
+    hasher = tokens.KeyHasher(secret)
+    for key in (tokens.mint(), "", "sk-kh-é…", tokens.mint()):
+        expected = hmac.digest(secret, key.encode("utf-8"), "sha256").hex()
+        assert hasher(key) == expected == tokens.key_hash(secret, key)
