@@ -210,12 +210,17 @@ async def test_a_flush_the_helper_cannot_write_is_kept_and_written_later(billed:
     assert (await books(db, member))[0] == 20
 
 
-async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(billed: Billed) -> None:
-    db, member, wallet = billed.db, billed.member, billed.wallet
+async def started(wallet: Wallet) -> tuple[Process, asyncio.subprocess.Process]:
+    """Start ``wallet``; its writer, a helper process, and that process, running."""
     await wallet.start()
     writer = wallet.writer
     assert isinstance(writer, Process) and writer._child is not None
-    first = writer._child
+    return writer, writer._child
+
+
+async def test_a_helper_that_died_is_started_again_and_nothing_is_lost(billed: Billed) -> None:
+    db, member, wallet = billed.db, billed.member, billed.wallet
+    writer, first = await started(wallet)
     # A Ctrl-C in the terminal goes to the server's process group, not the helper's; and
     # should one reach it, it stays for the server's last flush.
     assert os.getpgid(first.pid) != os.getpgid(0)
@@ -243,10 +248,7 @@ async def test_a_helper_that_gives_no_answer_is_stopped_and_the_batch_kept(
     """A helper stuck (here: waiting for SQLite's write lock, which another process holds
     past the wait allowed for its answer) is killed; the batch waits for the next flush."""
     db, member, wallet = billed.db, billed.member, billed.wallet
-    await wallet.start()
-    writer = wallet.writer
-    assert isinstance(writer, Process) and writer._child is not None
-    stuck = writer._child
+    writer, stuck = await started(wallet)
     writer.answer_timeout = 0.5
     with another_connection(sqlite_settings) as other:
         await spend(wallet, member, 0, 3)
@@ -306,10 +308,7 @@ async def test_a_helper_that_cannot_start_leaves_the_flushes_to_the_server(
 
 async def test_the_last_flush_on_stop_goes_through_the_helper(billed: Billed) -> None:
     db, member, wallet = billed.db, billed.member, billed.wallet
-    await wallet.start()
-    writer = wallet.writer
-    assert isinstance(writer, Process) and writer._child is not None
-    child = writer._child
+    _, child = await started(wallet)
     await spend(wallet, member, 0, 7)
     await wallet.stop()
     assert child.returncode == 0  # its input closed, it disposed of its database and left
