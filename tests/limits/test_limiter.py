@@ -189,6 +189,16 @@ def test_duration_format() -> None:
     assert duration(360 * US) == "6m0s"
     assert duration(3723 * US) == "1h2m3s"
     assert duration(86_400 * US) == "24h0m0s"
+    # Under a minute, to the millisecond (rounded up); from a minute, to the second (rounded up)
+    assert duration(59_998_001) == "59.999s"
+    assert duration(59_999_001) == "1m0s"
+    assert duration(60 * US + 1) == "1m1s"
+    assert duration(17 * 3600 * US + 14 * 60 * US + 53_250_000) == "17h14m54s"
+
+
+async def test_costs_must_match_the_rules(limiter: Limiter) -> None:
+    with pytest.raises(ValueError, match="2 rules but 1 costs"):
+        await limiter.admit([rpm(10), tpm(1000)], [1])
 
 
 async def test_slots_expire_one_by_one_whatever_was_released(

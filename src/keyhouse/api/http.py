@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
@@ -190,28 +190,48 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             watcher.cancel()
 
 
+class JSONBody(Response):
+    """A JSON answer already rendered, with its extra headers already bytes (the rate-limit
+    headers of an admission): Starlette's ``Response`` would lower-case and encode each one
+    again, on every answer."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+            *(headers or ()),
+        ]
+
+
 class EventStream(Response):
     """A ``text/event-stream`` response that stops producing when the client hangs up."""
 
     media_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, chunks: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.chunks = chunks
         self.status_code = 200
         self.background = None
-        self.extra = {
-            "content-type": self.media_type,
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-            **(headers or {}),
-        }
+        self.raw_headers = [
+            (b"content-type", self.media_type.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *(headers or ()),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(k.encode(), v.encode()) for k, v in self.extra.items()],
+                "headers": self.raw_headers,
             }
         )
 
@@ -231,6 +251,3 @@ class EventStream(Response):
                 await producer
             with contextlib.suppress(Exception):
                 await self.chunks.aclose()  # type: ignore[attr-defined]
-
-    def header(self, name: str, value: Any) -> None:
-        self.extra[name] = str(value)

@@ -34,6 +34,7 @@ from keyhouse.api.deps import services
 from keyhouse.api.http import (
     ClientGone,
     EventStream,
+    JSONBody,
     client_ip,
     presented_key,
     read_body,
@@ -112,7 +113,7 @@ class Exchange:
         if self.principal is None:
             return {}
         svc = self.svc
-        return await svc.limiter.peek(svc.rules.rules(self.principal, None, svc.clock.now()))
+        return await svc.limiter.peek(svc.rules.rules(self.principal, None, svc.limiter.now_us()))
 
     def settle(self, usage: Usage | None) -> None:
         """The meter's one call (``Meter`` guarantees once): limits corrected to the true
@@ -257,7 +258,7 @@ async def admit(ex: Exchange, name: str, tokens: int) -> Admission:
     assert ex.principal is not None and ex.route is not None
     svc = ex.svc
     ex.started = time.perf_counter()
-    rules = svc.rules.rules(ex.principal, ex.route.spec, svc.clock.now())
+    rules = svc.rules.rules(ex.principal, ex.route.spec, svc.limiter.now_us())
     admission = await svc.limiter.admit(rules, costs_for(rules, tokens), subject=name)
     ex.admission = admission
     return admission
@@ -356,7 +357,7 @@ async def answer(
         meter.close(unused(meter, exc))
         raise
     meter.close(None)
-    return Response(body, media_type="application/json", headers=ex.admission.headers)
+    return JSONBody(body, ex.admission.raw_headers)
 
 
 async def stream(
@@ -386,4 +387,4 @@ async def stream(
             await events.aclose()  # type: ignore[attr-defined]
             meter.close(None)
 
-    return EventStream(guarded(renderer(replay())), ex.admission.headers)
+    return EventStream(guarded(renderer(replay())), ex.admission.raw_headers)

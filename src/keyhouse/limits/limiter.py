@@ -60,19 +60,24 @@ class LimiterUnavailable(KeyhouseError):
     code = "rate_limiter_unavailable"
 
 
-@dataclass
+@dataclass(slots=True)
 class Admission:
     """A request let in: the headers to send, and what to undo or correct when it ends."""
 
-    headers: dict[str, str] = field(default_factory=dict)
+    #: OpenAI's rate-limit headers, as an answer sends them (``Response.raw_headers``).
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    #: What each rule was charged (token rules: the estimate, corrected when the request ends).
+    costs: list[int] = field(default_factory=list)
     slots: dict[str, str] = field(default_factory=dict)
-    #: Token rules charged up front, and with how many tokens.
-    reserved_tokens: int = 0
     #: Work that the model's token count leaves out (a response schema compiled, tool
     #: definitions, logit_bias entries): still charged when the count corrects the estimate.
     overhead_tokens: int = 0
     finished: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {name.decode(): value.decode() for name, value in self.raw_headers}
 
 
 class Limiter:
@@ -161,13 +166,21 @@ class Limiter:
         """Take ``costs`` from every rule, or none of them and raise a 429."""
         if not rules:
             return Admission()
+        if len(costs) != len(rules):
+            raise ValueError(f"{len(rules)} rules but {len(costs)} costs")
         decision: Decision | None
-        if self._memory is not None:  # nothing to wait for: decide without a coroutine
-            try:  # as _decide would
+        memory = self._memory
+        if memory is not None:  # nothing to wait for: decide without a coroutine, as _decide
+            try:
                 decision = (
                     None
                     if time.monotonic() < self._down_until
-                    else self._memory.decide(rules, costs, self.now_us(), self._slot_id())
+                    else memory.decide(
+                        rules,
+                        costs,
+                        time.time_ns() // 1000 if self._system_clock else self.now_us(),
+                        f"{self._slot_prefix}-{next(self._slots)}",
+                    )
                 )
             except Exception as exc:
                 self._failed(exc)
@@ -178,11 +191,7 @@ class Limiter:
             return self._unavailable()
         if not decision.allowed:
             raise self.refusal(decision, rules, costs, subject)
-        reserved = 0  # the most any token rule took
-        for rule, cost in zip(rules, costs, strict=True):
-            if cost > reserved and rule.dimension == "tokens":
-                reserved = cost
-        return Admission(decision.headers(), rules, decision.slots, reserved)
+        return Admission(decision.raw_headers(), rules, costs, decision.slots)
 
     async def peek(self, rules: list[Rule]) -> dict[str, str]:
         """The headers as they stand, taking nothing (for responses that consume nothing)."""
@@ -205,20 +214,23 @@ class Limiter:
             return
         admission.finished = True
         charged = (tokens_used or 0) + admission.overhead_tokens
+        slots = admission.slots
         memory = self._memory
         if memory is not None:  # nothing to wait for: do it now
             now = self.now_us()
-            for rule in admission.rules:
-                if rule.kind == "concurrency" and rule.key in admission.slots:
-                    memory.release_now(rule, admission.slots[rule.key])
+            for rule, cost in zip(admission.rules, admission.costs):
+                if rule.kind == "concurrency":
+                    if rule.key in slots:
+                        memory.release_now(rule, slots[rule.key])
                 elif rule.dimension == "tokens" and tokens_used is not None:
-                    memory.adjust_now(rule, charged - admission.reserved_tokens, now)
+                    memory.adjust_now(rule, charged - cost, now)
             return
-        for rule in admission.rules:
-            if rule.kind == "concurrency" and rule.key in admission.slots:
-                self._batch.append((rule, "release", admission.slots[rule.key]))
+        for rule, cost in zip(admission.rules, admission.costs):
+            if rule.kind == "concurrency":
+                if rule.key in slots:
+                    self._batch.append((rule, "release", slots[rule.key]))
             elif rule.dimension == "tokens" and tokens_used is not None:
-                self._batch.append((rule, "adjust", charged - admission.reserved_tokens))
+                self._batch.append((rule, "adjust", charged - cost))
         if self._batch and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
             self._tasks.add(self._flusher)

@@ -82,59 +82,69 @@ class MemoryStore:
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision:
         """``acquire``, for callers that need not await it (the limiter's hot path)."""
-        # The hot path of every limited request: one pass to read and judge, one to take,
-        # without helpers for the common kinds; the states are the Decision's to make if asked.
-        values: list[int] = []
+        # The hot path of every limited request: one pass to read and judge (each rule's value
+        # after the request as well as before), and, if all agree, one to write; without
+        # helpers for the common kinds. The states are the Decision's to make if asked.
+        before: list[int] = []
+        after: list[int] = []
         oks: list[bool] = []
         allowed = True
-        for rule, cost in zip(rules, costs, strict=True):
+        rates, days = self._rates, self._days
+        for rule, cost in zip(rules, costs):
             kind = rule.kind
-            if kind == "rate":
-                value = self._rate(rule, now_us)
-                ok = value + cost * rule.period_us <= rule.limit * rule.period_us
+            if kind == "rate":  # _rate, inline
+                period, limit = rule.period_us, rule.limit
+                state = rates.get(rule.key)
+                value = 0
+                if state is not None:
+                    elapsed = now_us - state[1]
+                    if elapsed < period:
+                        value = state[0] - (elapsed if elapsed > 0 else 0) * limit
+                        if value < 0:
+                            value = 0
+                then = value + cost * period
+                ok = then <= limit * period
             elif kind == "day":
-                value = self._day(rule)
-                ok = value + cost <= rule.limit
+                state = days.get(rule.key)
+                value = state[1] if state is not None and state[0] == rule.day_start_us else 0
+                then = value + cost
+                ok = then <= rule.limit
             else:
                 value = len(self._live_slots(rule, now_us))
                 ok = value + cost <= rule.limit
-            values.append(value)
+                then = value + (1 if commit and cost else cost)  # a slot is one, taken or not
+            before.append(value)
+            after.append(then)
             oks.append(ok)
             if not ok:
                 allowed = False
+        if not allowed:
+            return Decision(False, rules, costs, before, oks, now_us)
         slots: dict[str, str] = {}
-        if allowed:
-            take = commit
-            for i, (rule, cost) in enumerate(zip(rules, costs, strict=True)):
+        if commit:
+            for rule, cost, then in zip(rules, costs, after):
                 if not cost:
                     continue
                 kind = rule.kind
                 if kind == "rate":
-                    after = values[i] = values[i] + cost * rule.period_us
-                    if take:
-                        self._rates[rule.key] = (after, now_us, now_us + -(-after // rule.limit))
+                    rates[rule.key] = (then, now_us, now_us + -(-then // rule.limit))
                 elif kind == "day":
-                    after = values[i] = values[i] + cost
-                    if take:
-                        self._days[rule.key] = (rule.day_start_us, after, rule.day_end_us)
-                elif take:
+                    days[rule.key] = (rule.day_start_us, then, rule.day_end_us)
+                else:
                     self._take_slot(rule, slot_id, now_us + rule.period_us)
                     slots[rule.key] = slot_id
-                    values[i] += 1
-                else:  # a peek: report as if admitted
-                    values[i] += cost
-        return Decision(allowed, rules, costs, values, oks, now_us, slots)
+        return Decision(True, rules, costs, after, oks, now_us, slots)
 
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
         if rule.kind == "rate":
-            self._set_rate(rule, max(0, self._rate(rule, now_us) + delta * rule.period_us), now_us)
+            level = self._rate(rule, now_us) + delta * rule.period_us
+            if level < 0:
+                level = 0
+            self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
         elif rule.kind == "day":
             count = max(0, self._day(rule) + delta)
             self._days[rule.key] = (rule.day_start_us, count, rule.day_end_us)
-
-    def _set_rate(self, rule: Rule, level: int, now_us: int) -> None:
-        self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
     def release_now(self, rule: Rule, slot_id: str) -> None:
         slots = self._slots.get(rule.key)

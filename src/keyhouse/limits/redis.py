@@ -264,7 +264,7 @@ class _Batcher:
                     if not isinstance(exc, Exception):
                         raise
                     return
-                for (_, future), reply in zip(batch, replies, strict=True):
+                for (_, future), reply in zip(batch, replies):
                     if future.done():  # its caller was cancelled
                         continue
                     if isinstance(reply, Exception):
@@ -294,7 +294,7 @@ class _Batcher:
                 if isinstance(reply, Exception):
                     raise reply
             again = await self._exchange([commands[i] for i in forgotten])
-            for i, reply in zip(forgotten, again, strict=True):
+            for i, reply in zip(forgotten, again):
                 replies[i] = reply
         return replies
 
@@ -406,7 +406,7 @@ class RedisStore:
     ) -> Decision:
         head, fixed = self._planned(rules)
         parts = [head, _arg(now_us), _arg(slot_id), _COMMIT if commit else _PEEK]
-        for wire, cost in zip(fixed, costs, strict=True):
+        for wire, cost in zip(fixed, costs):
             parts.append(wire)
             parts.append(_ONE if cost == 1 else _arg(cost))
         raw = await self._batcher.call(b"".join(parts))
@@ -415,7 +415,7 @@ class RedisStore:
         oks = [ok == 1 for ok in raw[2::2]]
         slots: dict[str, str] = {}
         if allowed and commit:
-            for rule, cost in zip(rules, costs, strict=True):
+            for rule, cost in zip(rules, costs):
                 if rule.kind == "concurrency" and cost:
                     slots[rule.key] = slot_id
         return Decision(allowed, rules, costs, values, oks, now_us, slots)

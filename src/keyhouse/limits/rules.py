@@ -13,7 +13,6 @@ Three kinds of rule:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,9 +94,7 @@ class Decision:
             now = self.now_us
             self._states = [
                 state_of(rule, value, cost, ok, now)
-                for rule, cost, value, ok in zip(
-                    self.rules, self.costs, self.values, self.oks, strict=True
-                )
+                for rule, cost, value, ok in zip(self.rules, self.costs, self.values, self.oks)
             ]
         return self._states
 
@@ -105,8 +102,12 @@ class Decision:
         return [s for s in self.states if not s.allowed]
 
     def headers(self) -> dict[str, str]:
-        """OpenAI's six headers, as ``headers_for(self.states)`` gives them, without the states
-        (this runs for every request)."""
+        """OpenAI's six headers, as ``headers_for(self.states)`` gives them."""
+        return {name.decode(): value.decode() for name, value in self.raw_headers()}
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The same headers as the bytes an answer sends, without the states: this runs for
+        every request, and the answer takes them as they are (no re-encoding)."""
         # Per dimension, the rule closest to refusing: the fewest remaining, then the longest
         # reset; on a tie, the first such rule. The arithmetic is state_of's. In locals, not a
         # dict of tuples: this was a third of the limits' cost per request.
@@ -114,14 +115,14 @@ class Decision:
         requests: Rule | None = None
         tokens: Rule | None = None
         requests_left = requests_reset = tokens_left = tokens_reset = 0
-        for rule, value in zip(self.rules, self.values, strict=True):
+        for rule, value in zip(self.rules, self.values):
             kind = rule.kind
             if kind == "rate":
                 unit = rule.period_us
                 left = (rule.limit * unit - value) // unit
                 if left < 0:
                     left = 0
-                reset = math.ceil(value / rule.limit) if value > 0 else 0
+                reset = -(-value // rule.limit) if value > 0 else 0
             elif kind == "day":
                 left = rule.limit - value
                 if left < 0:
@@ -144,15 +145,19 @@ class Decision:
                 or (left == tokens_left and reset > tokens_reset)
             ):
                 tokens, tokens_left, tokens_reset = rule, left, reset
-        headers: dict[str, str] = {}
+        headers: list[tuple[bytes, bytes]] = []
         if requests is not None:
-            headers["x-ratelimit-limit-requests"] = str(requests.limit)
-            headers["x-ratelimit-remaining-requests"] = str(requests_left)
-            headers["x-ratelimit-reset-requests"] = duration(requests_reset)
+            headers += (
+                (b"x-ratelimit-limit-requests", b"%d" % requests.limit),
+                (b"x-ratelimit-remaining-requests", b"%d" % requests_left),
+                (b"x-ratelimit-reset-requests", _duration(requests_reset)),
+            )
         if tokens is not None:
-            headers["x-ratelimit-limit-tokens"] = str(tokens.limit)
-            headers["x-ratelimit-remaining-tokens"] = str(tokens_left)
-            headers["x-ratelimit-reset-tokens"] = duration(tokens_reset)
+            headers += (
+                (b"x-ratelimit-limit-tokens", b"%d" % tokens.limit),
+                (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
+                (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
+            )
         return headers
 
 
@@ -164,8 +169,8 @@ def state_of(rule: Rule, value: int, cost: int, allowed: bool, now_us: int) -> R
         unit = rule.period_us
         capacity = rule.limit * unit
         remaining = max(0, (capacity - value) // unit)
-        reset_us = math.ceil(value / rule.limit) if value > 0 else 0
-        retry_us = 0 if allowed else math.ceil((value + cost * unit - capacity) / rule.limit)
+        reset_us = -(-value // rule.limit) if value > 0 else 0  # ceil, exact in integers
+        retry_us = 0 if allowed else -(-(value + cost * unit - capacity) // rule.limit)
         return RuleState(rule, allowed, rule.limit - remaining, remaining, reset_us, retry_us)
     if rule.kind == "day":
         remaining = max(0, rule.limit - value)
@@ -175,20 +180,27 @@ def state_of(rule: Rule, value: int, cost: int, allowed: bool, now_us: int) -> R
     return RuleState(rule, allowed, value, remaining, 0, 0 if allowed else US)
 
 
-_DURATIONS: dict[int, str] = {}
+_DURATIONS: dict[int, bytes] = {}
 
 
 def duration(us: int) -> str:
-    """OpenAI's reset format: ``6m0s``, ``1s``, ``17ms``, ``1h2m3s``, ``1.5s``."""
+    """OpenAI's reset format: ``6m0s``, ``1s``, ``17ms``, ``1h2m3s``, ``1.5s``. From a minute
+    up, in whole seconds (rounded up): the precision a client can use at that scale."""
+    return _duration(us).decode()
+
+
+def _duration(us: int) -> bytes:
     if us <= 0:
-        return "0s"
+        return b"0s"
     ms = -(-us // 1000)  # in integers: exact, and cheaper than floats (twice a request)
-    # Twice a request, and the same few values over and over within a millisecond or a minute
+    if ms >= 60_000:  # a day's reset would otherwise be new every millisecond
+        ms = -(-ms // 1000) * 1000
+    # Twice a request, and the same few values over and over within a millisecond or a second
     text = _DURATIONS.get(ms)
     if text is None:
         if len(_DURATIONS) >= 4096:
             _DURATIONS.clear()
-        text = _DURATIONS[ms] = _format_ms(ms)
+        text = _DURATIONS[ms] = _format_ms(ms).encode()
     return text
 
 
