@@ -100,6 +100,31 @@ async def _worker(
         writer.close()
 
 
+def count_load(port: int, payload: bytes, *, connections: int, requests: int) -> int:
+    """``requests`` requests (``payload``, raw) over ``connections`` keep-alive connections, one
+    in flight on each, however long they take; the number answered 200."""
+
+    async def worker(count: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        ok = 0
+        try:
+            for _ in range(count):
+                writer.write(payload)
+                status, _ = await _read_response(reader)
+                ok += status == b"200"
+        finally:
+            writer.close()
+        return ok
+
+    async def run() -> int:
+        shares = [
+            requests // connections + (i < requests % connections) for i in range(connections)
+        ]
+        return sum(await asyncio.gather(*(worker(n) for n in shares)))
+
+    return asyncio.run(run())
+
+
 def post_load(
     port: int,
     path: str,

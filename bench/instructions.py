@@ -6,6 +6,15 @@ move, unlike CPU time on a shared machine.
     python bench/instructions.py --fixed                   # also: neither, the meter alone,
                                                            # the limits alone (in-process, Redis)
     python bench/instructions.py --models                  # GET /v1/models: no relay
+    python bench/instructions.py --server --fixed          # over sockets: `keyhouse serve`
+
+With ``--server``, each server is ``keyhouse serve`` (uvicorn, httptools, one worker) under
+callgrind, and the load comes from outside it over 16 keep-alive connections, as in
+``targets.py``: after ``--base`` requests of warm-up the server's counters are zeroed
+(``callgrind_control --zero``), then ``--requests`` requests are sent and the counters dumped.
+This counts what the in-process figure leaves out: uvicorn's request parsing and header
+writing (about 5 k instructions for each header an answer carries), and the sockets' calls as
+seen from user space. Still not counted: the kernel's share, the upstream's and the writer's.
 
 The ASGI app is driven in process as ``asgi_path.py`` drives it (uvloop, 16 concurrent callers,
 after 500 warm-up requests, against the fake upstream in a process of its own), under
@@ -39,10 +48,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from httpload import count_load, request_bytes
 from limits import OFF, ON
 from meter import MODES
-from proxy import CONFIG
-from run import fake_upstream, free_port, keyhouse_cli, stop
+from proxy import CHAT, CONFIG
+from run import fake_upstream, free_port, keyhouse_cli, stop, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -86,6 +96,59 @@ def counted(env: dict[str, str], key: str, requests: int, models: bool) -> int:
     return int(found.group(1))
 
 
+def served(env: dict[str, str], key: str, base: int, requests: int, models: bool) -> int:
+    """Instructions ``keyhouse serve`` spent on ``requests`` requests, after ``base`` of
+    warm-up: its callgrind counters zeroed, the requests sent, the counters dumped."""
+    home = Path(env["KEYHOUSE_HOME"])
+    out = home / f"callgrind.{os.getpid()}.{abs(hash(env['PYTHONPATH']))}"
+    log = home / "server.log"
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "keyhouse",
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(port, server, log, 900, interval=1.0)
+        if models:
+            payload = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+            raw = payload.encode()
+        else:
+            raw = request_bytes(
+                port, "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {key}"}
+            )
+        count_load(port, raw, connections=16, requests=base)
+
+        def control(flag: str) -> None:
+            subprocess.run(
+                ["callgrind_control", flag, str(server.pid)], check=True, capture_output=True
+            )
+
+        control("--zero")
+        answered = count_load(port, raw, connections=16, requests=requests)
+        if answered != requests:
+            raise SystemExit(f"{requests - answered} of {requests} requests failed; see {log}")
+        control("--dump")
+        dumps = sorted(home.glob(out.name + "*"), key=lambda path: path.stat().st_mtime)
+        totals = re.search(r"^(?:totals|summary): (\d+)", dumps[-1].read_text(), re.MULTILINE)
+        if totals is None:
+            raise SystemExit(f"no totals in {dumps[-1]}")
+        return int(totals.group(1))
+    finally:
+        stop(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--against", type=Path, help="another tree's src/, measured as well")
@@ -93,6 +156,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--fixed", action="store_true", help="the meter's and limits' costs")
     parser.add_argument("--models", action="store_true", help="GET /v1/models instead of chat")
+    parser.add_argument("--server", action="store_true", help="keyhouse serve, over sockets")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -120,22 +184,34 @@ def main() -> None:
             keyhouse_cli(env, "users", "create", "--email", EMAIL)
             key = keyhouse_cli(env, "keys", "create", "--user", EMAIL, "--name", "bench")
             for tree, src in trees.items():
-                for n in (args.base, args.base + args.requests):
+                # Over sockets: one run, zeroed after the warm-up (n is unused)
+                for n in (args.base,) if args.server else (args.base, args.base + args.requests):
                     runs.append((tree, server, {**env, "PYTHONPATH": str(src)}, key, n))
+
+        def measure(run: tuple[str, str, dict[str, str], str, int]) -> int:
+            _, _, env, key, n = run
+            if args.server:
+                return served(env, key, args.base, args.requests, args.models)
+            return counted(env, key, n, args.models)
+
         with ThreadPoolExecutor(max_workers=2) as pool:
-            totals = list(pool.map(lambda r: counted(r[2], r[3], r[4], args.models), runs))
+            totals = list(pool.map(measure, runs))
         count: dict[tuple[str, str, int], int] = {
             (tree, server, n): total
             for (tree, server, _, _, n), total in zip(runs, totals, strict=True)
         }
         what = "GET /v1/models" if args.models else "plain chat"
-        print(f"{what}, in process, instructions a request (callgrind, {args.requests} requests)")
+        where = "over sockets (keyhouse serve)" if args.server else "in process"
+        print(f"{what}, {where}, instructions a request (callgrind, {args.requests} requests)")
         per: dict[tuple[str, str], float] = {}
         for tree, src in trees.items():
             print(f"  {tree} ({src})")
             for server in servers:
-                big = count[(tree, server, args.base + args.requests)]
-                per[(tree, server)] = (big - count[(tree, server, args.base)]) / args.requests
+                if args.server:
+                    per[(tree, server)] = count[(tree, server, args.base)] / args.requests
+                else:
+                    big = count[(tree, server, args.base + args.requests)]
+                    per[(tree, server)] = (big - count[(tree, server, args.base)]) / args.requests
                 line = f"    {server:<20} {per[(tree, server)] / 1000:8.1f} k"
                 if server not in ("neither", "meter and limits") and (tree, "neither") in per:
                     cost = per[(tree, server)] / per[(tree, "neither")] - 1

@@ -217,12 +217,13 @@ class Limiter:
         slots = admission.slots
         memory = self._memory
         if memory is not None:  # nothing to wait for: do it now
-            now = self.now_us()
+            now = 0
             for rule, cost in zip(admission.rules, admission.costs):
                 if rule.kind == "concurrency":
                     if rule.key in slots:
                         memory.release_now(rule, slots[rule.key])
                 elif rule.dimension == "tokens" and tokens_used is not None:
+                    now = now or self.now_us()
                     memory.adjust_now(rule, charged - cost, now)
             return
         for rule, cost in zip(admission.rules, admission.costs):

@@ -82,13 +82,10 @@ class MemoryStore:
         self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
     ) -> Decision:
         """``acquire``, for callers that need not await it (the limiter's hot path)."""
-        # The hot path of every limited request: one pass to read and judge (each rule's value
-        # after the request as well as before), and, if all agree, one to write; without
-        # helpers for the common kinds. The states are the Decision's to make if asked.
-        before: list[int] = []
+        # The hot path of every limited request: one pass to judge, keeping each rule's value
+        # after the request, and, if all agree, one to write; without helpers for the common
+        # kinds. A refusal is judged again, slowly, for its message (``_refused``).
         after: list[int] = []
-        oks: list[bool] = []
-        allowed = True
         rates, days = self._rates, self._days
         for rule, cost in zip(rules, costs):
             kind = rule.kind
@@ -102,24 +99,21 @@ class MemoryStore:
                         value = state[0] - (elapsed if elapsed > 0 else 0) * limit
                         if value < 0:
                             value = 0
-                then = value + cost * period
-                ok = then <= limit * period
+                value += cost * period
+                if value > limit * period:
+                    return self._refused(rules, costs, now_us)
             elif kind == "day":
                 state = days.get(rule.key)
                 value = state[1] if state is not None and state[0] == rule.day_start_us else 0
-                then = value + cost
-                ok = then <= rule.limit
+                value += cost
+                if value > rule.limit:
+                    return self._refused(rules, costs, now_us)
             else:
                 value = len(self._live_slots(rule, now_us))
-                ok = value + cost <= rule.limit
-                then = value + (1 if commit and cost else cost)  # a slot is one, taken or not
-            before.append(value)
-            after.append(then)
-            oks.append(ok)
-            if not ok:
-                allowed = False
-        if not allowed:
-            return Decision(False, rules, costs, before, oks, now_us)
+                if value + cost > rule.limit:
+                    return self._refused(rules, costs, now_us)
+                value += 1 if commit and cost else cost  # a slot is one, taken or not
+            after.append(value)
         slots: dict[str, str] = {}
         if commit:
             for rule, cost, then in zip(rules, costs, after):
@@ -133,7 +127,16 @@ class MemoryStore:
                 else:
                     self._take_slot(rule, slot_id, now_us + rule.period_us)
                     slots[rule.key] = slot_id
-        return Decision(True, rules, costs, after, oks, now_us, slots)
+        return Decision(True, rules, costs, after, [True] * len(rules), now_us, slots)
+
+    def _refused(self, rules: list[Rule], costs: list[int], now_us: int) -> Decision:
+        """A refusal, with every rule's value before the request and whether it had room."""
+        values = [self._value(rule, now_us) for rule in rules]
+        oks = []
+        for rule, cost, value in zip(rules, costs, values):
+            unit = rule.period_us if rule.kind == "rate" else 1  # a bucket's level: unit·µs
+            oks.append(value + cost * unit <= rule.limit * unit)
+        return Decision(False, rules, costs, values, oks, now_us)
 
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""

@@ -136,7 +136,8 @@ def _bulk(value: bytes) -> bytes:
 
 
 def _arg(value: int | str) -> bytes:
-    return _bulk(b"%d" % value if isinstance(value, int) else value.encode())
+    data = b"%d" % value if isinstance(value, int) else value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)  # _bulk, inline: several times a request
 
 
 def _command(*args: int | str) -> bytes:
@@ -411,8 +412,8 @@ class RedisStore:
             parts.append(_ONE if cost == 1 else _arg(cost))
         raw = await self._batcher.call(b"".join(parts))
         allowed = raw[0] == 1
-        values = [int(v) for v in raw[1::2]]
-        oks = [ok == 1 for ok in raw[2::2]]
+        values = list(map(int, raw[1::2]))
+        oks = [True] * len(rules) if allowed else [ok == 1 for ok in raw[2::2]]
         slots: dict[str, str] = {}
         if allowed and commit:
             for rule, cost in zip(rules, costs):

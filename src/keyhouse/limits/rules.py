@@ -118,20 +118,18 @@ class Decision:
         for rule, value in zip(self.rules, self.values):
             kind = rule.kind
             if kind == "rate":
-                unit = rule.period_us
-                left = (rule.limit * unit - value) // unit
-                if left < 0:
-                    left = 0
-                reset = -(-value // rule.limit) if value > 0 else 0
+                limit = rule.limit
+                left = limit - -(-value // rule.period_us)  # (capacity - value) // unit
+                reset = -(-value // limit)
             elif kind == "day":
                 left = rule.limit - value
-                if left < 0:
-                    left = 0
                 reset = rule.day_end_us - now
-                if reset < 0:
-                    reset = 0
             else:
                 continue
+            if left < 0:
+                left = 0
+            if reset < 0:
+                reset = 0
             if rule.dimension == "requests":
                 if (
                     requests is None
