@@ -17,7 +17,7 @@ import orjson
 from starlette.responses import Response
 
 from keyhouse.api import estimate, media, render, responses
-from keyhouse.api.http import unless_disconnected
+from keyhouse.api.http import JSONBody, unless_disconnected
 from keyhouse.api.pipeline import (
     NOTHING,
     Exchange,
@@ -229,10 +229,10 @@ async def embeddings(ex: Exchange) -> Response:
         raise
     if isinstance(result, Relayed):  # an upstream's own body; the backend settled the meter
         meter.close(None)
-        return Response(result.data, media_type="application/json", headers=admission.headers)
+        return JSONBody(result.data, admission.raw_headers)
     meter.settle(Usage(result.prompt_tokens, 0))
     rendered = render.embedding_list(result, found.spec.name, body.encoding_format)
-    return json_response(rendered, admission.headers)
+    return JSONBody(rendered.wire(), admission.raw_headers)
 
 
 # ----------------------------------------------------------------------------- responses
