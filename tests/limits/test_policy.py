@@ -8,7 +8,7 @@ from pathlib import Path
 
 from keyhouse.config import LimitSet
 from keyhouse.keys.principal import Principal
-from keyhouse.limits.policy import costs_for, day_bounds, rules_for
+from keyhouse.limits.policy import RuleBook, costs_for, day_bounds, rules_for
 from keyhouse.limits.rules import US
 from tests.conftest import make_settings
 
@@ -99,3 +99,22 @@ def test_day_bounds_in_the_org_timezone() -> None:
     # a day with a DST change is 23 hours long
     start, end = day_bounds(datetime(2026, 3, 29, 12, 0, tzinfo=UTC), "Europe/Berlin")
     assert end - start == 23 * 3600 * US
+
+
+def test_the_rule_book_remembers_per_key_and_model_until_the_day_changes(tmp_path: Path) -> None:
+    config = write(tmp_path, "[tiers.default]\nrpm = 10\nrpd = 100\n")
+    settings = make_settings(tmp_path, KEYHOUSE_CONFIG=str(config))
+    model = settings.models[0]
+    book = RuleBook(settings)
+    now_us = int(NOW.timestamp() * US)
+    who = principal()
+    first = book.rules(who, model, now_us)
+    assert book.rules(who, model, now_us + 1000) is first  # remembered
+    assert book.rules(who, None, now_us) is not first  # another model: its own list
+    assert book.rules(who, None, now_us) == rules_for(settings, who, None, NOW)
+    # the same key made again (its row changed): its rules are made again
+    assert book.rules(principal(), model, now_us) is not first
+    # the next day (UTC here): the day rule's bounds move
+    tomorrow = book.rules(who, model, now_us + 86_400 * US)
+    day = next(r for r in tomorrow if r.kind == "day")
+    assert day.day_start_us == next(r for r in first if r.kind == "day").day_start_us + 86_400 * US
