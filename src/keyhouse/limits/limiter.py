@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.errors import KeyhouseError
 from keyhouse.limits.memory import MemoryStore
-from keyhouse.limits.rules import US, Decision, Rule, RuleState, duration
+from keyhouse.limits.rules import US, Decision, Rule, RuleState, decoded, duration
 
 log = logging.getLogger("keyhouse.limits")
 
@@ -77,7 +77,7 @@ class Admission:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {name.decode(): value.decode() for name, value in self.raw_headers}
+        return decoded(self.raw_headers)
 
 
 class Limiter:
@@ -175,12 +175,7 @@ class Limiter:
                 decision = (
                     None
                     if time.monotonic() < self._down_until
-                    else memory.decide(
-                        rules,
-                        costs,
-                        time.time_ns() // 1000 if self._system_clock else self.now_us(),
-                        f"{self._slot_prefix}-{next(self._slots)}",
-                    )
+                    else memory.decide(rules, costs, self.now_us(), self._slot_id())
                 )
             except Exception as exc:
                 self._failed(exc)

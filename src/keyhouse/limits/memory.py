@@ -83,29 +83,18 @@ class MemoryStore:
     ) -> Decision:
         """``acquire``, for callers that need not await it (the limiter's hot path)."""
         # The hot path of every limited request: one pass to judge, keeping each rule's value
-        # after the request, and, if all agree, one to write; without helpers for the common
-        # kinds. A refusal is judged again, slowly, for its message (``_refused``).
+        # after the request, and, if all agree, one to write. A refusal is judged again, slowly,
+        # for its message (``_refused``).
         after: list[int] = []
-        rates, days = self._rates, self._days
         for rule, cost in zip(rules, costs):
             kind = rule.kind
-            if kind == "rate":  # _rate, inline
-                period, limit = rule.period_us, rule.limit
-                state = rates.get(rule.key)
-                value = 0
-                if state is not None:
-                    elapsed = now_us - state[1]
-                    if elapsed < period:
-                        value = state[0] - (elapsed if elapsed > 0 else 0) * limit
-                        if value < 0:
-                            value = 0
-                value += cost * period
-                if value > limit * period:
+            if kind == "rate":
+                period = rule.period_us
+                value = self._rate(rule, now_us) + cost * period
+                if value > rule.limit * period:
                     return self._refused(rules, costs, now_us)
             elif kind == "day":
-                state = days.get(rule.key)
-                value = state[1] if state is not None and state[0] == rule.day_start_us else 0
-                value += cost
+                value = self._day(rule) + cost
                 if value > rule.limit:
                     return self._refused(rules, costs, now_us)
             else:
@@ -121,9 +110,9 @@ class MemoryStore:
                     continue
                 kind = rule.kind
                 if kind == "rate":
-                    rates[rule.key] = (then, now_us, now_us + -(-then // rule.limit))
+                    self._set_rate(rule, then, now_us)
                 elif kind == "day":
-                    days[rule.key] = (rule.day_start_us, then, rule.day_end_us)
+                    self._days[rule.key] = (rule.day_start_us, then, rule.day_end_us)
                 else:
                     self._take_slot(rule, slot_id, now_us + rule.period_us)
                     slots[rule.key] = slot_id
@@ -141,13 +130,13 @@ class MemoryStore:
     def adjust_now(self, rule: Rule, delta: int, now_us: int) -> None:
         """Correct a rule by ``delta`` units (negative gives back), e.g. true tokens vs reserved."""
         if rule.kind == "rate":
-            level = self._rate(rule, now_us) + delta * rule.period_us
-            if level < 0:
-                level = 0
-            self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
+            self._set_rate(rule, max(0, self._rate(rule, now_us) + delta * rule.period_us), now_us)
         elif rule.kind == "day":
             count = max(0, self._day(rule) + delta)
             self._days[rule.key] = (rule.day_start_us, count, rule.day_end_us)
+
+    def _set_rate(self, rule: Rule, level: int, now_us: int) -> None:
+        self._rates[rule.key] = (level, now_us, now_us + -(-level // rule.limit))
 
     def release_now(self, rule: Rule, slot_id: str) -> None:
         slots = self._slots.get(rule.key)

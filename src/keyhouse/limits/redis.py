@@ -136,8 +136,7 @@ def _bulk(value: bytes) -> bytes:
 
 
 def _arg(value: int | str) -> bytes:
-    data = b"%d" % value if isinstance(value, int) else value.encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)  # _bulk, inline: several times a request
+    return _bulk(b"%d" % value if isinstance(value, int) else value.encode())
 
 
 def _command(*args: int | str) -> bytes:

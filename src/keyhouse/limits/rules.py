@@ -103,7 +103,7 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """OpenAI's six headers, as ``headers_for(self.states)`` gives them."""
-        return {name.decode(): value.decode() for name, value in self.raw_headers()}
+        return decoded(self.raw_headers())
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The same headers as the bytes an answer sends, without the states: this runs for
@@ -157,6 +157,11 @@ class Decision:
                 (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
             )
         return headers
+
+
+def decoded(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers as an answer sends them, as text (for an error's headers, a peek)."""
+    return {name.decode(): value.decode() for name, value in raw_headers}
 
 
 def state_of(rule: Rule, value: int, cost: int, allowed: bool, now_us: int) -> RuleState:
