@@ -439,6 +439,16 @@ class Settings:
     slot_ttl: float = setting(
         600.0, "Seconds after which an unreleased in-flight slot frees itself.", SECONDS
     )
+    limits_lease: float = setting(
+        0.01,
+        "The share of each limit a process takes ahead and spends without asking its store "
+        "(Redis, or its own counters) again, where that comes to 2 units or more: a limit of "
+        "60 a minute is asked every time. 0: ask for every request ([limits.md](limits.md)).",
+        Rule(lambda v: 0 <= v <= 0.5, "{name} must be between 0 and 0.5"),
+    )
+    limits_lease_seconds: float = setting(
+        1.0, "Seconds after which a lease's unspent units go back to the store.", SECONDS
+    )
     default_tier: str = setting(DEFAULT_TIER, "The tier of members who have none.")
     currency: str = setting(
         "credits",

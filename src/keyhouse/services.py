@@ -109,6 +109,8 @@ def build_limiter(settings: Settings, clock: Clock) -> Limiter:
         clock,
         failure="closed" if settings.limits_failure == "closed" else "open",
         public_url=settings.public_url,
+        lease=settings.limits_lease,
+        lease_seconds=settings.limits_lease_seconds,
     )
 
 

@@ -22,9 +22,16 @@ async def _drop(store: Store) -> None:
         await client.delete(key)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
+@pytest.fixture(params=["memory", "redis", "memory-leased", "redis-leased"])
+def setup(request: pytest.FixtureRequest) -> str:
+    """Each store, alone and with leases (a tenth of each limit taken ahead: limits/lease.py),
+    with which a process alone must see exactly what it sees without them."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def store(setup: str) -> AsyncIterator[Store]:
+    if setup.startswith("memory"):
         yield MemoryStore()
         return
     if not port_open("127.0.0.1", 6379):
@@ -44,7 +51,8 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-async def limiter(store: Store, clock: FrozenClock) -> AsyncIterator[Limiter]:
-    lim = Limiter(store, clock, public_url="http://keyhouse.test")
+async def limiter(store: Store, clock: FrozenClock, setup: str) -> AsyncIterator[Limiter]:
+    lease = 0.1 if setup.endswith("leased") else 0.0
+    lim = Limiter(store, clock, public_url="http://keyhouse.test", lease=lease)
     yield lim
     await lim.stop()

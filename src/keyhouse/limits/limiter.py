@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.errors import KeyhouseError
+from keyhouse.limits.lease import Leases
 from keyhouse.limits.memory import MemoryStore
 from keyhouse.limits.rules import US, Decision, Rule, RuleState, decoded, duration
 
@@ -39,8 +40,16 @@ class Store(Protocol):
     async def stop(self) -> None: ...
 
     async def acquire(
-        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
-    ) -> Decision: ...
+        self,
+        rules: list[Rule],
+        costs: list[int],
+        now_us: int,
+        slot_id: str,
+        commit: bool = True,
+        extras: list[int] | None = None,
+    ) -> Decision:
+        """Take ``costs`` from every rule or none. ``extras``: units to lease besides, as many
+        as fit of each (``Decision.grants``)."""
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         """Several corrections (``adjust``, delta) and releases (``release``, slot) at once."""
@@ -82,12 +91,23 @@ class Admission:
 
 class Limiter:
     def __init__(
-        self, store: Store, clock: Clock, *, failure: Failure = "open", public_url: str = ""
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        failure: Failure = "open",
+        public_url: str = "",
+        lease: float = 0.0,
+        lease_seconds: float = 1.0,
     ) -> None:
+        """``lease``: the share of each limit this process takes ahead and spends without asking
+        its store (``limits/lease.py``); 0 asks the store for every request."""
         self.store = store
         self.clock = clock
         self._system_clock = type(clock) is SystemClock
         self._memory = store if isinstance(store, MemoryStore) else None
+        self._leases = Leases(lease, int(lease_seconds * US)) if lease > 0 else None
+        self._keeper: asyncio.Task[None] | None = None
         self.failure = failure
         self.public_url = public_url.rstrip("/")
         self._down_until = 0.0
@@ -106,13 +126,37 @@ class Limiter:
         except Exception as exc:  # start anyway; the policy decides per request
             self._failed(exc)
         self._sweeper = asyncio.create_task(self._sweep(), name="limits-sweep")
+        if self._leases is not None:
+            self._keeper = asyncio.create_task(self._keep_leases(), name="limits-leases")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._keeper):
+            if task is not None:
+                task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.give_back(everything=True)
         await self.store.stop()
+
+    async def _keep_leases(self) -> None:
+        assert self._leases is not None
+        every = self._leases.lifetime_us / US / 2
+        while True:
+            await asyncio.sleep(every)
+            await self.give_back()
+
+    async def give_back(self, *, everything: bool = False) -> None:
+        """Return what leases past their lifetime (or all, when stopping) hold unspent."""
+        if self._leases is None:
+            return
+        now = self.now_us()
+        batch = self._leases.due(now + (1 << 62) if everything else now)
+        if not batch:
+            return
+        try:
+            await self.store.apply(batch, now)
+        except Exception as exc:  # what was leased expires in the store on its own
+            self._failed(exc)
 
     async def _sweep(self, every: float = 60.0) -> None:
         while True:
@@ -153,12 +197,45 @@ class Limiter:
         if time.monotonic() < self._down_until:
             return None
         try:
-            return await self.store.acquire(
+            decision = await self.store.acquire(
                 rules, costs, self.now_us(), self._slot_id(), commit=commit
             )
         except Exception as exc:
             self._failed(exc)
             return None
+        if self._leases is not None and not commit:  # what this process holds is not spent
+            decision.values = self._leases.own(rules, decision.values)
+        return decision
+
+    async def _leased(
+        self, leases: Leases, rules: list[Rule], costs: list[int], now: int
+    ) -> Decision | None:
+        """A request its leases do not cover: what they hold, the rest from the store, and the
+        leases filled up in the same call."""
+        if time.monotonic() < self._down_until:
+            return None
+        asks, extras, taken = leases.plan(rules, costs, now)
+        slot = self._slot_id()
+        memory = self._memory
+        try:
+            if memory is not None:
+                decision = memory.decide(rules, asks, now, slot, True, extras)
+            else:
+                decision = await self.store.acquire(rules, asks, now, slot, True, extras)
+        except Exception as exc:
+            leases.undo(rules, taken, now)
+            self._failed(exc)
+            return None
+        except BaseException:  # cancelled while waiting for the store
+            leases.undo(rules, taken, now)
+            raise
+        if not decision.allowed:
+            leases.undo(rules, taken, now)
+            values = leases.own(rules, decision.values)
+            return Decision(False, rules, costs, values, decision.oks, now)
+        grants = decision.grants or [0] * len(rules)
+        values, slots = leases.granted(rules, asks, taken, decision.values, grants, now, slot)
+        return Decision(True, rules, costs, values, decision.oks, now, slots)
 
     # ------------------------------------------------------------------ the request path
 
@@ -170,7 +247,13 @@ class Limiter:
             raise ValueError(f"{len(rules)} rules but {len(costs)} costs")
         decision: Decision | None
         memory = self._memory
-        if memory is not None:  # nothing to wait for: decide without a coroutine, as _decide
+        leases = self._leases
+        if leases is not None:  # from this process's share, without asking the store
+            now = self.now_us()
+            decision = leases.take(rules, costs, now)
+            if decision is None:
+                decision = await self._leased(leases, rules, costs, now)
+        elif memory is not None:  # nothing to wait for: decide without a coroutine, as _decide
             try:
                 decision = (
                     None
@@ -211,23 +294,25 @@ class Limiter:
         charged = (tokens_used or 0) + admission.overhead_tokens
         slots = admission.slots
         memory = self._memory
-        if memory is not None:  # nothing to wait for: do it now
-            now = 0
-            for rule, cost in zip(admission.rules, admission.costs):
-                if rule.kind == "concurrency":
-                    if rule.key in slots:
-                        memory.release_now(rule, slots[rule.key])
-                elif rule.dimension == "tokens" and tokens_used is not None:
-                    now = now or self.now_us()
-                    memory.adjust_now(rule, charged - cost, now)
-            return
+        leases = self._leases  # taken back into this process's share where they can be
+        now = self.now_us()
+        # In process there is nothing to wait for: done now. Else in a batch, soon.
+        ops: list[tuple[Rule, str, int | str]] = [] if memory is not None else self._batch
         for rule, cost in zip(admission.rules, admission.costs):
             if rule.kind == "concurrency":
                 if rule.key in slots:
-                    self._batch.append((rule, "release", slots[rule.key]))
+                    slot = slots[rule.key]
+                    if leases is None or not leases.release(rule, slot, now):
+                        ops.append((rule, "release", slot))
             elif rule.dimension == "tokens" and tokens_used is not None:
-                self._batch.append((rule, "adjust", charged - cost))
-        if self._batch and self._flusher is None:
+                delta = charged - cost
+                if leases is not None:
+                    delta = leases.correct(rule, delta)
+                if delta:
+                    ops.append((rule, "adjust", delta))
+        if memory is not None:
+            memory.apply_now(ops, now)
+        elif self._batch and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
             self._tasks.add(self._flusher)
             self._flusher.add_done_callback(self._tasks.discard)

@@ -74,17 +74,28 @@ class MemoryStore:
     # ------------------------------------------------------------------ the store interface
 
     async def acquire(
-        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+        self,
+        rules: list[Rule],
+        costs: list[int],
+        now_us: int,
+        slot_id: str,
+        commit: bool = True,
+        extras: list[int] | None = None,
     ) -> Decision:
-        return self.decide(rules, costs, now_us, slot_id, commit)
+        return self.decide(rules, costs, now_us, slot_id, commit, extras)
 
     def decide(
-        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+        self,
+        rules: list[Rule],
+        costs: list[int],
+        now_us: int,
+        slot_id: str,
+        commit: bool = True,
+        extras: list[int] | None = None,
     ) -> Decision:
-        """``acquire``, for callers that need not await it (the limiter's hot path)."""
-        # The hot path of every limited request: one pass to judge, keeping each rule's value
-        # after the request, and, if all agree, one to write. A refusal is judged again, slowly,
-        # for its message (``_refused``).
+        """``acquire``, for callers that need not await it (the limiter)."""
+        # One pass to judge, keeping each rule's value after the request, and, if all agree,
+        # one to write. A refusal is judged again, slowly, for its message (``_refused``).
         after: list[int] = []
         for rule, cost in zip(rules, costs):
             kind = rule.kind
@@ -103,10 +114,12 @@ class MemoryStore:
                     return self._refused(rules, costs, now_us)
                 value += 1 if commit and cost else cost  # a slot is one, taken or not
             after.append(value)
+        grants = self._leased(rules, after, extras) if extras is not None and commit else None
         slots: dict[str, str] = {}
         if commit:
-            for rule, cost, then in zip(rules, costs, after):
-                if not cost:
+            for i, (rule, cost, then) in enumerate(zip(rules, costs, after)):
+                grant = grants[i] if grants is not None else 0
+                if not cost and not grant:
                     continue
                 kind = rule.kind
                 if kind == "rate":
@@ -114,9 +127,28 @@ class MemoryStore:
                 elif kind == "day":
                     self._days[rule.key] = (rule.day_start_us, then, rule.day_end_us)
                 else:
-                    self._take_slot(rule, slot_id, now_us + rule.period_us)
-                    slots[rule.key] = slot_id
-        return Decision(True, rules, costs, after, [True] * len(rules), now_us, slots)
+                    expiry = now_us + rule.period_us
+                    if cost:
+                        self._take_slot(rule, slot_id, expiry)
+                        slots[rule.key] = slot_id
+                    for j in range(1, grant + 1):  # a lease's slots, named as Redis names them
+                        self._take_slot(rule, f"{slot_id}:{j}", expiry)
+        return Decision(True, rules, costs, after, [True] * len(rules), now_us, slots, grants)
+
+    @staticmethod
+    def _leased(rules: list[Rule], after: list[int], extras: list[int]) -> list[int]:
+        """Units leased besides the costs (``limits/lease.py``): as many as asked, or as fit.
+        ``after`` is raised by them."""
+        grants = []
+        for i, (rule, extra) in enumerate(zip(rules, extras)):
+            grant = 0
+            if extra:
+                unit = rule.period_us if rule.kind == "rate" else 1
+                room = (rule.limit * unit - after[i]) // unit
+                grant = extra if extra < room else room if room > 0 else 0
+                after[i] += grant * unit
+            grants.append(grant)
+        return grants
 
     def _refused(self, rules: list[Rule], costs: list[int], now_us: int) -> Decision:
         """A refusal, with every rule's value before the request and whether it had room."""
@@ -144,6 +176,9 @@ class MemoryStore:
             slots.pop(slot_id, None)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
+        self.apply_now(batch, now_us)
+
+    def apply_now(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         for rule, op, value in batch:
             if op == "release":
                 self.release_now(rule, str(value))

@@ -24,15 +24,17 @@ import hiredis
 
 from keyhouse.limits.rules import Decision, Rule
 
-# ARGV: now_us, slot_id, commit (1/0); then six per rule:
-# kind, limit, period_us, day_start_us, day_end_us, cost
-# (what a rule always sends first, so that it is encoded once per rule: see RedisStore._encoded)
+# ARGV: now_us, slot_id, commit (1/0); then seven per rule:
+# kind, limit, period_us, day_start_us, day_end_us, cost, lease
+# (what a rule always sends first, so that it is encoded once per rule: see RedisStore._encoded).
+# ``lease``: units to take besides ``cost`` if there is room for them (limits/lease.py); a
+# request admitted gets them, or as many as fit. Replies, per rule: value, ok, units leased.
 _ACQUIRE = """
 local function int(x) return string.format("%.0f", x) end  -- tostring() keeps 14 digits only
 local function rule(i)
-  local b = 3 + (i - 1) * 6
+  local b = 3 + (i - 1) * 7
   return ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 6]),
-    ARGV[b + 4], ARGV[b + 5]
+    ARGV[b + 4], ARGV[b + 5], tonumber(ARGV[b + 7])
 end
 local now = tonumber(ARGV[1])
 local slot = ARGV[2]
@@ -71,17 +73,27 @@ for i = 1, n do
 end
 local out = {allowed}
 for i = 1, n do
-  local kind, limit, period, cost, day_start, day_end = rule(i)
+  local kind, limit, period, cost, day_start, day_end, lease = rule(i)
   local value = values[i]
-  if allowed == 1 and cost > 0 then
+  local leased = 0
+  if allowed == 1 and commit and lease > 0 then
+    local room
     if kind == "rate" then
-      value = value + cost * period
+      room = math.floor((limit * period - value) / period) - cost
+    else
+      room = limit - value - cost
+    end
+    leased = math.max(0, math.min(lease, room))
+  end
+  if allowed == 1 and cost + leased > 0 then
+    if kind == "rate" then
+      value = value + (cost + leased) * period
       if commit then
         redis.call("HSET", KEYS[i], "l", int(value), "t", ARGV[1])
         redis.call("PEXPIRE", KEYS[i], math.ceil(value / limit / 1000) + 1000)
       end
     elseif kind == "day" then
-      value = value + cost
+      value = value + cost + leased
       if commit then
         redis.call("HSET", KEYS[i], "d", day_start, "c", int(value))
         if new_day[i] then  -- the day's end does not move: once a day is enough
@@ -90,15 +102,23 @@ for i = 1, n do
         end
       end
     else
-      value = value + 1
+      value = value + (cost > 0 and 1 or 0) + leased  -- a slot is one, whatever its cost
       if commit then
-        redis.call("ZADD", KEYS[i], int(now + period), slot)
+        local expiry = int(now + period)
+        local members = {}
+        if cost > 0 then members = {expiry, slot} end
+        for j = 1, leased do  -- a lease's slots: the request's id, then ":1", ":2", …
+          members[#members + 1] = expiry
+          members[#members + 1] = slot .. ":" .. j
+        end
+        redis.call("ZADD", KEYS[i], unpack(members))
         redis.call("PEXPIRE", KEYS[i], math.ceil(period / 1000) + 1000)
       end
     end
   end
   out[#out + 1] = int(value)
   out[#out + 1] = oks[i]
+  out[#out + 1] = leased
 end
 return out
 """
@@ -144,7 +164,7 @@ def _command(*args: int | str) -> bytes:
 
 
 _COMMIT, _PEEK, _RELEASE, _ADJUST = _arg(1), _arg(0), _arg("release"), _arg("adjust")
-_ONE = _arg(1)
+_ONE, _ZERO = _arg(1), _arg(0)
 #: hiredis's answer when a reply is not whole yet.
 _MORE = object()
 
@@ -394,7 +414,7 @@ class RedisStore:
             wires = [self._encoded(rule) for rule in rules]
             n = len(rules)
             head = b"".join(
-                [b"*%d\r\n" % (6 + 7 * n), self._evalsha_acquire, _arg(n)]
+                [b"*%d\r\n" % (6 + 8 * n), self._evalsha_acquire, _arg(n)]
                 + [wire[0] for wire in wires]
             )
             # The plan holds the rules themselves, so their ids cannot be another's meanwhile.
@@ -402,23 +422,31 @@ class RedisStore:
         return plan[0], plan[1]
 
     async def acquire(
-        self, rules: list[Rule], costs: list[int], now_us: int, slot_id: str, commit: bool = True
+        self,
+        rules: list[Rule],
+        costs: list[int],
+        now_us: int,
+        slot_id: str,
+        commit: bool = True,
+        extras: list[int] | None = None,
     ) -> Decision:
         head, fixed = self._planned(rules)
         parts = [head, _arg(now_us), _arg(slot_id), _COMMIT if commit else _PEEK]
-        for wire, cost in zip(fixed, costs):
+        for i, (wire, cost) in enumerate(zip(fixed, costs)):
             parts.append(wire)
             parts.append(_ONE if cost == 1 else _arg(cost))
+            parts.append(_arg(extras[i]) if extras is not None and extras[i] else _ZERO)
         raw = await self._batcher.call(b"".join(parts))
         allowed = raw[0] == 1
-        values = list(map(int, raw[1::2]))
-        oks = [True] * len(rules) if allowed else [ok == 1 for ok in raw[2::2]]
+        values = list(map(int, raw[1::3]))
+        oks = [True] * len(rules) if allowed else [ok == 1 for ok in raw[2::3]]
         slots: dict[str, str] = {}
         if allowed and commit:
             for rule, cost in zip(rules, costs):
                 if rule.kind == "concurrency" and cost:
                     slots[rule.key] = slot_id
-        return Decision(allowed, rules, costs, values, oks, now_us, slots)
+        grants = list(map(int, raw[3::3])) if extras is not None else None
+        return Decision(allowed, rules, costs, values, oks, now_us, slots, grants)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         if not batch:

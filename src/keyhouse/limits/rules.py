@@ -65,7 +65,17 @@ class Decision:
     only the headers of an admitted request, so the states (an object per rule) are made when
     asked for (refusals, the limits page), not on every request."""
 
-    __slots__ = ("_states", "allowed", "costs", "now_us", "oks", "rules", "slots", "values")
+    __slots__ = (
+        "_states",
+        "allowed",
+        "costs",
+        "grants",
+        "now_us",
+        "oks",
+        "rules",
+        "slots",
+        "values",
+    )
 
     def __init__(
         self,
@@ -76,6 +86,7 @@ class Decision:
         oks: list[bool],
         now_us: int,
         slots: dict[str, str] | None = None,
+        grants: list[int] | None = None,
     ) -> None:
         self.allowed = allowed
         self.rules = rules
@@ -86,6 +97,8 @@ class Decision:
         self.now_us = now_us
         #: Concurrency slots taken (rule key → slot id), to release when the request ends.
         self.slots: dict[str, str] = {} if slots is None else slots
+        #: Units leased besides the costs, per rule, when the caller asked for leases.
+        self.grants = grants
         self._states: list[RuleState] | None = None
 
     @property

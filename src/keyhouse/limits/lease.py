@@ -1,0 +1,257 @@
+"""Leases: a share of each shared limit, taken from Redis ahead and spent here without asking.
+
+With Redis, every limited request used to wait for a round trip. Now, when a request does ask
+Redis, it also asks for a *lease* on each rule it counts against: a few more units (``share`` of
+the rule's limit), counted in Redis like any others, then spent in this process by the requests
+that follow, until they run out or ``lifetime`` has passed. What is left unspent goes back.
+
+Why a limit still holds across workers and replicas: a unit is spent here only after Redis has
+counted it, so all processes together never admit more than the limit. What leases cost instead:
+
+- near a limit, units one process holds are not another's for up to ``lifetime`` (it may refuse
+  a request that the limit still had room for, by at most the other processes' leases);
+- one process's rate-limit headers see another's requests only at its next round trip.
+
+Only rules whose share comes to two units or more lease, so a limit of 60 a minute at the
+default 1 % is asked of Redis every time, exactly as without leases.
+
+A process alone is exact: what it holds is subtracted from what Redis says (``Lease.value``),
+and a request that needs more than a lease holds takes the lease's units and asks Redis for the
+rest. A concurrency rule's lease is a handful of slots taken in Redis, handed to requests here
+and taken back when they end, while they are younger than a quarter of the slot's lifetime
+(a slot expires in Redis that long after it was taken, whoever holds it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keyhouse.limits.rules import Decision, Rule
+
+#: A concurrency rule's lease: at most this many slots (each a member of a Redis sorted set).
+MAX_SLOTS = 64
+
+#: What ``plan`` took from a lease for one rule: units, or a slot and when it was taken.
+Taken = int | tuple[str, int] | None
+
+
+@dataclass(slots=True)
+class Lease:
+    rule: Rule
+    #: Units in hand (rate and day rules): counted in Redis, not yet spent here.
+    units: int
+    #: The rule's value in Redis just after the last grant (a bucket's level in unit·µs).
+    seen: int
+    at_us: int
+    #: Unspent units go back after this; until then, requests may spend them.
+    until_us: int
+    #: Concurrency: slots taken in Redis and free here, with when each was taken.
+    slots: list[tuple[str, int]] = field(default_factory=list)
+
+    def value(self, now_us: int) -> int:
+        """What this process knows of the rule's value: Redis's, less what it holds itself."""
+        rule = self.rule
+        kind = rule.kind
+        if kind == "rate":
+            elapsed = now_us - self.at_us
+            if elapsed < 0:
+                elapsed = 0
+            if elapsed >= rule.period_us:
+                return 0
+            value = self.seen - elapsed * rule.limit - self.units * rule.period_us
+        elif kind == "day":
+            value = self.seen - self.units
+        else:
+            value = self.seen - len(self.slots)
+        return value if value > 0 else 0
+
+    def held(self) -> int:
+        """What this process holds, in the rule's raw value (unit·µs for a bucket)."""
+        kind = self.rule.kind
+        if kind == "rate":
+            return self.units * self.rule.period_us
+        return self.units if kind == "day" else len(self.slots)
+
+
+class Leases:
+    """Every lease of a process, by rule key. Nothing here awaits: a request that its leases
+    cover is decided between two awaits (``take``), as the in-process store decides."""
+
+    def __init__(self, share: float, lifetime_us: int) -> None:
+        self.share = share
+        self.lifetime_us = lifetime_us
+        self._held: dict[str, Lease] = {}
+        #: Slots handed to requests here → when Redis took them (for ``release``).
+        self._born: dict[str, int] = {}
+
+    def size(self, rule: Rule) -> int:
+        """The lease a rule asks for: its ``share``, if that is two units or more."""
+        units = int(rule.limit * self.share)
+        if rule.kind == "concurrency" and units > MAX_SLOTS:
+            units = MAX_SLOTS
+        return units if units >= 2 else 0
+
+    def _lease(self, rule: Rule) -> Lease | None:
+        lease = self._held.get(rule.key)
+        if lease is None or lease.rule is rule:
+            return lease
+        if lease.rule.day_start_us != rule.day_start_us:  # a new day: the old one's are void
+            del self._held[rule.key]
+            return None
+        lease.rule = rule  # the same counter under a changed limit: its units are still units
+        return lease
+
+    # ------------------------------------------------------------------ the request path
+
+    def take(self, rules: list[Rule], costs: list[int], now_us: int) -> Decision | None:
+        """Admit a request from leases alone, or None when one of its rules needs Redis."""
+        leases: list[Lease] = []
+        for rule, cost in zip(rules, costs):
+            lease = self._lease(rule)
+            if lease is None or lease.until_us <= now_us:
+                return None
+            if rule.kind == "concurrency":
+                if cost and not lease.slots:
+                    return None
+            elif lease.units < cost:
+                return None
+            leases.append(lease)
+        values: list[int] = []
+        slots: dict[str, str] = {}
+        for lease, cost in zip(leases, costs):
+            if lease.rule.kind != "concurrency":
+                lease.units -= cost
+            elif cost:
+                slot, born = lease.slots.pop()
+                slots[lease.rule.key] = slot
+                self._born[slot] = born
+            values.append(lease.value(now_us))
+        return Decision(True, rules, costs, values, [True] * len(rules), now_us, slots)
+
+    def plan(
+        self, rules: list[Rule], costs: list[int], now_us: int
+    ) -> tuple[list[int], list[int], list[Taken]]:
+        """Before a round trip: what each rule takes here (``taken``), what it asks of Redis
+        (``asks``: the rest) and how big a lease it asks for besides (enough to fill it up)."""
+        asks: list[int] = []
+        extras: list[int] = []
+        taken: list[Taken] = []
+        for rule, cost in zip(rules, costs):
+            size = self.size(rule)
+            lease = self._lease(rule)
+            if rule.kind == "concurrency":
+                slot = lease.slots.pop() if cost and lease is not None and lease.slots else None
+                taken.append(slot)
+                asks.append(0 if slot is not None else cost)
+                have = len(lease.slots) if lease is not None else 0
+            else:
+                use = min(lease.units, cost) if lease is not None else 0
+                if use:
+                    lease.units -= use  # type: ignore[union-attr]
+                taken.append(use)
+                asks.append(cost - use)
+                have = lease.units if lease is not None else 0
+            extras.append(size - have if size > have else 0)
+        return asks, extras, taken
+
+    def undo(self, rules: list[Rule], taken: list[Taken], now_us: int) -> None:
+        """Put back what ``plan`` took, the round trip having refused or failed. A lease given
+        back meanwhile is made again, already due, so that these go back to Redis too."""
+        for rule, got in zip(rules, taken):
+            if not got:
+                continue
+            lease = self._lease(rule)
+            if lease is None:
+                lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, now_us)
+            if isinstance(got, tuple):
+                lease.slots.append(got)
+            else:
+                lease.units += got
+
+    def granted(
+        self,
+        rules: list[Rule],
+        asks: list[int],
+        taken: list[Taken],
+        values: list[int],
+        grants: list[int],
+        now_us: int,
+        slot_id: str,
+    ) -> tuple[list[int], dict[str, str]]:
+        """After an admitting round trip: keep what Redis granted; each rule's value as this
+        process knows it (for the headers), and the request's slots."""
+        after: list[int] = []
+        slots: dict[str, str] = {}
+        for rule, ask, got, value, grant in zip(rules, asks, taken, values, grants):
+            size = self.size(rule)
+            lease = self._lease(rule)
+            if rule.kind == "concurrency" and (got is not None or ask):
+                slot, born = got if isinstance(got, tuple) else (slot_id, now_us)
+                slots[rule.key] = slot
+                if size:
+                    self._born[slot] = born
+            if lease is None:
+                if not (size or grant):
+                    after.append(value)
+                    continue
+                lease = self._held[rule.key] = Lease(rule, 0, value, now_us, now_us)
+            if grant:
+                if rule.kind == "concurrency":
+                    lease.slots += [(f"{slot_id}:{j}", now_us) for j in range(1, grant + 1)]
+                else:
+                    lease.units += grant
+                lease.until_us = now_us + self.lifetime_us
+            lease.seen = value
+            lease.at_us = now_us
+            after.append(lease.value(now_us))
+        return after, slots
+
+    def own(self, rules: list[Rule], values: list[int]) -> list[int]:
+        """Redis's values, less what this process holds of them: what it has spent."""
+        out = []
+        for rule, value in zip(rules, values):
+            lease = self._lease(rule)
+            if lease is not None:
+                value -= lease.held()
+            out.append(value if value > 0 else 0)
+        return out
+
+    # ------------------------------------------------------------------ when a request ends
+
+    def correct(self, rule: Rule, delta: int) -> int:
+        """Correct a token rule by ``delta`` units against its lease; what is left for Redis.
+        Units over-reserved go into the lease (Redis counted them: they are ours to spend)."""
+        lease = self._lease(rule)
+        if lease is None:
+            return delta
+        if delta < 0:
+            lease.units -= delta
+            return 0
+        use = delta if delta < lease.units else lease.units
+        lease.units -= use
+        return delta - use
+
+    def release(self, rule: Rule, slot: str, now_us: int) -> bool:
+        """Take a request's slot back into the lease (True), or leave it for Redis to free."""
+        born = self._born.pop(slot, None)
+        if born is None:
+            return False
+        lease = self._lease(rule)
+        if lease is None or lease.until_us <= now_us or now_us - born >= rule.period_us // 4:
+            return False
+        lease.slots.append((slot, born))
+        return True
+
+    def due(self, now_us: int) -> list[tuple[Rule, str, int | str]]:
+        """Leases past their lifetime, as what gives them back (``Store.apply``'s batch)."""
+        batch: list[tuple[Rule, str, int | str]] = []
+        for key, lease in list(self._held.items()):
+            if lease.until_us > now_us:
+                continue
+            del self._held[key]
+            rule = lease.rule
+            if rule.kind == "concurrency":
+                batch += [(rule, "release", slot) for slot, _ in lease.slots]
+            elif lease.units and not (rule.kind == "day" and now_us >= rule.day_end_us):
+                batch.append((rule, "adjust", -lease.units))
+        return batch
