@@ -135,6 +135,22 @@ async def test_a_lease_is_spent_without_a_round_trip(
     assert await level(a, rule) == in_redis + 101 * 60 * US
 
 
+async def test_one_request_renews_a_lease_while_the_others_spend_it(
+    pair: tuple[Limiter, Limiter], clock: FrozenClock
+) -> None:
+    rule = rpm(1_000)  # a lease of 100
+    a, _ = pair
+    for _ in range(51):
+        await a.admit([rule], [1])  # 101 taken in Redis, fifty left in hand
+    clock.advance(1)  # the lease is due
+    admissions = await asyncio.gather(*(a.admit([rule], [1]) for _ in range(16)))
+    assert len(admissions) == 16
+    # One request asked Redis, for no units of its own (the lease still had them) and for the
+    # lease filled up again (51); the fifteen others spent what the lease held meanwhile
+    drained = 101 * 60 * US - 1 * US * 1_000
+    assert await level(a, rule) == drained + 51 * 60 * US
+
+
 async def test_unspent_units_go_back(pair: tuple[Limiter, Limiter], clock: FrozenClock) -> None:
     rule = rpm(6_000)  # a lease of 600; the bucket drains 100 a second
     a, b = pair
@@ -252,7 +268,7 @@ async def test_a_lease_is_of_one_day() -> None:
     leases = Leases(0.5, US)
     today = Rule("k:rpd", "day", 10, "requests", 0, 0, 86_400 * US)
     asks, extras, _ = leases.plan([today], [1], 0)
-    leases.granted([today], asks, [0], [6], [extras[0]], 0, "s")
+    leases.granted([today], asks, extras, [0], [6], extras, 0, "s")
     assert leases.take([today], [1], 10) is not None  # four in hand, one spent
     tomorrow = Rule("k:rpd", "day", 10, "requests", 0, 86_400 * US, 2 * 86_400 * US)
     assert leases.take([tomorrow], [1], 86_400 * US + 10) is None  # yesterday's are void

@@ -43,10 +43,13 @@ class Lease:
     #: The rule's value in Redis just after the last grant (a bucket's level in unit·µs).
     seen: int
     at_us: int
-    #: Unspent units go back after this; until then, requests may spend them.
+    #: Renewed by the first request after this, and given back if none comes.
     until_us: int
     #: Concurrency: slots taken in Redis and free here, with when each was taken.
     slots: list[tuple[str, int]] = field(default_factory=list)
+    #: Units asked for and not yet granted: requests in flight fill the lease up, not each
+    #: of them (at a lease's renewal, all that arrive meanwhile spend what it still holds).
+    asking: int = 0
 
     def value(self, now_us: int) -> int:
         """What this process knows of the rule's value: Redis's, less what it holds itself."""
@@ -108,8 +111,8 @@ class Leases:
         leases: list[Lease] = []
         for rule, cost in zip(rules, costs):
             lease = self._lease(rule)
-            if lease is None or lease.until_us <= now_us:
-                return None
+            if lease is None or (lease.until_us <= now_us and not lease.asking):
+                return None  # none, or due for renewal: this request asks for one
             if rule.kind == "concurrency":
                 if cost and not lease.slots:
                     return None
@@ -139,6 +142,8 @@ class Leases:
         for rule, cost in zip(rules, costs):
             size = self.size(rule)
             lease = self._lease(rule)
+            if lease is None and size:  # to count what is asked for until it is granted
+                lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, 0)
             if rule.kind == "concurrency":
                 slot = lease.slots.pop() if cost and lease is not None and lease.slots else None
                 taken.append(slot)
@@ -151,16 +156,21 @@ class Leases:
                 taken.append(use)
                 asks.append(cost - use)
                 have = lease.units if lease is not None else 0
-            extras.append(size - have if size > have else 0)
+            extra = size - have - lease.asking if lease is not None else 0
+            if extra > 0:
+                lease.asking += extra  # type: ignore[union-attr]
+            extras.append(extra if extra > 0 else 0)
         return asks, extras, taken
 
-    def undo(self, rules: list[Rule], taken: list[Taken], now_us: int) -> None:
+    def undo(self, rules: list[Rule], taken: list[Taken], extras: list[int], now_us: int) -> None:
         """Put back what ``plan`` took, the round trip having refused or failed. A lease given
         back meanwhile is made again, already due, so that these go back to Redis too."""
-        for rule, got in zip(rules, taken):
+        for rule, got, extra in zip(rules, taken, extras):
+            lease = self._lease(rule)
+            if lease is not None and extra:
+                lease.asking = lease.asking - extra if lease.asking > extra else 0
             if not got:
                 continue
-            lease = self._lease(rule)
             if lease is None:
                 lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, now_us)
             if isinstance(got, tuple):
@@ -172,6 +182,7 @@ class Leases:
         self,
         rules: list[Rule],
         asks: list[int],
+        extras: list[int],
         taken: list[Taken],
         values: list[int],
         grants: list[int],
@@ -182,9 +193,12 @@ class Leases:
         process knows it (for the headers), and the request's slots."""
         after: list[int] = []
         slots: dict[str, str] = {}
-        for rule, ask, got, value, grant in zip(rules, asks, taken, values, grants):
+        for i, rule in enumerate(rules):
+            ask, got, value, grant = asks[i], taken[i], values[i], grants[i]
             size = self.size(rule)
             lease = self._lease(rule)
+            if lease is not None and extras[i]:
+                lease.asking = lease.asking - extras[i] if lease.asking > extras[i] else 0
             if rule.kind == "concurrency" and (got is not None or ask):
                 slot, born = got if isinstance(got, tuple) else (slot_id, now_us)
                 slots[rule.key] = slot
@@ -246,7 +260,7 @@ class Leases:
         """Leases past their lifetime, as what gives them back (``Store.apply``'s batch)."""
         batch: list[tuple[Rule, str, int | str]] = []
         for key, lease in list(self._held.items()):
-            if lease.until_us > now_us:
+            if lease.until_us > now_us or lease.asking:
                 continue
             del self._held[key]
             rule = lease.rule

@@ -223,18 +223,20 @@ class Limiter:
             else:
                 decision = await self.store.acquire(rules, asks, now, slot, True, extras)
         except Exception as exc:
-            leases.undo(rules, taken, now)
+            leases.undo(rules, taken, extras, now)
             self._failed(exc)
             return None
         except BaseException:  # cancelled while waiting for the store
-            leases.undo(rules, taken, now)
+            leases.undo(rules, taken, extras, now)
             raise
         if not decision.allowed:
-            leases.undo(rules, taken, now)
+            leases.undo(rules, taken, extras, now)
             values = leases.own(rules, decision.values)
             return Decision(False, rules, costs, values, decision.oks, now)
         grants = decision.grants or [0] * len(rules)
-        values, slots = leases.granted(rules, asks, taken, decision.values, grants, now, slot)
+        values, slots = leases.granted(
+            rules, asks, extras, taken, decision.values, grants, now, slot
+        )
         return Decision(True, rules, costs, values, decision.oks, now, slots)
 
     # ------------------------------------------------------------------ the request path
