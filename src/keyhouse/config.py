@@ -447,7 +447,10 @@ class Settings:
         Rule(lambda v: 0 <= v <= 0.5, "{name} must be between 0 and 0.5"),
     )
     limits_lease_seconds: float = setting(
-        1.0, "Seconds after which a lease's unspent units go back to the store.", SECONDS
+        1.0,
+        "How long a lease lasts: the first request after renews it, and a lease nobody "
+        "renews gives its unspent units back to the store.",
+        SECONDS,
     )
     default_tier: str = setting(DEFAULT_TIER, "The tier of members who have none.")
     currency: str = setting(

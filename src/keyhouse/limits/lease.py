@@ -1,25 +1,28 @@
-"""Leases: a share of each shared limit, taken from Redis ahead and spent here without asking.
+"""Leases: a share of each limit, taken from the store ahead and spent here without asking.
 
-With Redis, every limited request used to wait for a round trip. Now, when a request does ask
-Redis, it also asks for a *lease* on each rule it counts against: a few more units (``share`` of
-the rule's limit), counted in Redis like any others, then spent in this process by the requests
-that follow, until they run out or ``lifetime`` has passed. What is left unspent goes back.
+With Redis, every limited request used to wait for a round trip. Now, when a request does ask its
+store, it also asks for a *lease* on each rule it counts against: a few more units (``share`` of
+the rule's limit), counted in the store like any others, then spent in this process by the
+requests that follow, until they run out or ``lifetime`` has passed. Then the first request
+renews the lease while the others go on spending it, and a lease nobody renews goes back. The
+in-process store is leased from the same way: spending a lease costs less than working out a
+bucket's level.
 
-Why a limit still holds across workers and replicas: a unit is spent here only after Redis has
-counted it, so all processes together never admit more than the limit. What leases cost instead:
+Why a limit still holds across workers and replicas: a unit is spent here only after the store
+has counted it, so all processes together never admit more than the limit. What leases cost:
 
 - near a limit, units one process holds are not another's for up to ``lifetime`` (it may refuse
   a request that the limit still had room for, by at most the other processes' leases);
 - one process's rate-limit headers see another's requests only at its next round trip.
 
 Only rules whose share comes to two units or more lease, so a limit of 60 a minute at the
-default 1 % is asked of Redis every time, exactly as without leases.
+default 1 % is asked of the store every time, exactly as without leases.
 
-A process alone is exact: what it holds is subtracted from what Redis says (``Lease.value``),
-and a request that needs more than a lease holds takes the lease's units and asks Redis for the
-rest. A concurrency rule's lease is a handful of slots taken in Redis, handed to requests here
-and taken back when they end, while they are younger than a quarter of the slot's lifetime
-(a slot expires in Redis that long after it was taken, whoever holds it).
+A process alone is exact: what it holds is subtracted from what the store says
+(``Lease.value``), and a request that needs more than a lease holds takes the lease's units and
+asks the store for the rest. A concurrency rule's lease is a handful of slots taken in the
+store, handed to requests here and taken back when they end, while they are younger than a
+quarter of the slot's lifetime (a slot expires that long after it was taken, whoever holds it).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ It is a small piece that knows nothing of ``/v1``: the sign-up and verification 
 it too (``hit``). When its store fails (Redis away), the configured policy applies — fail open
 with a logged warning, or fail closed with a 503 — and for a second after a failure the store is
 not asked again, so a dead Redis never adds its timeout to every request.
+
+With ``lease`` set, most requests are decided from this process's leases (``lease.py``) and
+never reach the store.
 """
 
 from __future__ import annotations
