@@ -110,29 +110,41 @@ class Leases:
     # ------------------------------------------------------------------ the request path
 
     def take(self, rules: list[Rule], costs: list[int], now_us: int) -> Decision | None:
-        """Admit a request from leases alone, or None when one of its rules needs Redis."""
-        leases: list[Lease] = []
-        for rule, cost in zip(rules, costs):
-            lease = self._lease(rule)
-            if lease is None or (lease.until_us <= now_us and not lease.asking):
-                return None  # none, or due for renewal: this request asks for one
-            if rule.kind == "concurrency":
-                if cost and not lease.slots:
-                    return None
-            elif lease.units < cost:
-                return None
-            leases.append(lease)
+        """Admit a request from leases alone, or None when one of its rules needs the store."""
+        held = self._held
         values: list[int] = []
         slots: dict[str, str] = {}
-        for lease, cost in zip(leases, costs):
-            if lease.rule.kind != "concurrency":
+        # One pass that takes as it goes (every request's path); a rule that its lease cannot
+        # cover puts back what the rules before it took (``_untake``).
+        for i, (rule, cost) in enumerate(zip(rules, costs)):
+            lease = held.get(rule.key)
+            if lease is not None and lease.rule is not rule:  # another day, or a new limit
+                lease = self._lease(rule)
+            if lease is None or (lease.until_us <= now_us and not lease.asking):
+                return self._untake(rules, costs, i, slots)  # none, or due: this one renews
+            if rule.kind != "concurrency":
+                if lease.units < cost:
+                    return self._untake(rules, costs, i, slots)
                 lease.units -= cost
             elif cost:
+                if not lease.slots:
+                    return self._untake(rules, costs, i, slots)
                 slot, born = lease.slots.pop()
-                slots[lease.rule.key] = slot
+                slots[rule.key] = slot
                 self._born[slot] = born
             values.append(lease.value(now_us))
         return Decision(True, rules, costs, values, [True] * len(rules), now_us, slots)
+
+    def _untake(self, rules: list[Rule], costs: list[int], n: int, slots: dict[str, str]) -> None:
+        """Put back what ``take`` took from the first ``n`` rules' leases."""
+        for rule, cost in zip(rules[:n], costs[:n]):
+            lease = self._held[rule.key]
+            if rule.kind != "concurrency":
+                lease.units += cost
+            elif rule.key in slots:
+                slot = slots[rule.key]
+                lease.slots.append((slot, self._born.pop(slot)))
+        return None
 
     def plan(
         self, rules: list[Rule], costs: list[int], now_us: int
