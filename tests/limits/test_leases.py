@@ -264,6 +264,20 @@ async def test_small_limits_ask_redis_every_time(
     assert peeked["x-ratelimit-remaining-requests"] == "16"
 
 
+async def test_a_limit_cut_spends_no_more_than_its_new_share(
+    pair: tuple[Limiter, Limiter], clock: FrozenClock
+) -> None:
+    a, _ = pair
+    await a.admit([rpm(100_000)], [1])  # a lease of 10,000 in hand
+    cut = rpm(100)  # the same counter, now 100 a minute: a share of 10
+    admitted_after = 0
+    while await admitted(a, [cut], [1]) is not None and admitted_after < 1_000:
+        admitted_after += 1
+    assert admitted_after == 10  # the new share; then the bucket (10,001 taken) is over 100
+    await a.give_back()  # the rest of the old lease goes back
+    assert await level(a, cut) == 11 * 60 * US  # the first request and the ten
+
+
 async def test_a_lease_is_of_one_day() -> None:
     leases = Leases(0.5, US)
     today = Rule("k:rpd", "day", 10, "requests", 0, 0, 86_400 * US)

@@ -89,6 +89,8 @@ class Leases:
         self._held: dict[str, Lease] = {}
         #: Slots handed to requests here → when Redis took them (for ``release``).
         self._born: dict[str, int] = {}
+        #: What goes back to the store with the next ``due`` besides due leases.
+        self._returns: list[tuple[Rule, str, int | str]] = []
 
     def size(self, rule: Rule) -> int:
         """The lease a rule asks for: its ``share``, if that is two units or more."""
@@ -104,7 +106,16 @@ class Leases:
         if lease.rule.day_start_us != rule.day_start_us:  # a new day: the old one's are void
             del self._held[rule.key]
             return None
-        lease.rule = rule  # the same counter under a changed limit: its units are still units
+        # The same counter under a changed limit: its units are still units, but no more than
+        # the new limit's share may be spent (a limit cut from 100,000 to 100 a minute must not
+        # let a thousand through); the rest goes back.
+        lease.rule = rule
+        size = self.size(rule)
+        if lease.units > size:
+            self._returns.append((rule, "adjust", size - lease.units))
+            lease.units = size
+        while len(lease.slots) > size:
+            self._returns.append((rule, "release", lease.slots.pop()[0]))
         return lease
 
     # ------------------------------------------------------------------ the request path
@@ -273,7 +284,7 @@ class Leases:
 
     def due(self, now_us: int) -> list[tuple[Rule, str, int | str]]:
         """Leases past their lifetime, as what gives them back (``Store.apply``'s batch)."""
-        batch: list[tuple[Rule, str, int | str]] = []
+        batch, self._returns = self._returns, []
         for key, lease in list(self._held.items()):
             if lease.until_us > now_us or lease.asking:
                 continue
