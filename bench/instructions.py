@@ -27,7 +27,8 @@ upstream's and not the billing writer's (its own process, as in "server CPU").
 Work that runs by the clock is counted in proportion to the run's length, and under valgrind a
 run lasts ~50× as long: the meter's flush, every ``billing_flush_interval`` (0.2 s), would carry
 a fiftieth of its usual rows each time. So these servers flush every 10 s, which keeps about the
-usual rows to a flush. (The key-change poll, four times a second, adds ~1 % to every server.)
+usual rows to a flush, and a limits lease lasts 50 s instead of 1 s. (The key-change poll, four
+times a second, adds ~1 % to every server.)
 
 ``--fixed`` gives the meter's and the limits' own cost as ``targets.py`` does (each against a
 server with neither), from the same configurations (``meter.MODES``, ``limits.ON`` and ``OFF``).
@@ -59,6 +60,9 @@ SRC = HERE.parent / "src"
 EMAIL = "instructions-bench@example.org"
 #: Flushes as seldom, in valgrind's slow time, as every 0.2 s is in real time (see above).
 SLOW_FLUSH = "billing_flush_interval = 10\n"
+#: Likewise a limits lease (``limits/lease.py``) lasts 50 s, not 1 s, so that each carries
+#: about its usual requests; an environment variable, which trees without leases ignore.
+SLOW_LEASES = {"KEYHOUSE_LIMITS_LEASE_SECONDS": "50"}
 MODEL = CONFIG[CONFIG.index("[[models]]") :]
 #: name → the TOML before [[models]], and whether its limits live in Redis.
 SERVERS = {
@@ -179,6 +183,7 @@ def main() -> None:
                 "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
                 "KEYHOUSE_LOG_LEVEL": "warning",
                 "PYTHONPATH": str(SRC),
+                **SLOW_LEASES,
                 **({"KEYHOUSE_REDIS_URL": args.redis} if redis else {}),
             }
             keyhouse_cli(env, "users", "create", "--email", EMAIL)
