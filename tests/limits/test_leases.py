@@ -213,6 +213,22 @@ async def test_corrections_stay_in_the_lease(
     assert await level(a, rule) == in_redis
 
 
+async def test_a_lease_keeps_at_most_twice_its_share(
+    pair: tuple[Limiter, Limiter], clock: FrozenClock
+) -> None:
+    """Corrections give back into the lease what the store counted, up to twice its share; a
+    request's own slot goes back to the store when the lease already holds its share."""
+    tokens = tpm(100_000)  # a lease of 10,000 tokens
+    a, _ = pair
+    big = await a.admit([tokens], [50_000])  # 50,000 from the store, and the lease
+    in_redis = await level(a, tokens)
+    a.finish(big, 1_000)  # 49,000 over-reserved: 10,000 kept (20,000 in all), 39,000 back
+    await asyncio.gather(*a._tasks)
+    assert await level(a, tokens) == in_redis - 39_000 * 60 * US
+    headers = (await a.admit([tokens], [1])).headers
+    assert headers["x-ratelimit-remaining-tokens"] == str(100_000 - 1_000 - 1)
+
+
 async def test_concurrency_across_replicas(pair: tuple[Limiter, Limiter]) -> None:
     rule = par(40)  # a lease of 4 slots
     a, b = pair
@@ -245,8 +261,11 @@ async def test_slots_in_a_lease_go_back_when_it_ends(
     assert isinstance(store, RedisStore)
     first = await a.admit([rule], [1])
     assert await store.client.zcard(store.prefix + rule.key) == 1 + MAX_SLOTS
-    a.finish(first, None)  # back into the lease
-    assert await store.client.zcard(store.prefix + rule.key) == 1 + MAX_SLOTS
+    second = await a.admit([rule], [1])  # one of the lease's
+    a.finish(first, None)  # the lease holds its share already: freed in Redis
+    a.finish(second, None)  # back into the lease
+    await asyncio.gather(*a._tasks)
+    assert await store.client.zcard(store.prefix + rule.key) == MAX_SLOTS
     clock.advance(1)
     await a.give_back()
     assert await store.client.zcard(store.prefix + rule.key) == 0

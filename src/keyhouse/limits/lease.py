@@ -71,6 +71,12 @@ class Lease:
             value = self.seen - len(self.slots)
         return value if value > 0 else 0
 
+    def told(self, units: int) -> None:
+        """The store is told of ``units`` more (or fewer) spent outside this lease (a
+        correction, a slot freed): what this process knows of its value follows."""
+        seen = self.seen + units * (self.rule.period_us if self.rule.kind == "rate" else 1)
+        self.seen = seen if seen > 0 else 0
+
     def held(self) -> int:
         """What this process holds, in the rule's raw value (unit·µs for a bucket)."""
         kind = self.rule.kind
@@ -113,9 +119,11 @@ class Leases:
         size = self.size(rule)
         if lease.units > size:
             self._returns.append((rule, "adjust", size - lease.units))
+            lease.told(size - lease.units)
             lease.units = size
         while len(lease.slots) > size:
             self._returns.append((rule, "release", lease.slots.pop()[0]))
+            lease.told(-1)
         return lease
 
     # ------------------------------------------------------------------ the request path
@@ -259,25 +267,38 @@ class Leases:
     # ------------------------------------------------------------------ when a request ends
 
     def correct(self, rule: Rule, delta: int) -> int:
-        """Correct a token rule by ``delta`` units against its lease; what is left for Redis.
-        Units over-reserved go into the lease (Redis counted them: they are ours to spend)."""
+        """Correct a token rule by ``delta`` units against its lease; what is left for the
+        store. Units over-reserved go into the lease (the store counted them: they are ours to
+        spend), up to twice its share; the rest goes back."""
         lease = self._lease(rule)
         if lease is None:
             return delta
         if delta < 0:
-            lease.units -= delta
-            return 0
-        use = delta if delta < lease.units else lease.units
-        lease.units -= use
-        return delta - use
+            room = 2 * self.size(rule) - lease.units
+            keep = -delta if -delta < room else room if room > 0 else 0
+            lease.units += keep
+            rest = delta + keep
+        else:
+            use = delta if delta < lease.units else lease.units
+            lease.units -= use
+            rest = delta - use
+        if rest:
+            lease.told(rest)
+        return rest
 
     def release(self, rule: Rule, slot: str, now_us: int) -> bool:
         """Take a request's slot back into the lease (True), or leave it for Redis to free."""
         born = self._born.pop(slot, None)
-        if born is None:
-            return False
         lease = self._lease(rule)
-        if lease is None or lease.until_us <= now_us or now_us - born >= rule.period_us // 4:
+        if lease is None:
+            return False
+        if (
+            born is None
+            or lease.until_us <= now_us
+            or now_us - born >= rule.period_us // 4
+            or len(lease.slots) >= self.size(rule)
+        ):
+            lease.told(-1)  # freed in the store
             return False
         lease.slots.append((slot, born))
         return True
