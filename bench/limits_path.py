@@ -71,9 +71,9 @@ async def measure(store_name: str, requests: int, redis_url: str) -> float:
     clock = SystemClock()
     # As the server makes it: with leases (limits/lease.py) where the tree has them, except
     # for "…-unleased", which asks its store for every request
-    leases = {"lease": 0.0 if store_name.endswith("unleased") else settings.limits_lease}
-    if not hasattr(settings, "limits_lease"):
-        leases = {}
+    leases = {}
+    if hasattr(settings, "limits_lease"):
+        leases = {"lease": 0.0 if store_name.endswith("unleased") else settings.limits_lease}
     limiter = Limiter(store, clock, **leases)  # type: ignore[arg-type]
     await limiter.start()
     book = RuleBook(settings)

@@ -302,22 +302,27 @@ class Limiter:
         leases = self._leases  # taken back into this process's share where they can be
         now = self.now_us()
         # In process there is nothing to wait for: done now. Else in a batch, soon.
-        ops: list[tuple[Rule, str, int | str]] = [] if memory is not None else self._batch
         for rule, cost in zip(admission.rules, admission.costs):
             if rule.kind == "concurrency":
                 if rule.key in slots:
                     slot = slots[rule.key]
-                    if leases is None or not leases.release(rule, slot, now):
-                        ops.append((rule, "release", slot))
+                    if leases is not None and leases.release(rule, slot, now):
+                        continue
+                    if memory is not None:
+                        memory.release_now(rule, slot)
+                    else:
+                        self._batch.append((rule, "release", slot))
             elif rule.dimension == "tokens" and tokens_used is not None:
                 delta = charged - cost
                 if leases is not None:
                     delta = leases.correct(rule, delta)
-                if delta:
-                    ops.append((rule, "adjust", delta))
-        if memory is not None:
-            memory.apply_now(ops, now)
-        elif self._batch and self._flusher is None:
+                if not delta:
+                    continue
+                if memory is not None:
+                    memory.adjust_now(rule, delta, now)
+                else:
+                    self._batch.append((rule, "adjust", delta))
+        if memory is None and self._batch and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_soon())
             self._tasks.add(self._flusher)
             self._flusher.add_done_callback(self._tasks.discard)

@@ -176,9 +176,6 @@ class MemoryStore:
             slots.pop(slot_id, None)
 
     async def apply(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
-        self.apply_now(batch, now_us)
-
-    def apply_now(self, batch: list[tuple[Rule, str, int | str]], now_us: int) -> None:
         for rule, op, value in batch:
             if op == "release":
                 self.release_now(rule, str(value))
