@@ -53,6 +53,8 @@ class Lease:
     #: Units asked for and not yet granted: requests in flight fill the lease up, not each
     #: of them (at a lease's renewal, all that arrive meanwhile spend what it still holds).
     asking: int = 0
+    #: The rule's share (``Leases.size``), kept here: corrections and releases ask for it.
+    size: int = 0
 
     def value(self, now_us: int) -> int:
         """What this process knows of the rule's value: Redis's, less what it holds itself."""
@@ -116,7 +118,7 @@ class Leases:
         # the new limit's share may be spent (a limit cut from 100,000 to 100 a minute must not
         # let a thousand through); the rest goes back.
         lease.rule = rule
-        size = self.size(rule)
+        lease.size = size = self.size(rule)
         if lease.units > size:
             self._returns.append((rule, "adjust", size - lease.units))
             lease.told(size - lease.units)
@@ -135,19 +137,19 @@ class Leases:
         slots: dict[str, str] = {}
         # One pass that takes as it goes (every request's path); a rule that its lease cannot
         # cover puts back what the rules before it took (``_untake``).
-        for i, (rule, cost) in enumerate(zip(rules, costs)):
+        for rule, cost in zip(rules, costs):
             lease = held.get(rule.key)
             if lease is not None and lease.rule is not rule:  # another day, or a new limit
                 lease = self._lease(rule)
             if lease is None or (lease.until_us <= now_us and not lease.asking):
-                return self._untake(rules, costs, i, slots)  # none, or due: this one renews
+                return self._untake(rules, costs, len(values), slots)  # due: this one renews
             if rule.kind != "concurrency":
                 if lease.units < cost:
-                    return self._untake(rules, costs, i, slots)
+                    return self._untake(rules, costs, len(values), slots)
                 lease.units -= cost
             elif cost:
                 if not lease.slots:
-                    return self._untake(rules, costs, i, slots)
+                    return self._untake(rules, costs, len(values), slots)
                 slot, born = lease.slots.pop()
                 slots[rule.key] = slot
                 self._born[slot] = born
@@ -177,7 +179,7 @@ class Leases:
             size = self.size(rule)
             lease = self._lease(rule)
             if lease is None and size:  # to count what is asked for until it is granted
-                lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, 0)
+                lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, 0, size=size)
             if rule.kind == "concurrency":
                 slot = lease.slots.pop() if cost and lease is not None and lease.slots else None
                 taken.append(slot)
@@ -206,7 +208,9 @@ class Leases:
             if not got:
                 continue
             if lease is None:
-                lease = self._held[rule.key] = Lease(rule, 0, 0, now_us, now_us)
+                lease = self._held[rule.key] = Lease(
+                    rule, 0, 0, now_us, now_us, size=self.size(rule)
+                )
             if isinstance(got, tuple):
                 lease.slots.append(got)
             else:
@@ -242,7 +246,7 @@ class Leases:
                 if not (size or grant):
                     after.append(value)
                     continue
-                lease = self._held[rule.key] = Lease(rule, 0, value, now_us, now_us)
+                lease = self._held[rule.key] = Lease(rule, 0, value, now_us, now_us, size=size)
             if grant:
                 if rule.kind == "concurrency":
                     lease.slots += [(f"{slot_id}:{j}", now_us) for j in range(1, grant + 1)]
@@ -270,11 +274,13 @@ class Leases:
         """Correct a token rule by ``delta`` units against its lease; what is left for the
         store. Units over-reserved go into the lease (the store counted them: they are ours to
         spend), up to twice its share; the rest goes back."""
-        lease = self._lease(rule)
+        lease = self._held.get(rule.key)
+        if lease is not None and lease.rule is not rule:
+            lease = self._lease(rule)
         if lease is None:
             return delta
         if delta < 0:
-            room = 2 * self.size(rule) - lease.units
+            room = 2 * lease.size - lease.units
             keep = -delta if -delta < room else room if room > 0 else 0
             lease.units += keep
             rest = delta + keep
@@ -289,14 +295,16 @@ class Leases:
     def release(self, rule: Rule, slot: str, now_us: int) -> bool:
         """Take a request's slot back into the lease (True), or leave it for Redis to free."""
         born = self._born.pop(slot, None)
-        lease = self._lease(rule)
+        lease = self._held.get(rule.key)
+        if lease is not None and lease.rule is not rule:
+            lease = self._lease(rule)
         if lease is None:
             return False
         if (
             born is None
             or lease.until_us <= now_us
             or now_us - born >= rule.period_us // 4
-            or len(lease.slots) >= self.size(rule)
+            or len(lease.slots) >= lease.size
         ):
             lease.told(-1)  # freed in the store
             return False
