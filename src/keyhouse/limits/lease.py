@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from keyhouse.limits.rules import Decision, Rule
 
-#: A concurrency rule's lease: at most this many slots (each a member of a Redis sorted set).
+#: A concurrency rule's lease: at most this many slots (in Redis, each a member of a sorted set).
 MAX_SLOTS = 64
 
 #: What ``plan`` took from a lease for one rule: units, or a slot and when it was taken.
@@ -41,14 +41,14 @@ Taken = int | tuple[str, int] | None
 @dataclass(slots=True)
 class Lease:
     rule: Rule
-    #: Units in hand (rate and day rules): counted in Redis, not yet spent here.
+    #: Units in hand (rate and day rules): counted in the store, not yet spent here.
     units: int
-    #: The rule's value in Redis just after the last grant (a bucket's level in unit·µs).
+    #: The rule's value in the store just after the last grant (a bucket's level in unit·µs).
     seen: int
     at_us: int
     #: Renewed by the first request after this, and given back if none comes.
     until_us: int
-    #: Concurrency: slots taken in Redis and free here, with when each was taken.
+    #: Concurrency: slots taken in the store and free here, with when each was taken.
     slots: list[tuple[str, int]] = field(default_factory=list)
     #: Units asked for and not yet granted: requests in flight fill the lease up, not each
     #: of them (at a lease's renewal, all that arrive meanwhile spend what it still holds).
@@ -57,7 +57,7 @@ class Lease:
     size: int = 0
 
     def value(self, now_us: int) -> int:
-        """What this process knows of the rule's value: Redis's, less what it holds itself."""
+        """What this process knows of the rule's value: the store's, less what it holds."""
         rule = self.rule
         kind = rule.kind
         if kind == "rate":
@@ -95,7 +95,7 @@ class Leases:
         self.share = share
         self.lifetime_us = lifetime_us
         self._held: dict[str, Lease] = {}
-        #: Slots handed to requests here → when Redis took them (for ``release``).
+        #: Slots handed to requests here → when the store took them (for ``release``).
         self._born: dict[str, int] = {}
         #: What goes back to the store with the next ``due`` besides due leases.
         self._returns: list[tuple[Rule, str, int | str]] = []
@@ -170,7 +170,7 @@ class Leases:
     def plan(
         self, rules: list[Rule], costs: list[int], now_us: int
     ) -> tuple[list[int], list[int], list[Taken]]:
-        """Before a round trip: what each rule takes here (``taken``), what it asks of Redis
+        """Before a round trip: what each rule takes here (``taken``), what it asks of the store
         (``asks``: the rest) and how big a lease it asks for besides (enough to fill it up)."""
         asks: list[int] = []
         extras: list[int] = []
@@ -200,7 +200,7 @@ class Leases:
 
     def undo(self, rules: list[Rule], taken: list[Taken], extras: list[int], now_us: int) -> None:
         """Put back what ``plan`` took, the round trip having refused or failed. A lease given
-        back meanwhile is made again, already due, so that these go back to Redis too."""
+        back meanwhile is made again, already due, so that these go back to the store too."""
         for rule, got, extra in zip(rules, taken, extras):
             lease = self._lease(rule)
             if lease is not None and extra:
@@ -227,7 +227,7 @@ class Leases:
         now_us: int,
         slot_id: str,
     ) -> tuple[list[int], dict[str, str]]:
-        """After an admitting round trip: keep what Redis granted; each rule's value as this
+        """After an admitting round trip: keep what the store granted; each rule's value as this
         process knows it (for the headers), and the request's slots."""
         after: list[int] = []
         slots: dict[str, str] = {}
@@ -259,7 +259,7 @@ class Leases:
         return after, slots
 
     def own(self, rules: list[Rule], values: list[int]) -> list[int]:
-        """Redis's values, less what this process holds of them: what it has spent."""
+        """The store's values, less what this process holds of them: what it has spent."""
         out = []
         for rule, value in zip(rules, values):
             lease = self._lease(rule)
@@ -293,7 +293,7 @@ class Leases:
         return rest
 
     def release(self, rule: Rule, slot: str, now_us: int) -> bool:
-        """Take a request's slot back into the lease (True), or leave it for Redis to free."""
+        """Take a request's slot back into the lease (True), or leave it for the store to free."""
         born = self._born.pop(slot, None)
         lease = self._held.get(rule.key)
         if lease is not None and lease.rule is not rule:
