@@ -108,6 +108,8 @@ class Leases:
         return units if units >= 2 else 0
 
     def _lease(self, rule: Rule) -> Lease | None:
+        """The rule's lease, brought up to the rule (a new day voids it, a new limit bounds it).
+        ``take`` inlines its first two lines: it runs for every rule of every request."""
         lease = self._held.get(rule.key)
         if lease is None or lease.rule is rule:
             return lease
@@ -274,9 +276,7 @@ class Leases:
         """Correct a token rule by ``delta`` units against its lease; what is left for the
         store. Units over-reserved go into the lease (the store counted them: they are ours to
         spend), up to twice its share; the rest goes back."""
-        lease = self._held.get(rule.key)
-        if lease is not None and lease.rule is not rule:
-            lease = self._lease(rule)
+        lease = self._lease(rule)
         if lease is None:
             return delta
         if delta < 0:
@@ -295,9 +295,7 @@ class Leases:
     def release(self, rule: Rule, slot: str, now_us: int) -> bool:
         """Take a request's slot back into the lease (True), or leave it for the store to free."""
         born = self._born.pop(slot, None)
-        lease = self._held.get(rule.key)
-        if lease is not None and lease.rule is not rule:
-            lease = self._lease(rule)
+        lease = self._lease(rule)
         if lease is None:
             return False
         if (
