@@ -91,7 +91,7 @@ async def run_media(
         meter.close(NOTHING)
         raise
     billed = used(data, kind)
-    meter.settle(Usage(billed.units, 0, estimated=billed.estimated))
+    meter.report(Usage(billed.units, 0, estimated=billed.estimated))  # settled once written
     return Response(data, media_type=kind, headers=admission.headers)
 
 

@@ -9,7 +9,8 @@
     relay          the router picks a deployment (falling back on a Retryable before the
                    first byte) and streams its events                       ← backends/
     answer         one JSON body or a server-sent stream, with the limit headers
-    settle         exactly once, whatever ended the request: limits corrected, charge settled
+    settle         exactly once, whatever ended the request, once the answer is written (off
+                   the client's wait): limits corrected, charge settled
 
 Route comes before admit and price because limits and prices are the model's. Each handler in
 ``api/v1`` is these calls in order; ``serve`` runs a handler and owns the exchange's end: its
@@ -116,8 +117,8 @@ class Exchange:
         return await svc.limiter.peek(svc.rules.rules(self.principal, None, svc.limiter.now_us()))
 
     def settle(self, usage: Usage | None) -> None:
-        """The meter's one call (``Meter`` guarantees once): limits corrected to the true
-        usage, the access line told, the charge settled."""
+        """The meter's one call (``Meter`` guarantees once), when the exchange closes: limits
+        corrected to the true usage, the access line told, the charge settled."""
         assert self.admission is not None and self.charge is not None and self.call is not None
         self.svc.limiter.finish(self.admission, usage.total_tokens if usage is not None else None)
         meter = self.call.meter
@@ -133,8 +134,10 @@ class Exchange:
         )
 
     async def close(self) -> None:
-        """The last resort, when the exchange ends: the backend's stream closed, and a meter
-        nobody settled (a cancel, a stream never sent) settled as unknown — it costs the hold."""
+        """When the exchange ends — after its answer is written, or however else it ended: the
+        backend's stream closed, and the meter closed. It settles with the usage the backend
+        reported; a meter nobody reported to (a cancel, a stream never sent) settles as
+        unknown, which costs the hold."""
         if self.events is not None:
             await self.events.aclose()  # type: ignore[attr-defined]
         if self.call is not None:
@@ -307,12 +310,12 @@ def unused(meter: Meter, error: BaseException) -> Usage | None:
 
 
 async def observed(events: AsyncIterator[Event], meter: Meter) -> AsyncIterator[Event]:
-    """Pass events through; note the first token's time and how it ended; a Usage event
-    settles the meter."""
+    """Pass events through; note the first token's time and how it ended; a Usage event is
+    reported to the meter, which settles it when the exchange closes."""
     try:
         async for event in events:
             if isinstance(event, Usage):
-                meter.settle(event)
+                meter.report(event)
             elif meter.first_at is None:
                 meter.first_at = time.perf_counter()
             yield event
@@ -344,8 +347,8 @@ async def answer(
     renderer: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]] | None,
 ) -> Response:
     """One JSON body, or a stream when a ``renderer`` is given, with the limit headers. The
-    meter is settled by the usage the backend reports, or else with nothing used (refused
-    before it ran) or unknown (it ran, and said nothing)."""
+    meter settles, when the exchange closes, with the usage the backend reported, or else with
+    nothing used (refused before it ran) or unknown (it ran, and said nothing)."""
     assert ex.call is not None and ex.admission is not None
     meter = ex.call.meter
     if renderer is not None:
@@ -356,8 +359,7 @@ async def answer(
         await events.aclose()  # type: ignore[attr-defined]
         meter.close(unused(meter, exc))
         raise
-    meter.close(None)
-    return JSONBody(body, ex.admission.raw_headers)
+    return JSONBody(body, ex.admission.raw_headers)  # the exchange's close settles, once sent
 
 
 async def stream(
@@ -385,6 +387,5 @@ async def stream(
                     yield event
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-            meter.close(None)
 
     return EventStream(guarded(renderer(replay())), ex.admission.raw_headers)

@@ -230,7 +230,7 @@ async def embeddings(ex: Exchange) -> Response:
     if isinstance(result, Relayed):  # an upstream's own body; the backend settled the meter
         meter.close(None)
         return JSONBody(result.data, admission.raw_headers)
-    meter.settle(Usage(result.prompt_tokens, 0))
+    meter.report(Usage(result.prompt_tokens, 0))  # settled once the answer is written
     rendered = render.embedding_list(result, found.spec.name, body.encoding_format)
     return JSONBody(rendered.wire(), admission.raw_headers)
 

@@ -21,17 +21,30 @@ if TYPE_CHECKING:  # annotations only: what imports this for ``Usage`` (the bill
 class Meter:
     """Where a request's true usage goes, exactly once, whatever happens.
 
-    Usage events seen in the stream settle it (``api/v1``); a backend that must learn the usage
-    after the client has gone (an upstream still streaming) calls ``defer()`` and later
-    ``settle()`` itself. ``close()`` settles with a fallback only if nobody did, or will.
+    The usage a backend reports in its events is noted (``report``) and settled when the meter
+    closes: the pipeline closes it once the answer is written, so the settlement (limits
+    corrected, the charge and its usage row) is off the client's wait. A backend that must
+    learn the usage after the client has gone (an upstream still streaming) calls ``defer()``
+    and later ``settle()`` itself. ``close()`` settles with a fallback only if nobody reported
+    the usage, settled it, or will.
     """
 
-    __slots__ = ("_on_settle", "deferred", "deployment", "first_at", "settled", "status")
+    __slots__ = (
+        "_on_settle",
+        "deferred",
+        "deployment",
+        "first_at",
+        "reported",
+        "settled",
+        "status",
+    )
 
     def __init__(self, on_settle: Callable[[Usage | None], None] | None = None) -> None:
         self._on_settle = on_settle
         self.settled = False
         self.deferred = False
+        #: The usage the backend reported, settled when the meter closes.
+        self.reported: Usage | None = None
         #: For the usage record: which deployment answered, when the first token came, how
         #: it ended (an HTTP status; 499 when the client left).
         self.deployment: str | None = None
@@ -45,11 +58,18 @@ class Meter:
         if self._on_settle is not None:
             self._on_settle(usage)
 
+    def report(self, usage: Usage) -> None:
+        """The true usage, settled at ``close`` (the first report counts, as ``settle``)."""
+        if self.reported is None:
+            self.reported = usage
+
     def defer(self) -> None:
         self.deferred = True
 
     def close(self, fallback: Usage | None) -> None:
-        if not self.deferred:
+        if self.reported is not None:
+            self.settle(self.reported)
+        elif not self.deferred:
             self.settle(fallback)
 
 
