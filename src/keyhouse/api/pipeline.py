@@ -351,6 +351,10 @@ async def answer(
     nothing used (refused before it ran) or unknown (it ran, and said nothing)."""
     assert ex.call is not None and ex.admission is not None
     meter = ex.call.meter
+    # The limit headers do not depend on the backend: made while it works. This step runs on
+    # until the backend first waits (an upstream's answer), and the loop runs this callback
+    # before it next polls — in time the client would otherwise spend waiting.
+    asyncio.get_running_loop().call_soon(ex.admission.prepare)
     if renderer is not None:
         return await stream(ex, events, renderer)
     try:

@@ -76,8 +76,8 @@ class LimiterUnavailable(KeyhouseError):
 class Admission:
     """A request let in: the headers to send, and what to undo or correct when it ends."""
 
-    #: OpenAI's rate-limit headers, as an answer sends them (``Response.raw_headers``).
-    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The store's answer; None when no rule applies or the store could not be asked.
+    decision: Decision | None = None
     rules: list[Rule] = field(default_factory=list)
     #: What each rule was charged (token rules: the estimate, corrected when the request ends).
     costs: list[int] = field(default_factory=list)
@@ -86,6 +86,23 @@ class Admission:
     #: definitions, logit_bias entries): still charged when the count corrects the estimate.
     overhead_tokens: int = 0
     finished: bool = False
+    _raw: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's rate-limit headers as the answer sends them (``Response.raw_headers``)."""
+        raw = self._raw
+        return raw if raw is not None else self.prepare()
+
+    def prepare(self) -> list[tuple[bytes, bytes]]:
+        """Make the headers (else made on first use). They come from the decision's values,
+        so they are the same whenever they are made: the pipeline makes them while the
+        backend works (``api/pipeline.answer``), off the client's wait."""
+        raw = self._raw
+        if raw is None:
+            decision = self.decision
+            raw = self._raw = decision.raw_headers() if decision is not None else []
+        return raw
 
     @property
     def headers(self) -> dict[str, str]:
@@ -274,7 +291,7 @@ class Limiter:
             return self._unavailable()
         if not decision.allowed:
             raise self.refusal(decision, rules, costs, subject)
-        return Admission(decision.raw_headers(), rules, costs, decision.slots)
+        return Admission(decision, rules, costs, decision.slots)
 
     async def peek(self, rules: list[Rule]) -> dict[str, str]:
         """The headers as they stand, taking nothing (for responses that consume nothing)."""
