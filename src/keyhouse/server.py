@@ -25,11 +25,7 @@ from typing import Any
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from keyhouse.config import IPNetwork, Settings
 
@@ -152,67 +148,6 @@ class Corked:
 
     def __getattr__(self, name: str) -> Any:  # everything else is the transport's own
         return getattr(self.transport, name)
-
-
-#: What uvicorn's expressions refuse in a header name and value, as the bytes they allow: a
-#: joined block is checked in one ``bytes.translate`` (what is left is refused).
-_NAME_OK = bytes(
-    b for b in range(256) if b >= 0x20 and b != 0x7F and b not in b'()<>@,;:[]={} \t\\"'
-)
-_VALUE_OK = bytes(b for b in range(256) if b == 0x09 or (b >= 0x20 and b != 0x7F))
-#: Headers that change how uvicorn frames the answer: an answer that names one takes its path.
-_FRAMING = (b"transfer-encoding", b"connection")
-
-
-class Cycle(RequestResponseCycle):
-    """uvicorn's request–response cycle, with the status line and headers made in one pass.
-
-    uvicorn checks each header with two regular-expression searches and builds its line from
-    four parts: ~0.65 µs a header, and every answer here has nine to eleven (six of them the
-    rate limits'). Here the names and the values are checked all at once (the same bytes
-    refused) and joined in C; the head is the same bytes. An answer that sets its own framing
-    (``transfer-encoding``, ``connection``), or any other message, is uvicorn's to send."""
-
-    async def send(self, message: Any) -> None:
-        if (
-            self.response_started
-            or message["type"] != "http.response.start"
-            or self.access_log
-            or self.flow.write_paused
-            or self.disconnected
-        ):
-            await super().send(message)
-            return
-        headers = self.default_headers + list(message.get("headers", []))
-        names = [name.lower() for name, _ in headers]
-        values = [value for _, value in headers]
-        if b"".join(names).translate(None, _NAME_OK) or b"".join(values).translate(None, _VALUE_OK):
-            await super().send(message)  # which says which is wrong
-            return
-        if _FRAMING[0] in names or _FRAMING[1] in names:
-            await super().send(message)
-            return
-        self.response_started = True
-        self.waiting_for_100_continue = False
-        status = message["status"]
-        if b"content-length" in names and self.chunked_encoding is None:
-            self.expected_content_length = int(values[names.index(b"content-length")].decode())
-            self.chunked_encoding = False
-        lines = map(b": ".join, zip(names, values, strict=True))  # name: value
-        block = [STATUS_LINE[status], b"\r\n".join(lines)]
-        if headers:
-            block.append(b"\r\n")
-        if not self.keep_alive:
-            block.append(b"connection: close\r\n")
-        if (
-            self.chunked_encoding is None
-            and self.scope["method"] != "HEAD"
-            and status not in (204, 304)
-        ):
-            self.chunked_encoding = True
-            block.append(b"transfer-encoding: chunked\r\n")
-        block.append(b"\r\n")
-        self.transport.write(b"".join(block))
 
 
 class _TooLarge(Exception):
@@ -384,11 +319,6 @@ class GuardedHttp(HttpToolsProtocol):
         self._in_body = True
         self._disarm()
         super().on_headers_complete()
-        cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:
-            # uvicorn makes its own class of cycle (by name, in this same method); its task
-            # has not run yet, so it sends as ``Cycle`` from its first message.
-            cycle.__class__ = Cycle
 
     def _block_size(self) -> int:
         """The request line and headers as received (the chunk may hold body bytes too)."""
