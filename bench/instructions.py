@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--models", action="store_true", help="GET /v1/models instead of chat")
     parser.add_argument("--server", action="store_true", help="keyhouse serve, over sockets")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--only", metavar="NAMES", help="these servers alone, comma-separated (e.g. 'neither')"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -171,6 +174,8 @@ def main() -> None:
     upstream = fake_upstream(port, root / "upstream.log")
     try:
         servers = SERVERS if args.fixed else {"meter and limits": SERVERS["meter and limits"]}
+        if args.only:
+            servers = {name: SERVERS[name] for name in args.only.split(",")}
         trees = {"this": SRC, **({"against": args.against.resolve()} if args.against else {})}
         runs = []  # (tree, server, environment, requests)
         for number, (server, (toml, redis)) in enumerate(servers.items()):
