@@ -13,7 +13,7 @@ Three kinds of rule:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["rate", "day", "concurrency"]
@@ -39,6 +39,13 @@ class Rule:
     label: str = ""
     #: Whom it limits, in words: "your key", "your account", "smollm2-135m-instruct".
     scope: str = ""
+    #: Its ``x-ratelimit-limit-…`` header as an answer sends it: made once, sent by every
+    #: answer the rule decides (``Decision.raw_headers``).
+    limit_header: tuple[bytes, bytes] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        name = b"x-ratelimit-limit-" + self.dimension.encode()
+        object.__setattr__(self, "limit_header", (name, b"%d" % self.limit))
 
     def __hash__(self) -> int:
         # Its key alone (equal rules share it): the Redis store looks rules up several times a
@@ -156,16 +163,22 @@ class Decision:
                 or (left == tokens_left and reset > tokens_reset)
             ):
                 tokens, tokens_left, tokens_reset = rule, left, reset
-        headers: list[tuple[bytes, bytes]] = []
-        if requests is not None:
-            headers += (
-                (b"x-ratelimit-limit-requests", b"%d" % requests.limit),
-                (b"x-ratelimit-remaining-requests", b"%d" % requests_left),
-                (b"x-ratelimit-reset-requests", _duration(requests_reset)),
-            )
+        if requests is None:
+            if tokens is None:
+                return []
+            return [
+                tokens.limit_header,
+                (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
+                (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
+            ]
+        headers = [
+            requests.limit_header,
+            (b"x-ratelimit-remaining-requests", b"%d" % requests_left),
+            (b"x-ratelimit-reset-requests", _duration(requests_reset)),
+        ]
         if tokens is not None:
             headers += (
-                (b"x-ratelimit-limit-tokens", b"%d" % tokens.limit),
+                tokens.limit_header,
                 (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
                 (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
             )
