@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,14 @@ def scope(key: str, call: tuple[str, str, bytes]) -> dict[str, Any]:
     }
 
 
-async def one(app: Any, key: str, call: tuple[str, str, bytes]) -> int:
-    """One request through the app as uvicorn would make it; its status."""
+async def one(
+    app: Any,
+    key: str,
+    call: tuple[str, str, bytes],
+    observe: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """One request through the app as uvicorn would make it; its status. ``observe`` sees
+    every message the app sends."""
     sent = False
     status = 0
 
@@ -81,6 +89,8 @@ async def one(app: Any, key: str, call: tuple[str, str, bytes]) -> int:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        if observe is not None:
+            observe(message)
 
     await app(scope(key, call), receive, send)
     return status
@@ -119,6 +129,28 @@ async def child(key: str, call: tuple[str, str, bytes], requests: int, connectio
     print(f"{spent / requests * 1e6:.1f}")
 
 
+@contextlib.contextmanager
+def bench_key(prefix: str, email: str = EMAIL) -> Iterator[tuple[dict[str, str], str]]:
+    """A Keyhouse home routed to the fake upstream (running until the block ends), a member
+    and a key: the environment the child runs in (``PYTHONPATH``: this tree's src), and the key."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    (home / "keyhouse.toml").write_text(CONFIG.format(port=port))
+    env = {
+        **os.environ,
+        "KEYHOUSE_HOME": str(home),
+        "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
+        "KEYHOUSE_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(SRC),
+    }
+    upstream = fake_upstream(port, home / "upstream.log")
+    try:
+        keyhouse_cli(env, "users", "create", "--email", email)
+        yield env, keyhouse_cli(env, "keys", "create", "--user", email, "--name", "bench")
+    finally:
+        stop(upstream)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--against", type=Path, help="another tree's src/, measured alternately")
@@ -134,21 +166,7 @@ def main() -> None:
         uvloop.run(child(args.child, call, args.requests, args.connections))
         return
 
-    home = Path(tempfile.mkdtemp(prefix="keyhouse-asgi-bench-"))
-    port = free_port()
-    (home / "keyhouse.toml").write_text(CONFIG.format(port=port))
-    env = {
-        **os.environ,
-        "KEYHOUSE_HOME": str(home),
-        "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
-        "KEYHOUSE_LOG_LEVEL": "warning",
-        "PYTHONPATH": str(SRC),
-    }
-    log = home / "upstream.log"
-    upstream = fake_upstream(port, log)
-    try:
-        keyhouse_cli(env, "users", "create", "--email", EMAIL)
-        key = keyhouse_cli(env, "keys", "create", "--user", EMAIL, "--name", "bench")
+    with bench_key("keyhouse-asgi-bench-") as (env, key):
         trees = {"this": SRC, **({"against": args.against.resolve()} if args.against else {})}
         spent: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.rounds):
@@ -180,8 +198,6 @@ def main() -> None:
                 f"this/against: {statistics.median(ratios):.2f} "
                 f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
             )
-    finally:
-        stop(upstream)
 
 
 if __name__ == "__main__":

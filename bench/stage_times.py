@@ -19,20 +19,15 @@ import asyncio
 import functools
 import importlib
 import itertools
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from asgi_path import CHAT_CALL, scope
-from proxy import CONFIG
-from run import fake_upstream, free_port, keyhouse_cli, stop
+import asgi_path
+from asgi_path import CHAT_CALL
 
-HERE = Path(__file__).resolve().parent
 EMAIL = "stage-times@example.org"
 
 #: (module, function or Class.method, label): each timed from its entry to its exit.
@@ -90,26 +85,15 @@ async def child(key: str, requests: int) -> None:
     from keyhouse.config import load_settings
 
     app = create_app(load_settings())
-    body = CHAT_CALL[2]
     clock = time.perf_counter_ns
 
+    def written(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            _stamps.append(("answer written", clock()))
+
     async def one() -> None:
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            if not message.get("more_body") and message["type"] == "http.response.body":
-                _stamps.append(("answer written", clock()))
-
         _stamps.append(("request in", clock()))
-        await app(scope(key, CHAT_CALL), receive, send)
+        await asgi_path.one(app, key, CHAT_CALL, written)
         _stamps.append(("request done", clock()))
 
     async with app.router.lifespan_context(app):
@@ -143,28 +127,13 @@ def main() -> None:
 
         uvloop.run(child(args.child, args.requests))
         return
-    home = Path(tempfile.mkdtemp(prefix="keyhouse-stage-times-"))
-    port = free_port()
-    (home / "keyhouse.toml").write_text(CONFIG.format(port=port))
-    env = {
-        **os.environ,
-        "KEYHOUSE_HOME": str(home),
-        "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
-        "KEYHOUSE_LOG_LEVEL": "warning",
-        "PYTHONPATH": str(HERE.parent / "src"),
-    }
-    upstream = fake_upstream(port, home / "upstream.log")
-    try:
-        keyhouse_cli(env, "users", "create", "--email", EMAIL)
-        key = keyhouse_cli(env, "keys", "create", "--user", EMAIL, "--name", "bench")
+    with asgi_path.bench_key("keyhouse-stage-times-", EMAIL) as (env, key):
         print(f"One caller, in process, median µs between stamps ({args.requests} requests)")
         subprocess.run(
             [sys.executable, __file__, "--child", key, "--requests", str(args.requests)],
             env=env,
             check=True,
         )
-    finally:
-        stop(upstream)
 
 
 if __name__ == "__main__":
