@@ -423,6 +423,9 @@ def main() -> None:
             "requests/s follow the neighbours' load; CPU per request hardly does.)"
         )
         print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
+        # Every server here runs on this interpreter, which moves every figure (the Makefile's
+        # packaging/pick_python.py: Debian's optimised build is ~0.9x the CPU of pyenv's)
+        print(f"Python {sys.version.split()[0]}: {os.path.realpath(sys.executable)}")
     finally:
         bench.close()
 
