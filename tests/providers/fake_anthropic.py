@@ -5,9 +5,11 @@ It checks what Anthropic checks — ``x-api-key``, ``anthropic-version``, a requ
 ``max_tokens``, user/assistant roles only, known block types, base64 image sources with a media
 type, every ``tool_result`` answering a ``tool_use`` of the turn before — and refuses with
 Anthropic's error shape. It answers with text, or, when given tools and not answering a tool
-result, with a ``tool_use`` block; streamed as ``message_start``, ``content_block_start``,
-``ping``, ``content_block_delta`` (``text_delta``, ``input_json_delta``),
-``content_block_stop``, ``message_delta`` and ``message_stop``. Serve it with ``Serving``.
+result (or made to call one), with a ``tool_use`` block: after a line of text only when the
+model chose to call it (``tool_choice`` auto), as Anthropic documents. Streamed as
+``message_start``, ``content_block_start``, ``ping``, ``content_block_delta`` (``text_delta``,
+``input_json_delta``), ``content_block_stop``, ``message_delta`` and ``message_stop``. Serve it
+with ``Serving``.
 """
 
 from __future__ import annotations
@@ -149,12 +151,13 @@ class FakeAnthropic:
         last = body["messages"][-1]["content"]
         answering = isinstance(last, list) and any(b.get("type") == "tool_result" for b in last)
         choice = body.get("tool_choice") or {"type": "auto"}
-        if body.get("tools") and not answering and choice["type"] != "none":
+        forced = choice["type"] == "tool"
+        if body.get("tools") and (not answering or forced) and choice["type"] != "none":
             name = choice.get("name") or body["tools"][0]["name"]
-            return [
-                {"type": "text", "text": "Let me check."},
-                {"type": "tool_use", "id": "toolu_01A", "name": name, "input": TOOL_INPUT},
-            ], "tool_use"
+            call = {"type": "tool_use", "id": "toolu_01A", "name": name, "input": TOOL_INPUT}
+            if choice["type"] in ("any", "tool"):  # Anthropic fills in the turn's start: no text
+                return [call], "tool_use"
+            return [{"type": "text", "text": "Let me check."}, call], "tool_use"
         words = list(WORDS)
         if len(words) > body["max_tokens"]:
             return [{"type": "text", "text": "".join(words[: body["max_tokens"]])}], "max_tokens"

@@ -9,10 +9,11 @@ import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from tests.billing.meter_support import Keyhouse
@@ -240,7 +241,9 @@ async def test_tools_and_tool_choice(
     openapi.validate("CreateChatCompletionResponse", body)
     choice0 = body["choices"][0]
     assert choice0["finish_reason"] == "tool_calls"
-    assert choice0["message"]["content"] == "Let me check."
+    # A call the model chose follows a line of text; a call it was made to make does not
+    forced = isinstance(expected, dict) and expected["type"] in ("any", "tool")
+    assert choice0["message"]["content"] == (None if forced else "Let me check.")
     (call,) = choice0["message"]["tool_calls"]
     assert call["id"] == "toolu_01A" and call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
@@ -317,6 +320,139 @@ async def test_streamed_tool_calls(
     (call,) = final.choices[0].message.tool_calls or []
     assert json.loads(call.function.arguments) == TOOL_INPUT
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+WEATHER_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "weather_report", "strict": True, "schema": WEATHER_PARAMS},
+}
+
+
+class WeatherReport(pydantic.BaseModel):
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+async def test_a_json_schema_answer_is_the_call_of_one_forced_tool(
+    ai: openai.AsyncOpenAI, servers: Any, openapi: OpenAISpec
+) -> None:
+    claude, _, _ = servers
+    reply = await ai.chat.completions.with_raw_response.create(
+        model="claude", messages=ASK, response_format=WEATHER_FORMAT
+    )
+    body = reply.http_response.json()
+    openapi.validate("CreateChatCompletionResponse", body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+    answer = json.loads(choice["message"]["content"])
+    jsonschema.validate(answer, WEATHER_PARAMS)
+    assert answer == TOOL_INPUT
+    sent = claude.seen[-1].body
+    assert sent["tools"] == [
+        {
+            "name": "weather_report",
+            "description": "The answer, as weather_report.",
+            "input_schema": WEATHER_PARAMS,
+        }
+    ]
+    assert sent["tool_choice"] == {"type": "tool", "name": "weather_report"}
+    # The SDK's structured outputs read it as they read OpenAI's
+    parsed = await ai.chat.completions.parse(
+        model="claude", messages=ASK, response_format=WeatherReport
+    )
+    assert parsed.choices[0].message.parsed == WeatherReport(city="Paris", unit="celsius")
+    assert claude.seen[-1].body["tool_choice"] == {"type": "tool", "name": "WeatherReport"}
+
+
+async def test_a_streamed_json_schema_answer_is_content(
+    kh: Keyhouse, ai: openai.AsyncOpenAI, openapi: OpenAISpec
+) -> None:
+    response = await raw_post(
+        kh, ai, response_format=WEATHER_FORMAT, stream=True, stream_options={"include_usage": True}
+    )
+    assert response.status_code == 200, response.text
+    chunks = sse_events(response.text)[:-1]
+    for chunk in chunks:
+        openapi.validate("CreateChatCompletionStreamResponse", chunk)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert not any("tool_calls" in delta for delta in deltas)
+    assert json.loads("".join(d.get("content") or "" for d in deltas)) == TOOL_INPUT
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == 10
+    async with ai.chat.completions.stream(
+        model="claude", messages=ASK, response_format=WeatherReport
+    ) as stream:
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.parsed == WeatherReport(city="Paris", unit="celsius")
+
+
+async def test_json_object_and_a_formatted_answer_beside_tools_not_to_call(
+    ai: openai.AsyncOpenAI, servers: Any
+) -> None:
+    claude, _, _ = servers
+    ask_json: list[Any] = [{"role": "user", "content": "The weather in Paris, as JSON."}]
+    reply = await ai.chat.completions.create(
+        model="claude", messages=ask_json, response_format={"type": "json_object"}
+    )
+    assert json.loads(reply.choices[0].message.content or "") == TOOL_INPUT
+    assert claude.seen[-1].body["tools"][0]["input_schema"] == {"type": "object"}
+    assert claude.seen[-1].body["tool_choice"] == {"type": "tool", "name": "json_answer"}
+    # Tools the model may not call stay offered (a history may hold their calls); the
+    # format's tool is the one it must call
+    reply = await ai.chat.completions.create(
+        model="claude",
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="none",
+        response_format=WEATHER_FORMAT,
+    )
+    assert json.loads(reply.choices[0].message.content or "") == TOOL_INPUT
+    assert reply.choices[0].message.tool_calls is None
+    sent = claude.seen[-1].body
+    assert [tool["name"] for tool in sent["tools"]] == ["get_weather", "weather_report"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "weather_report"}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "extra", "param"),
+    [
+        (
+            {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array"}}},
+            {},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "n"}},
+            {},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"schema": WEATHER_PARAMS}},
+            {},
+            "response_format.json_schema.name",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "a b", "schema": WEATHER_PARAMS}},
+            {},
+            "response_format.json_schema.name",
+        ),
+        (WEATHER_FORMAT, {"tools": [WEATHER]}, "response_format"),
+    ],
+)
+async def test_formats_it_cannot_keep_are_refused_before_the_upstream(
+    kh: Keyhouse,
+    ai: openai.AsyncOpenAI,
+    servers: Any,
+    openapi: OpenAISpec,
+    response_format: Any,
+    extra: Any,
+    param: str,
+) -> None:
+    claude, spare, _ = servers
+    response = await raw_post(kh, ai, response_format=response_format, **extra)
+    error = openapi.validate_error(response, 400)
+    assert error["param"] == param, error
+    assert claude.seen == [] and spare.calls() == 0
 
 
 async def test_images_as_base64_and_url_sources(ai: openai.AsyncOpenAI, servers: Any) -> None:

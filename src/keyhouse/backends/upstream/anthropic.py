@@ -9,10 +9,16 @@ allowance the hold pays for. Answers — whole or streamed (``message_start``,
 Keyhouse's events, which ``api/render`` writes as OpenAI's bodies and chunks, tool-call
 deltas and usage included.
 
-What OpenAI has and Anthropic does not (``n`` > 1, ``logprobs``, ``response_format`` other
-than text, audio) is a 400 naming the parameter; sampling knobs it lacks (penalties, ``seed``,
-``logit_bias``) are left out, as OpenAI-compatible layers of other providers do. Temperatures
-above Anthropic's maximum of 1 are sent as 1.
+What OpenAI has and Anthropic does not (``n`` > 1, ``logprobs``, audio) is a 400 naming the
+parameter; sampling knobs it lacks (penalties, ``seed``, ``logit_bias``) are left out, as
+OpenAI-compatible layers of other providers do. Temperatures above Anthropic's maximum of 1 are
+sent as 1.
+
+Structured outputs: a ``response_format`` of ``json_schema`` (or ``json_object``) becomes the
+one tool the model is made to call, its schema the tool's ``input_schema`` — Anthropic's
+documented way to a JSON answer, on every version of its API and on servers that copy it. The
+call's input comes back as the message's ``content``, whole or streamed, and its
+``stop_reason`` of ``tool_use`` as ``stop``.
 
 Images: a ``data:`` URL is sent as a base64 source; an http(s) URL as a URL source, or — with
 ``fetch_images = true``, for servers that cannot fetch (or must not see the URL) — fetched by
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +52,12 @@ from keyhouse.backends.upstream.fetch import FetchPolicy, data_url, fetch_image,
 from keyhouse.config import DeploymentSpec, ModelSpec
 from keyhouse.errors import ConfigError, InvalidRequest, KeyhouseError
 from keyhouse.logs import redact
-from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keyhouse.wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseFormat,
+)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_VERSION = "2023-06-01"
@@ -142,6 +154,55 @@ def _tool_choice(choice: Any, parallel: bool | None) -> dict[str, Any] | None:
     return mapped
 
 
+#: The tool a ``json_object`` answer is asked for through (``json_schema`` gives its own name).
+JSON_TOOL = "json_answer"
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _format_tool(fmt: ResponseFormat | None) -> dict[str, Any] | None:
+    """A JSON ``response_format`` as the tool the model is made to call (its input is the
+    answer); None for text."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {
+            "name": JSON_TOOL,
+            "description": "The answer, as a JSON object.",
+            "input_schema": {"type": "object"},
+        }
+    spec = fmt.json_schema or {}
+    name, schema = spec.get("name"), spec.get("schema")
+    if not isinstance(name, str):
+        raise InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema.name'.",
+            param="response_format.json_schema.name",
+            code="missing_required_parameter",
+        )
+    if not _TOOL_NAME.fullmatch(name):
+        raise _bad(
+            f"Invalid 'response_format.json_schema.name': string does not match pattern. "
+            f"Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64 "
+            f"characters, got {name[:80]!r}.",
+            "response_format.json_schema.name",
+        )
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema.schema'.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
+    if schema.get("type") != "object":
+        raise _bad(
+            "Invalid schema for response_format: the schema's root must be an object "
+            "('type': 'object') on this model.",
+            "response_format.json_schema.schema",
+        )
+    description = spec.get("description")
+    if not isinstance(description, str) or not description:
+        description = f"The answer, as {name}."
+    return {"name": name, "description": description, "input_schema": schema}
+
+
 @dataclass
 class _Turns:
     """Anthropic's alternating turns, consecutive messages of one role merged."""
@@ -199,8 +260,13 @@ class AnthropicBackend(UpstreamBackend):
             raise _unsupported("n", name, "it writes one choice per request")
         if request.logprobs:
             raise _unsupported("logprobs", name, "it reports no log probabilities")
-        if request.response_format is not None and request.response_format.type != "text":
-            raise _unsupported("response_format", name, "use tools for structured output")
+        answer_tool = _format_tool(request.response_format)
+        if answer_tool is not None and request.tools and raw.get("tool_choice") != "none":
+            raise _unsupported(
+                "response_format",
+                name,
+                "with tools that may be called (set tool_choice to 'none' for a formatted answer)",
+            )
         if request.audio is not None or request.modalities not in (None, ["text"]):
             raise _unsupported("modalities", name, "it produces text only")
         if request.functions is not None or request.function_call is not None:
@@ -253,6 +319,9 @@ class AnthropicBackend(UpstreamBackend):
             choice = _tool_choice(raw.get("tool_choice"), request.parallel_tool_calls)
             if choice is not None:
                 body["tool_choice"] = choice
+        if answer_tool is not None:  # offered last, and the one the model must call
+            body["tools"] = [*body.get("tools", ()), answer_tool]
+            body["tool_choice"] = {"type": "tool", "name": answer_tool["name"]}
         if request.user and "user" not in self.settings.drop_fields:
             body["metadata"] = {"user_id": request.user}
         if request.stream:
@@ -326,14 +395,17 @@ class AnthropicBackend(UpstreamBackend):
 
     async def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:  # type: ignore[override]
         body = await self.messages_body(request, call.max_output)
+        # A JSON response_format: the call of this tool is the answer's text
+        answer_tool = _format_tool(request.response_format)
+        as_text = answer_tool["name"] if answer_tool is not None else None
         response = await self.post("/messages", orjson.dumps(body))
         if not request.stream:
             answer = _loads(await self._read(response))
-            for event in _answer_events(answer):
+            for event in _answer_events(answer, as_text):
                 yield event
             yield _usage(answer.get("usage")) or self.estimate(request, [])
             return
-        state = _Stream()
+        state = _Stream(as_text=as_text)
         lines = _sse(response)
         left_early = False
         try:
@@ -422,23 +494,33 @@ def _usage(raw: Any) -> Usage | None:
     return Usage(prompt, int(raw.get("output_tokens") or 0), cached)
 
 
-def _answer_events(answer: dict[str, Any]) -> list[Event]:
-    """A whole Messages answer as events: its text, its tool calls, its finish."""
+def _answer_events(answer: dict[str, Any], as_text: str | None = None) -> list[Event]:
+    """A whole Messages answer as events: its text, its tool calls, its finish. ``as_text``:
+    the tool whose call is the answer (a JSON ``response_format``); its input is the text,
+    and nothing else is."""
     if answer.get("type") == "error":
         raise upstream_stream_error(answer.get("error"))
     events: list[Event] = []
     calls = 0
     for block in answer.get("content") or ():
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text" and block.get("text"):
+        if kind == "tool_use" and as_text is not None:
+            if block.get("name") == as_text:
+                events.append(TextDelta(0, orjson.dumps(block.get("input") or {}).decode()))
+        elif kind == "text" and block.get("text") and as_text is None:
             events.append(TextDelta(0, block["text"]))
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             events.append(ToolCallDelta(0, calls, block.get("id"), block.get("name"), arguments))
             calls += 1
-    finish = FINISH.get(str(answer.get("stop_reason")), "stop")
-    events.append(TextDelta(0, "", finish_reason=finish))
+    events.append(TextDelta(0, "", finish_reason=_finish(answer.get("stop_reason"), as_text)))
     return events
+
+
+def _finish(stop_reason: Any, as_text: str | None) -> str:
+    """OpenAI's ``finish_reason``; the forced call of a formatted answer ends it as ``stop``."""
+    finish = FINISH.get(str(stop_reason), "stop")
+    return "stop" if as_text is not None and finish == "tool_calls" else finish
 
 
 @dataclass
@@ -453,6 +535,9 @@ class _Stream:
     stopped: bool = False
     #: Content blocks that are tool calls: block index → the call's number.
     calls: dict[int, int] = field(default_factory=dict)
+    #: A JSON ``response_format``'s tool (``_answer_events``), and the blocks that call it.
+    as_text: str | None = None
+    answers: set[int] = field(default_factory=set)
     text: list[str] = field(default_factory=list)
     #: Output went to the client.
     sent: bool = False
@@ -481,24 +566,32 @@ class _Stream:
             self._count(message.get("usage") if isinstance(message, dict) else None)
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
-            if block.get("type") == "tool_use":
+            formatted = self.as_text is not None
+            if block.get("type") == "tool_use" and formatted:
+                if block.get("name") == self.as_text:
+                    self.answers.add(int(event.get("index", 0)))
+            elif block.get("type") == "tool_use":
                 number = self.calls[int(event.get("index", 0))] = len(self.calls)
                 out.append(ToolCallDelta(0, number, block.get("id"), block.get("name"), ""))
                 self.text.append(str(block.get("name") or ""))
-            elif block.get("type") == "text" and block.get("text"):
+            elif block.get("type") == "text" and block.get("text") and not formatted:
                 out.append(TextDelta(0, block["text"]))
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
+            index = int(event.get("index", 0))
             if delta.get("type") == "text_delta" and delta.get("text"):
-                out.append(TextDelta(0, delta["text"]))
+                if self.as_text is None:
+                    out.append(TextDelta(0, delta["text"]))
             elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                number = self.calls.get(int(event.get("index", 0)))
-                if number is not None:
+                number = self.calls.get(index)
+                if index in self.answers:
+                    out.append(TextDelta(0, delta["partial_json"]))
+                elif number is not None:
                     out.append(ToolCallDelta(0, number, None, None, delta["partial_json"]))
         elif kind == "message_delta":
             reason = (event.get("delta") or {}).get("stop_reason")
             if reason is not None:
-                self.finish = FINISH.get(str(reason), "stop")
+                self.finish = _finish(reason, self.as_text)
             self._count(event.get("usage"))
         elif kind == "message_stop":
             self.stopped = True
