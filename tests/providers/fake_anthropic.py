@@ -1,5 +1,5 @@
 """A fake Anthropic Messages API over real HTTP, following Anthropic's documented shapes
-(docs.anthropic.com: Messages, Streaming Messages, Errors).
+(docs.anthropic.com: Messages, Streaming Messages, Models, Errors).
 
 It checks what Anthropic checks — ``x-api-key``, ``anthropic-version``, a required
 ``max_tokens``, user/assistant roles only, known block types, base64 image sources with a media
@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 WORDS = ("Hello", " from", " Claude", ".")
+MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5")
 TOOL_INPUT = {"city": "Paris", "unit": "celsius"}
 INPUT_TOKENS, CACHE_READ = 21, 5
 ERRORS = {
@@ -167,7 +168,26 @@ class FakeAnthropic:
     def output_tokens(blocks: list[dict[str, Any]]) -> int:
         return sum(len(b["text"].split()) if b["type"] == "text" else 10 for b in blocks)
 
+    def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the models this key may use, newest first."""
+        if request.headers.get("x-api-key") not in self.keys:
+            return self.error(401, "invalid x-api-key")
+        data = [
+            {
+                "type": "model",
+                "id": name,
+                "display_name": name,
+                "created_at": "2025-09-29T00:00:00Z",
+            }
+            for name in MODELS
+        ]
+        return web.json_response(
+            {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
+        )
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/v1/models":
+            return self.models(request)
         try:
             body = await request.json()
         except ValueError:

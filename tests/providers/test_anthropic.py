@@ -16,6 +16,8 @@ import openai
 import pydantic
 import pytest
 
+from keyhouse.backends.upstream.check import check_all
+from keyhouse.config import load_settings
 from tests.billing.meter_support import Keyhouse
 from tests.conftest import OpenAISpec, sse_events
 from tests.providers.fake_anthropic import (
@@ -564,3 +566,32 @@ async def test_usage_is_billed(kh: Keyhouse, servers: Any) -> None:
         assert not row.estimated
         # 21 uncached at 1, 5 cached at 0.5, 3 output at 2 — per 1M tokens, in micro-units.
         assert row.cost == 21 + 3 + 6
+
+
+async def test_upstreams_check_speaks_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Any
+) -> None:
+    claude, spare, images = servers
+    monkeypatch.setenv("ANTHROPIC_TEST_KEY", KEY)
+    config = tmp_path / "keyhouse.toml"
+    config.write_text(toml(claude, spare, images))
+    settings = load_settings({"KEYHOUSE_HOME": str(tmp_path), "KEYHOUSE_CONFIG": str(config)})
+    lines: list[str] = []
+    assert await check_all(settings, only="claude", timeout=10, echo=lines.append)
+    row = next(line for line in lines if " anthropic " in line)
+    assert "listed" in row and "PASS" in row and KEY not in "\n".join(lines)
+    chat, stream = (seen.body for seen in claude.seen[-2:])
+    assert chat == {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Say this is a test!"}],
+    }
+    assert stream == {**chat, "stream": True}
+    assert claude.seen[-1].headers["x-api-key"] == KEY
+    # A key Anthropic refuses is a failure, named
+    monkeypatch.setenv("ANTHROPIC_TEST_KEY", "sk-ant-wrong-0000")
+    settings = load_settings({"KEYHOUSE_HOME": str(tmp_path), "KEYHOUSE_CONFIG": str(config)})
+    lines = []
+    assert not await check_all(settings, only="claude", timeout=10, echo=lines.append)
+    row = next(line for line in lines if " anthropic " in line)
+    assert "key refused (401)" in row and "FAIL" in row

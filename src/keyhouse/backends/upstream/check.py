@@ -1,8 +1,9 @@
 """``keyhouse upstreams check``: call every upstream deployment once and print a table.
 
 For each: are its keys accepted and is its model listed (``GET /models``), does a short chat
-answer (and how fast), does a stream start (and how soon). Nothing is printed of the keys but
-their last four characters.
+answer (and how fast), does a stream start (and how soon) — in the deployment's own wire
+format: OpenAI's chat, or Anthropic's Messages. Nothing is printed of the keys but their last
+four characters.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ from keyhouse.config import LOCAL_KINDS, DeploymentSpec, ModelSpec, Settings
 from keyhouse.errors import ConfigError, KeyhouseError
 
 PROMPT = [{"role": "user", "content": "Say this is a test!"}]
-#: The kinds checked here (those that speak OpenAI's wire format).
-CHECKED = ("openai", "azure")
+#: The kinds checked here, and where each lists its models (None: it lists none at a
+#: deployment's address, as Azure's).
+CHECKED = {"openai": "/models", "azure": None, "anthropic": "/models"}
+
+
+def short_chat(kind: str, model: str) -> tuple[str, dict[str, Any]]:
+    """A short chat in the kind's own format: its path and body."""
+    if kind == "anthropic":
+        return "/messages", {"model": model, "max_tokens": 8, "messages": PROMPT}
+    return "/chat/completions", {"model": model, "messages": PROMPT, "max_tokens": 8}
 
 
 class _NoList(Exception):
@@ -59,17 +68,18 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
     assert backend.http is not None
     failures = []
     try:
-        # 1. keys and model list (Azure lists none at a deployment's address)
+        # 1. keys and model list
         headers = dict(s.headers)
         if backend.keys is not None:
             picked = backend.keys.pick()
             if picked is not None:
-                headers["Authorization"] = f"Bearer {picked[1].secret}"
+                headers.update(backend.auth_headers(picked[1].secret))
         try:
-            if deployment.backend != "openai":
+            listing = CHECKED[deployment.backend]
+            if listing is None:
                 raise _NoList
             async with asyncio.timeout(timeout):
-                response = await backend.http.request("GET", s.base_url + "/models", headers)
+                response = await backend.http.request("GET", s.base_url + listing, headers)
                 try:
                     body = await response.read(MAX_BODY)
                 finally:
@@ -91,11 +101,11 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
             failures.append("models")
         # 2. a short chat, and 3. a stream
         if "chat.completions" in deployment.endpoints:
-            payload = {"model": s.model, "messages": PROMPT, "max_tokens": 8}
+            path, payload = short_chat(deployment.backend, s.model)
             try:
                 started = time.perf_counter()
                 async with asyncio.timeout(timeout):
-                    response = await backend.post("/chat/completions", orjson.dumps(payload))
+                    response = await backend.post(path, orjson.dumps(payload))
                     try:
                         await response.read(MAX_BODY)
                     finally:
@@ -107,9 +117,7 @@ async def check_one(spec: ModelSpec, deployment: DeploymentSpec, timeout: float)
             try:
                 started = time.perf_counter()
                 async with asyncio.timeout(timeout):
-                    response = await backend.post(
-                        "/chat/completions", orjson.dumps({**payload, "stream": True})
-                    )
+                    response = await backend.post(path, orjson.dumps({**payload, "stream": True}))
                     await response.readline()
                     row.stream = f"first byte {(time.perf_counter() - started) * 1000:.0f} ms"
                     response.close()
