@@ -37,6 +37,7 @@ pytestmark = pytest.mark.model
 LOCAL = "gpt-4o-mini"  # the bundled model, by its alias
 PASSED = "upstream-responses"
 CHATTY = "upstream-chat"
+SEEING = "upstream-responses-vision"  # two deployments that speak it, one reads images
 #: Micro-units per token of the upstream models (1.5 a prompt token, 7 an output token).
 INPUT, OUTPUT = 1.5, 7
 
@@ -69,6 +70,27 @@ backend = "openai"
 input_price = "{INPUT}"
 output_price = "{OUTPUT}"
 settings = {{ base_url = "{fake.url}", model = "fake-model" }}
+
+[[models]]
+name = "{SEEING}"
+input_price = "{INPUT}"
+output_price = "{OUTPUT}"
+
+[[models.deployments]]
+name = "text-only"
+backend = "openai"
+base_url = "{fake.url}"
+model = "fake-model"
+responses_api = true
+
+[[models.deployments]]
+name = "reads-images"
+backend = "openai"
+base_url = "{fake.url}"
+model = "fake-vision-model"
+responses_api = true
+vision = true
+priority = 1
 """
 
 
@@ -627,6 +649,28 @@ async def test_a_passed_through_stream(kh: Harness, member: Any) -> None:
     (row,) = await kh.usage(member_id)
     assert (row.prompt_tokens, row.completion_tokens) == (11, 6)
     assert (await ai.responses.retrieve(final.id)).output_text == final.output_text
+
+
+async def test_passed_through_images_go_only_where_they_can_be_read(
+    kh: Harness, member: Any
+) -> None:
+    _, ai = member
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    looking: Any = [{"role": "user", "content": [{"type": "input_text", "text": "What?"}, image]}]
+    calls = len(kh.fake.seen)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ai.responses.create(model=PASSED, input=looking)
+    error = caught.value.body
+    assert error["param"] == "input[0].content[1].type"  # type: ignore[index]
+    assert "input_image is only supported by certain models" in error["message"]  # type: ignore[index]
+    assert len(kh.fake.seen) == calls  # refused before anything reached the upstream
+    # A model with a deployment that reads images: that one, though it is second in priority
+    reply = await ai.responses.create(model=SEEING, input=looking)
+    assert kh.fake.seen[-1].body["model"] == "fake-vision-model"
+    assert kh.fake.seen[-1].body["input"] == looking  # as the client wrote it
+    assert reply.output_text == "Hello from the fake upstream."
+    await ai.responses.create(model=SEEING, input="Hi")  # text: the first in priority
+    assert kh.fake.seen[-1].body["model"] == "fake-model"
 
 
 async def test_translated_for_an_upstream_that_speaks_only_chat(kh: Harness, member: Any) -> None:

@@ -55,7 +55,9 @@ def head(svc: Services, found: Route, prefix: str) -> render.Head:
     )
 
 
-def precheck(found: Route, body: p.ChatCompletionRequest | p.CompletionRequest) -> None:
+def precheck(
+    found: Route, body: p.ChatCompletionRequest | p.CompletionRequest | p.ResponsesRequest
+) -> None:
     """The backend's own refusals that need no model (parameters it cannot honour, more
     output than its context), made before anything is held."""
     check = getattr(found.backend, "check", None)
@@ -288,8 +290,8 @@ async def create_response(ex: Exchange) -> Response:
         )
     history = previous.context if previous is not None else None
     turn = responses.translate(body, history, lenient=passthrough)
-    if not passthrough:
-        precheck(found, turn.chat)
+    # Passed through, the request is the client's, whose images are checked as chat's are
+    precheck(found, body if passthrough else turn.chat)
     await admit(ex, body.model, estimate.chat_tokens(turn.chat, found.spec))
     await price(
         ex,

@@ -88,7 +88,7 @@ class Router:
         members = [d for d in deployments if serves(d.spec)]
         return members if len(members) < 2 else sorted(members, key=key)
 
-    def check(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+    def check(self, request: ChatCompletionRequest | CompletionRequest | ResponsesRequest) -> None:
         """Images for a model none of whose deployments reads them: a 400, before any hold."""
         if has_images(request) and not any(d.spec.vision for d in self.deployments):
             raise no_vision(request, self.spec.name)  # type: ignore[arg-type]
@@ -119,8 +119,12 @@ class Router:
         )
 
     def respond(self, request: ResponsesRequest, call: Call) -> AsyncIterator[Event]:
-        """The Responses API as the client wrote it (every deployment here speaks it)."""
-        return self._stream(lambda backend: backend.respond(request, call), call)  # type: ignore[attr-defined]
+        """The Responses API as the client wrote it (every deployment here speaks it); with
+        images, only to deployments that read them, as chat."""
+        vision = has_images(request)
+        if vision:
+            self.check(request)
+        return self._stream(lambda backend: backend.respond(request, call), call, vision)  # type: ignore[attr-defined]
 
     async def _stream(
         self,

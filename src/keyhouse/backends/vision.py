@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from keyhouse.errors import InvalidRequest
-from keyhouse.wire.openai import ChatCompletionRequest
+from keyhouse.wire.openai import ChatCompletionRequest, ResponsesRequest
 
 IMAGE = "image_url"
+#: The Responses API's image part (``input[i].content[j]``).
+INPUT_IMAGE = "input_image"
 
 
 def image_parts(request: ChatCompletionRequest) -> Iterator[tuple[int, int]]:
@@ -25,18 +27,37 @@ def image_parts(request: ChatCompletionRequest) -> Iterator[tuple[int, int]]:
                     yield i, j
 
 
+def input_image_parts(request: ResponsesRequest) -> Iterator[tuple[int, int]]:
+    """(item, part) positions of a Responses request's image parts (its items are raw)."""
+    if not isinstance(request.input, list):
+        return
+    for i, item in enumerate(request.input):
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == INPUT_IMAGE:
+                    yield i, j
+
+
 def has_images(request: object) -> bool:
-    return (
-        isinstance(request, ChatCompletionRequest) and next(image_parts(request), None) is not None
-    )
+    if isinstance(request, ChatCompletionRequest):
+        return next(image_parts(request), None) is not None
+    if isinstance(request, ResponsesRequest):
+        return next(input_image_parts(request), None) is not None
+    return False
 
 
-def no_vision(request: ChatCompletionRequest, model: str) -> InvalidRequest:
+def no_vision(request: ChatCompletionRequest | ResponsesRequest, model: str) -> InvalidRequest:
     """OpenAI's refusal of an image sent to a model that reads text only."""
-    i, j = next(image_parts(request))
+    if isinstance(request, ResponsesRequest):
+        i, j = next(input_image_parts(request))
+        kind, param = INPUT_IMAGE, f"input[{i}].content[{j}].type"
+    else:
+        i, j = next(image_parts(request))
+        kind, param = IMAGE, f"messages[{i}].content[{j}].type"
     return InvalidRequest(
-        f"Invalid content type. image_url is only supported by certain models; {model} reads "
+        f"Invalid content type. {kind} is only supported by certain models; {model} reads "
         "text only (none of its deployments reads images).",
-        param=f"messages[{i}].content[{j}].type",
+        param=param,
         code="invalid_value",
     )
