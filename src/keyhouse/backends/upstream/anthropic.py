@@ -249,8 +249,9 @@ class AnthropicBackend(UpstreamBackend):
 
     async def messages_body(
         self, request: ChatCompletionRequest, max_output: int | None
-    ) -> dict[str, Any]:
-        """The Messages API request for an OpenAI chat request."""
+    ) -> tuple[dict[str, Any], str | None]:
+        """The Messages API request for an OpenAI chat request, and the name of the tool whose
+        call is the answer's text (a JSON ``response_format``), if any."""
         raw = request.raw
         name = self.spec.name
         for param in self.settings.refuse_fields:
@@ -326,7 +327,7 @@ class AnthropicBackend(UpstreamBackend):
             body["metadata"] = {"user_id": request.user}
         if request.stream:
             body["stream"] = True
-        return body
+        return body, answer_tool["name"] if answer_tool is not None else None
 
     async def _user_blocks(self, content: Any, i: int) -> list[dict[str, Any]]:
         if isinstance(content, str):
@@ -394,10 +395,7 @@ class AnthropicBackend(UpstreamBackend):
     # ------------------------------------------------------------------ endpoints
 
     async def chat(self, request: ChatCompletionRequest, call: Call) -> AsyncIterator[Event]:  # type: ignore[override]
-        body = await self.messages_body(request, call.max_output)
-        # A JSON response_format: the call of this tool is the answer's text
-        answer_tool = _format_tool(request.response_format)
-        as_text = answer_tool["name"] if answer_tool is not None else None
+        body, as_text = await self.messages_body(request, call.max_output)
         response = await self.post("/messages", orjson.dumps(body))
         if not request.stream:
             answer = _loads(await self._read(response))
