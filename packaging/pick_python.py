@@ -25,7 +25,7 @@ NAMES = ("python3.11", "python3.12", "python3.13", "python3")
 PLACES = ("/usr/bin", "/usr/local/bin", "/opt/homebrew/bin")
 
 PROBE = r"""
-import sys, time
+import os, sys, time
 import ensurepip, venv  # noqa: F401 - a venv with pip must be possible (Debian: python3-venv)
 assert sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
 
@@ -50,7 +50,6 @@ for _ in range(5):
     started = time.perf_counter()
     work()
     best = min(best, time.perf_counter() - started)
-import os
 print(os.path.realpath(sys.executable), "%d.%d.%d" % sys.version_info[:3], best)
 """
 
