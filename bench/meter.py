@@ -49,15 +49,33 @@ INLINE = {"enforce, inline writer": 'billing_writer = "inline"\n' + MODES["enfor
 BEFORE = " (before)"
 
 
+def _writer_pid(wallet: Any) -> int | None:
+    child = getattr(getattr(wallet, "writer", None), "_child", None)
+    return child.pid if child is not None else None
+
+
 def _writer_cpu(wallet: Any) -> float:
     """CPU seconds of the wallet's writer process so far (0 when it writes inline)."""
-    child = getattr(getattr(wallet, "writer", None), "_child", None)
-    return cpu_seconds(child.pid) if child is not None else 0.0
+    pid = _writer_pid(wallet)
+    return cpu_seconds(pid) if pid is not None else 0.0
 
 
-async def wallet_cpu(mode: str, requests: int, batch: int, writer: str) -> tuple[float, float]:
+def _written(wallet: Any) -> int:
+    """Bytes the flushes have handed to the kernel to write so far (``wchar``): the writer
+    process's, or this process's when it writes inline. Steadier than any timing, and what
+    matters beside a busy server: on a small virtual machine the database's writes, more than
+    the writer's CPU, are what slow the server down (``bench/README.md``)."""
+    pid = _writer_pid(wallet)
+    fields = Path(f"/proc/{pid or 'self'}/io").read_text().split()
+    return int(fields[fields.index("wchar:") + 1])
+
+
+async def wallet_cpu(
+    mode: str, requests: int, batch: int, writer: str
+) -> tuple[float, float, float]:
     """Microseconds of CPU per request for the wallet's share of ``requests``: this process
-    (all threads), and the writer process (``billing_writer = "process"``)."""
+    (all threads), and the writer process (``billing_writer = "process"``); and the bytes its
+    flushes wrote per request."""
     from keyhouse.accounts.members import create_member
     from keyhouse.api.http import new_request_id
     from keyhouse.backends.base import Usage
@@ -111,13 +129,14 @@ async def wallet_cpu(mode: str, requests: int, batch: int, writer: str) -> tuple
         await wallet.flush()
 
     await run(2 * batch, 0)  # warm: statements prepared, leases taken
-    started, child = time.process_time(), _writer_cpu(wallet)
+    started, child, written = time.process_time(), _writer_cpu(wallet), _written(wallet)
     await run(requests, 10**9)
     spent, child = time.process_time() - started, _writer_cpu(wallet) - child
+    written = _written(wallet) - written
     if hasattr(wallet, "writer"):
         await wallet.writer.close()
     await db.dispose()
-    return spent / requests * 1e6, child / requests * 1e6
+    return spent / requests * 1e6, child / requests * 1e6, written / requests
 
 
 def cpu(args: argparse.Namespace) -> None:
@@ -125,7 +144,7 @@ def cpu(args: argparse.Namespace) -> None:
     if args.against is not None:
         trees["before"] = str(args.against.resolve())
     runs = [("meter-only", "process"), ("enforce", "process"), ("enforce", "inline")]
-    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     for round_ in range(args.rounds):
         names = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for tree in names:
@@ -148,18 +167,22 @@ def cpu(args: argparse.Namespace) -> None:
                     text=True,
                     check=True,
                 ).stdout.split()
-                results.setdefault((tree, mode, writer), []).append((float(out[0]), float(out[1])))
+                results.setdefault((tree, mode, writer), []).append(
+                    (float(out[0]), float(out[1]), float(out[2]))
+                )
     print(
         f"The wallet alone, SQLite: CPU per request ({args.requests} requests, a flush every "
         f"{args.batch}, {args.rounds} rounds; median (min … max)) in the server's process, "
-        "and in the writer process"
+        "and in the writer process; and the bytes the flushes wrote per request"
     )
     for (tree, mode, writer), values in results.items():
-        own = [v for v, _ in values]
-        child = statistics.median(c for _, c in values)
+        own = [v[0] for v in values]
+        child = statistics.median(v[1] for v in values)
+        written = statistics.median(v[2] for v in values)
         print(
             f"  {tree:<10} {mode:<11} {writer:<8} {statistics.median(own):6.1f} µs "
-            f"({min(own):.1f} … {max(own):.1f}) + writer {child:5.1f} µs"
+            f"({min(own):.1f} … {max(own):.1f}) + writer {child:5.1f} µs; "
+            f"{written:6.0f} bytes written"
         )
     if args.against is not None:
         for mode, writer in runs:

@@ -247,11 +247,11 @@ class PriceVersion(Base):
 
 
 class UsageRecord(Base):
-    """One small row per request: no prompt, no output."""
+    """One small row per request: no prompt, no output. Read by request id and by time only
+    (reports read the roll-ups): each index here is written with every row of every flush."""
 
     __tablename__ = "usage"
     __table_args__ = (
-        Index("ix_usage_member_at", "member_id", "at"),
         # Each request is charged exactly once: its usage row is the guard (migration 0006).
         Index("uq_usage_request_id", "request_id", unique=True),
     )
