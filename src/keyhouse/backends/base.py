@@ -9,13 +9,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from keyhouse.config import ModelSpec
+from keyhouse.errors import InvalidRequest
 
 if TYPE_CHECKING:  # annotations only: what imports this for ``Usage`` (the billing writer
     # process, the ledger) need not load the wire models
-    from keyhouse.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+    from keyhouse.wire.openai import (
+        ChatCompletionRequest,
+        CompletionRequest,
+        EmbeddingRequest,
+        ResponseFormat,
+    )
+
+
+def format_schema(fmt: ResponseFormat) -> dict[str, Any]:
+    """The schema of a ``json_schema`` response format, or OpenAI's 400 when it has none: the
+    first check of every backend that makes its answer follow one."""
+    schema = (fmt.json_schema or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest(
+            "Missing required parameter: 'response_format.json_schema.schema'.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
+    return schema
 
 
 class Meter:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from keyhouse.backends.base import Call, Embeddings, Event, Meter, TextDelta
+from keyhouse.backends.base import Call, Embeddings, Event, Meter, TextDelta, format_schema
 from keyhouse.backends.local import tools
 from keyhouse.backends.local.e5 import EmbedJob
 from keyhouse.backends.local.grammar import GrammarCache
@@ -374,13 +374,7 @@ class LocalChatBackend:
         json_schema = None
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_schema":
-            schema = (fmt.json_schema or {}).get("schema")
-            if not isinstance(schema, dict):
-                raise InvalidRequest(
-                    "Missing required parameter: 'response_format.json_schema.schema'.",
-                    param="response_format.json_schema.schema",
-                    code="missing_required_parameter",
-                )
+            schema = format_schema(fmt)
             check_schema(schema)  # before the job is queued: a 400, nothing built
             json_schema = schema
         json_mode = fmt is not None and fmt.type == "json_object"

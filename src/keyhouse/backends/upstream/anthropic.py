@@ -37,7 +37,16 @@ from typing import Any
 
 import orjson
 
-from keyhouse.backends.base import Call, Embeddings, Event, Relayed, TextDelta, ToolCallDelta, Usage
+from keyhouse.backends.base import (
+    Call,
+    Embeddings,
+    Event,
+    Relayed,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    format_schema,
+)
 from keyhouse.backends.upstream import http
 from keyhouse.backends.upstream.client import (
     UpstreamBackend,
@@ -171,7 +180,7 @@ def _format_tool(fmt: ResponseFormat | None) -> dict[str, Any] | None:
             "input_schema": {"type": "object"},
         }
     spec = fmt.json_schema or {}
-    name, schema = spec.get("name"), spec.get("schema")
+    name = spec.get("name")
     if not isinstance(name, str):
         raise InvalidRequest(
             "Missing required parameter: 'response_format.json_schema.name'.",
@@ -185,12 +194,7 @@ def _format_tool(fmt: ResponseFormat | None) -> dict[str, Any] | None:
             f"characters, got {name[:80]!r}.",
             "response_format.json_schema.name",
         )
-    if not isinstance(schema, dict):
-        raise InvalidRequest(
-            "Missing required parameter: 'response_format.json_schema.schema'.",
-            param="response_format.json_schema.schema",
-            code="missing_required_parameter",
-        )
+    schema = format_schema(fmt)
     if schema.get("type") != "object":
         raise _bad(
             "Invalid schema for response_format: the schema's root must be an object "
