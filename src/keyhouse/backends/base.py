@@ -74,8 +74,12 @@ class Meter:
         if self.settled:
             return
         self.settled = True
-        if self._on_settle is not None:
-            self._on_settle(usage)
+        on_settle, self._on_settle = self._on_settle, None
+        if on_settle is not None:
+            # Let go of it first: it is the request's own (the pipeline's exchange, which holds
+            # this meter), a cycle the garbage collector would otherwise have to find and free,
+            # with all the request hangs on it, after every request.
+            on_settle(usage)
 
     def report(self, usage: Usage) -> None:
         """The true usage, settled at ``close`` (the first report counts, as ``settle``)."""

@@ -255,7 +255,9 @@ class Response:
         self.headers = Headers()
         self._connection: _Connection | None = connection
         self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
+        #: Its callbacks are this object's methods: let go of at the end (``_detach``), so
+        #: that no answer leaves a cycle for the garbage collector to find.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._raw: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
@@ -286,6 +288,7 @@ class Response:
     def on_headers_complete(self) -> None:
         if self._complete:
             return
+        assert self._parser is not None  # it is calling us
         status = self._parser.get_status_code()
         if status < 200:  # 1xx: the answer follows
             self._raw = []
@@ -323,17 +326,19 @@ class Response:
         if not self._head or self._complete:  # a 1xx ended, or bytes past the answer
             return
         self._finish()
+        assert self._parser is not None  # it is calling us
         self._keep_alive = self._parser.should_keep_alive()
 
     # ------------------------------------------------------------------ the connection's side
 
     def _received(self, data: bytes) -> None:
         self._heard = True
-        if self._complete:  # bytes past the answer: the connection is not clean to reuse
+        parser = self._parser
+        if self._complete or parser is None:  # bytes past the answer: not clean to reuse
             self._keep_alive = False
             return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._error = ProtocolError("the upstream switched protocols")
         except httptools.HttpParserError as exc:
@@ -499,14 +504,22 @@ class Response:
 
     # ------------------------------------------------------------------ the end
 
+    def _detach(self) -> _Connection | None:
+        """Let go of the connection (None if done already) and of the parser."""
+        connection = self._connection
+        if connection is None:
+            return None
+        self._connection = None
+        self._parser = None
+        connection.response = None
+        return connection
+
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if the answer came to its end
         and the server keeps it alive; otherwise it is closed."""
-        connection = self._connection
+        connection = self._detach()
         if connection is None:
             return
-        self._connection = None
-        connection.response = None
         if self._complete and self._keep_alive and self._error is None and not self._paused:
             connection.client._put(connection)
         else:
@@ -514,11 +527,9 @@ class Response:
 
     def close(self) -> None:
         """Done with it, and with its connection (the server stops writing)."""
-        connection = self._connection
+        connection = self._detach()
         if connection is None:
             return
-        self._connection = None
-        connection.response = None
         connection.close()
         if not self._complete and self._error is None:
             self._error = Disconnected("the connection was closed")
