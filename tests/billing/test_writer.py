@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
+import pickle
 import signal
 import sqlite3
 import sys
@@ -23,7 +25,7 @@ from sqlalchemy import func, select, text
 
 from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger
-from keyhouse.billing.holds import Account, Hold, Settlement
+from keyhouse.billing.holds import Account, Queued
 from keyhouse.billing.money import Prices
 from keyhouse.billing.wallet import Wallet
 from keyhouse.billing.writer import Inline, Process, WriterError, pack, unpack, writer_for
@@ -129,11 +131,21 @@ def test_sqlite_flushes_in_a_helper_process_and_postgresql_inline(
 def test_a_batch_crosses_as_plain_tuples_and_comes_back_the_same() -> None:
     balance = Account("bal:mem_a", "mem_a", None, None, "lease_1", 5000)
     budget = Account("bud:k:key_a:2026-03", "mem_a", 900, 800, None, 0)
-    batch = [
-        Settlement(
-            Hold(f"req_{n}", "mem_a", "key_a", "m", PRICES, 3, (balance, budget), 40),
+    accounts = {a.name: a for a in (balance, budget)}
+    batch: list[Queued] = [
+        (
+            f"req_{n}",
+            "mem_a",
+            "key_a",
+            "m",
+            3,
+            40,
+            (balance.name, budget.name),
             30 + n,
-            Usage(10, n, cached_tokens=2, estimated=n == 1),
+            10,
+            n,
+            2,
+            n == 1,
             NOW,
             "d" if n else None,
             5,
@@ -144,22 +156,38 @@ def test_a_batch_crosses_as_plain_tuples_and_comes_back_the_same() -> None:
         )
         for n in range(3)
     ]
-    again = unpack(*pack(batch))
-    for before, after in zip(batch, again, strict=True):
-        for field in ("cost", "usage", "at", "deployment", "latency_ms", "ttft_ms", "status"):
-            assert getattr(after, field) == getattr(before, field)
-        assert (after.overshoot, after.org_cost) == (before.overshoot, before.org_cost)
-        for field in ("request_id", "member_id", "key_id", "model", "price_version", "amount"):
-            assert getattr(after.hold, field) == getattr(before.hold, field)
+    # What the helper receives: plain values, made again on its side.
+    account_rows, rows = pickle.loads(pickle.dumps((pack(accounts), batch)))
+    assert rows == batch
+    again = unpack({row[0]: Account(*row) for row in account_rows}, rows)
+    for row, after in zip(batch, again, strict=True):
+        hold, usage = after.hold, after.usage
+        assert (hold.request_id, hold.member_id, hold.key_id, hold.model) == row[:4]
+        assert (hold.price_version, hold.amount, after.cost) == (row[4], row[5], row[7])
+        assert usage == Usage(row[8], row[9], row[10], row[11])
+        assert (after.at, after.deployment, after.latency_ms, after.ttft_ms) == row[12:16]
+        assert (after.status, after.overshoot, after.org_cost) == row[16:]
         assert [
-            (a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased)
-            for a in after.hold.accounts
+            (a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased) for a in hold.accounts
         ] == [
-            (a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased)
-            for a in before.hold.accounts
+            ("bal:mem_a", "mem_a", None, None, "lease_1", 5000),
+            ("bud:k:key_a:2026-03", "mem_a", 900, 800, None, 0),
         ]
-    # One object per account, shared by the settlements, as in the batch.
+    # One object per account, shared by the settlements, as in the wallet.
     assert again[0].hold.accounts[0] is again[2].hold.accounts[0]
+    # Inline, the wallet's own accounts; one it let go of (nothing pending) is left out.
+    inline = unpack({balance.name: balance}, batch)
+    assert inline[1].hold.accounts == (balance,)
+
+
+async def test_queued_settlements_are_plain_values(billed: Billed) -> None:
+    """What waits for the flush is nothing the cyclic garbage collector must walk: after one
+    pass, no queued settlement is tracked by it (an object among its values would keep it so)."""
+    await spend(billed.wallet, billed.member, 0, 3)
+    assert len(billed.wallet._queue) == 3
+    gc.collect()
+    gc.collect()  # a tuple is untracked once what it holds is
+    assert not [row for row in billed.wallet._queue if gc.is_tracked(row)]
 
 
 async def test_the_helper_writes_what_the_inline_flush_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]

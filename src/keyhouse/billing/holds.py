@@ -79,3 +79,34 @@ class Settlement:
     overshoot: int = 0
     #: What the request cost the organisation (the deployment's ``cost`` prices); None: unknown.
     org_cost: int | None = None
+
+
+#: A settlement as the wallet queues it for the flush: plain values only, its accounts by
+#: name. The queue keeps ~1,000 of them between two flushes; as objects (a ``Settlement``, its
+#: ``Hold`` and ``Usage``) each was walked by every pass of the cyclic garbage collector until
+#: the flush, while a tuple of plain values is untracked at its first (``bench/README.md``).
+#: The fields: request id, member, key, model, price version, amount held, account names,
+#: cost, prompt, completion and cached tokens, estimated, at, deployment, latency and time to
+#: first token in ms, status, overshoot, the organisation's cost. ``billing.writer`` sends
+#: them to the flush as they are and makes ``Settlement``s of them there.
+Queued = tuple[
+    str,
+    str,
+    str,
+    str,
+    int | None,
+    int,
+    tuple[str, ...],
+    int,
+    int,
+    int,
+    int,
+    bool,
+    datetime,
+    str | None,
+    int,
+    int | None,
+    int,
+    int,
+    int | None,
+]

@@ -24,7 +24,7 @@ from typing import Any
 
 from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger, names
-from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Settlement
+from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Queued, Settlement
 from keyhouse.billing.leases import Leases
 from keyhouse.billing.money import Prices, show, to_micro
 from keyhouse.billing.names import period_key
@@ -67,7 +67,7 @@ class Wallet:
         self.prices = PriceVersions(db, clock, settings.currency)
         self.settings = settings
         self.accounts: dict[str, Account] = {}
-        self._queue: list[Settlement] = []
+        self._queue: list[Queued] = []
         self._task: asyncio.Task[None] | None = None
         self._last_reap = 0.0
         self._next_expiry = 0.0  # time.monotonic() of the next run; every process runs it
@@ -259,10 +259,19 @@ class Wallet:
                 account.pending += cost
                 account.last_used = touched
         self._queue.append(
-            Settlement(
-                hold,
+            (
+                hold.request_id,
+                hold.member_id,
+                hold.key_id,
+                hold.model,
+                hold.price_version,
+                hold.amount,
+                tuple([account.name for account in hold.accounts]),
                 cost,
-                used,
+                used.prompt_tokens,
+                used.completion_tokens,
+                used.cached_tokens,
+                used.estimated,
                 self.clock.now(),
                 deployment,
                 latency_ms,
@@ -281,9 +290,14 @@ class Wallet:
                 await self.leases.renew(self.accounts.values())
                 return
             batch, self._queue = self._queue, []
+            # The accounts the batch spent from, by name. One with a settlement still queued
+            # has it pending and stays here (``return_leases``), unless it cost nothing.
+            known = self.accounts
+            accounts = {name: known[name] for row in batch for name in row[6] if name in known}
             try:
                 written = await self.writer.write(
                     batch,
+                    accounts,
                     self.clock.now(),
                     timezone=self.settings.timezone,
                     leases=self.leases,

@@ -33,7 +33,7 @@ from sqlalchemy.orm import configure_mappers
 
 from keyhouse.backends.base import Usage
 from keyhouse.billing import flush as flushing
-from keyhouse.billing.holds import Account, Hold, Settlement
+from keyhouse.billing.holds import Account, Hold, Queued, Settlement
 from keyhouse.billing.leases import Leases
 from keyhouse.billing.money import Prices
 from keyhouse.clock import SystemClock
@@ -63,14 +63,17 @@ class Writer(Protocol):
 
     async def write(
         self,
-        batch: Sequence[Settlement],
+        batch: Sequence[Queued],
+        accounts: dict[str, Account],
         now: datetime,
         *,
         timezone: str,
         leases: Leases,
         renew: bool,
     ) -> list[flushing.Written]:
-        """Write ``batch`` (and renew our leases if ``renew``) in one committed transaction."""
+        """Write ``batch`` (and renew our leases if ``renew``) in one committed transaction.
+        ``accounts``: the wallet's own, by name, those the batch names; what is written of
+        each comes back about them."""
         ...
 
     async def close(self) -> None: ...
@@ -87,7 +90,8 @@ class Inline:
 
     async def write(
         self,
-        batch: Sequence[Settlement],
+        batch: Sequence[Queued],
+        accounts: dict[str, Account],
         now: datetime,
         *,
         timezone: str,
@@ -95,7 +99,7 @@ class Inline:
         renew: bool,
     ) -> list[flushing.Written]:
         return await flushing.commit(
-            self.db, batch, now, timezone=timezone, leases=leases, renew=renew
+            self.db, unpack(accounts, batch), now, timezone=timezone, leases=leases, renew=renew
         )
 
     async def close(self) -> None:
@@ -105,73 +109,24 @@ class Inline:
 # ------------------------------------------------------------------ the batch as plain tuples
 
 AccountRow = tuple[str, str, int | None, int | None, str | None, int]
-SettlementRow = tuple[Any, ...]
 
 
-def pack(batch: Sequence[Settlement]) -> tuple[list[AccountRow], list[SettlementRow]]:
-    """The batch as tuples of plain values: each account once, then a row per settlement that
-    names its accounts by their place in the first list."""
-    places: dict[int, int] = {}
-    accounts: list[AccountRow] = []
-    rows: list[SettlementRow] = []
-    for s in batch:
-        hold, usage = s.hold, s.usage
-        held: list[int] = []
-        for account in hold.accounts:
-            place = places.get(id(account))
-            if place is None:
-                place = places[id(account)] = len(accounts)
-                accounts.append(
-                    (
-                        account.name,
-                        account.member_id,
-                        account.limit,
-                        account.soft,
-                        account.lease_id,
-                        account.leased,
-                    )
-                )
-            held.append(place)
-        rows.append(
-            (
-                hold.request_id,
-                hold.member_id,
-                hold.key_id,
-                hold.model,
-                hold.price_version,
-                hold.amount,
-                tuple(held),
-                s.cost,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.cached_tokens,
-                usage.estimated,
-                s.at,
-                s.deployment,
-                s.latency_ms,
-                s.ttft_ms,
-                s.status,
-                s.overshoot,
-                s.org_cost,
-            )
-        )
-    return accounts, rows
+def pack(accounts: dict[str, Account]) -> list[AccountRow]:
+    """The accounts as the helper needs them, plain values (the settlements are already)."""
+    return [(a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased) for a in accounts.values()]
 
 
-def unpack(accounts: list[AccountRow], rows: list[SettlementRow]) -> list[Settlement]:
-    """``pack``'s tuples as settlements again (in the helper): their accounts are new objects,
-    one per account, as in the batch."""
-    made = [
-        Account(name, member_id, limit, soft, lease_id, leased)
-        for name, member_id, limit, soft, lease_id, leased in accounts
-    ]
-    held: dict[tuple[int, ...], tuple[Account, ...]] = {}  # a few distinct ones a batch
+def unpack(accounts: dict[str, Account], rows: Sequence[Queued]) -> list[Settlement]:
+    """The queued settlements as ``Settlement``s for the flush, their accounts those of
+    ``accounts`` by name (one object per account, shared, as in the wallet). A name not there
+    is an account a settlement cost nothing (the wallet let it go): nothing to write of it."""
+    held: dict[tuple[str, ...], tuple[Account, ...]] = {}  # a few distinct ones a batch
     out = []
     for r in rows:
-        places = r[6]
-        accounts_of = held.get(places)
+        names = r[6]
+        accounts_of = held.get(names)
         if accounts_of is None:
-            accounts_of = held[places] = tuple(made[place] for place in places)
+            accounts_of = held[names] = tuple(accounts[n] for n in names if n in accounts)
         hold = Hold(r[0], r[1], r[2], r[3], UNPRICED, r[4], accounts_of, r[5], None, True)
         usage = Usage(r[8], r[9], r[10], r[11])
         out.append(Settlement(hold, r[7], usage, r[12], r[13], r[14], r[15], r[16], r[17], r[18]))
@@ -239,15 +194,15 @@ class Process:
 
     async def write(
         self,
-        batch: Sequence[Settlement],
+        batch: Sequence[Queued],
+        accounts: dict[str, Account],
         now: datetime,
         *,
         timezone: str,
         leases: Leases,
         renew: bool,
     ) -> list[flushing.Written]:
-        accounts, rows = pack(batch)
-        request = (accounts, rows, now, timezone, leases.owner, leases.ttl, renew)
+        request = (pack(accounts), batch, now, timezone, leases.owner, leases.ttl, renew)
         async with self._lock:
             if not self._inline:
                 try:
@@ -261,7 +216,7 @@ class Process:
                     )
             if self._inline:
                 return await self.fallback.write(
-                    batch, now, timezone=timezone, leases=leases, renew=renew
+                    batch, accounts, now, timezone=timezone, leases=leases, renew=renew
                 )
             try:
                 await self._send(child, request)
@@ -277,9 +232,8 @@ class Process:
                 raise
         if isinstance(answer, str):
             raise WriterError(answer)
-        by_name = {a.name: a for s in batch for a in s.hold.accounts}
         return [
-            flushing.Written(by_name[name], release, shrink) for name, release, shrink in answer
+            flushing.Written(accounts[name], release, shrink) for name, release, shrink in answer
         ]
 
     @staticmethod
@@ -341,9 +295,10 @@ def _answer(stream: BinaryIO, message: Any) -> None:
 
 
 async def _write(db: Database, request: tuple[Any, ...]) -> list[tuple[str, int, int]]:
-    accounts, rows, now, timezone, owner, ttl, renew = request
+    account_rows, rows, now, timezone, owner, ttl, renew = request
     leases = Leases(db, SystemClock(), size=0, ttl=ttl)
     leases.owner = owner  # renew and shrink the server's own leases
+    accounts = {row[0]: Account(*row) for row in account_rows}
     written = await flushing.commit(
         db, unpack(accounts, rows), now, timezone=timezone, leases=leases, renew=renew
     )
