@@ -62,9 +62,9 @@ def _writer_cpu(wallet: Any) -> float:
 
 def _written(wallet: Any) -> int:
     """Bytes the flushes have handed to the kernel to write so far (``wchar``): the writer
-    process's, or this process's when it writes inline. Steadier than any timing, and what
-    matters beside a busy server: on a small virtual machine the database's writes, more than
-    the writer's CPU, are what slow the server down (``bench/README.md``)."""
+    process's, or this process's when it writes inline. Steadier than any timing; what the
+    disk is given, not what slows the server (measured with the database on tmpfs, that was
+    the same: ``bench/README.md``, "What the writer writes")."""
     pid = _writer_pid(wallet)
     fields = Path(f"/proc/{pid or 'self'}/io").read_text().split()
     return int(fields[fields.index("wchar:") + 1])

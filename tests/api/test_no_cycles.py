@@ -76,7 +76,7 @@ async def test_chat_completions_leave_no_cycle(kh: Keyhouse) -> None:
     assert await left_in_cycles(plain_and_streamed) == Counter()
 
 
-async def test_the_check_can_see_a_cycle(kh: Keyhouse) -> None:
+async def test_the_check_can_see_a_cycle() -> None:
     """The check itself: a cycle through one of our objects is found."""
     from keyhouse.backends.base import Meter
 

@@ -50,7 +50,8 @@ HELPER = (
     "import os, runpy; os.nice(5); "
     "runpy.run_module('keyhouse.billing.writer', run_name='__main__', alter_sys=True)"
 )
-#: Settlements come priced: the helper never prices, so its holds carry no prices.
+#: Settlements come priced: the flush never prices, so the holds ``unpack`` makes (in the helper
+#: or inline) carry no prices.
 UNPRICED = Prices(Decimal(0), Decimal(0), Decimal(0))
 
 
