@@ -7,11 +7,13 @@ completions over keep-alive connections. Used by limits.py and meter.py.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -44,18 +46,68 @@ settings = {{ base_url = "http://127.0.0.1:{port}/v1", model = "bench-model" }}
 """
 
 
+@dataclass
+class Cost:
+    """One server against the baseline, over the rounds: its medians, and what it costs — the
+    median of the rounds' own ratios (each against the baseline's turn in the same round) with
+    the 95 % interval of that median."""
+
+    per_second: float
+    cpu_us: float
+    #: 1 − its requests/s ÷ the baseline's.
+    cost: float
+    cost_interval: tuple[float, float]
+    #: Its server CPU per request ÷ the baseline's, − 1.
+    cpu_cost: float
+    cpu_interval: tuple[float, float]
+    #: Its server CPU per request − the baseline's, µs.
+    cpu_extra: float
+    extra_interval: tuple[float, float]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the ``k``-th smallest and largest values,
+    ``k`` from the binomial distribution (sign test). It assumes nothing of the noise's shape,
+    which here has slow phases and bursts."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 0, 0.0
+    while True:  # the largest k with P(Binomial(n, ½) < k) ≤ (1 − confidence) / 2
+        below_next = below + math.comb(n, k) / 2**n
+        if below_next > (1 - confidence) / 2:
+            break
+        below, k = below_next, k + 1
+    if k == 0:  # too few rounds for this confidence: the whole range
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
+
+
 def compare(
     variants: dict[str, tuple[str, dict[str, str]]],
     *,
     baseline: str,
     connections: int,
-    seconds: float,
-    rounds: int,
-    cpu_out: dict[str, float] | None = None,
-) -> dict[str, float]:
+    seconds: float = 1.0,
+    rounds: int = 24,
+    warmup: float = 0.3,
+    rate: float | None = None,
+) -> dict[str, Cost]:
     """``variants``: name → (TOML text before [[models]], extra environment). Prints a table of
-    requests/s and the cost of each variant against ``baseline``; returns the medians. With
-    ``cpu_out``, each variant's median server CPU µs per request is put there too."""
+    requests/s, server CPU per request and the cost of each variant against ``baseline``;
+    returns them.
+
+    Why many short turns, and each cost the median of the rounds' ratios: on these shared VMs
+    a server's CPU per request moves ±15 % from one second to the next (two identical servers'
+    turns, side by side: 152–266 µs), in slow phases and bursts. Every round visits every
+    server (in a rotating order, reversed every other round), each server's figure is taken
+    against the baseline's in the same round, and the median of those ratios is reported with
+    its interval. Each server runs with the same ``PYTHONHASHSEED``: string hashes decide how
+    every dict and set is laid out, and with a seed of its own each process is a little faster
+    or slower than its twin for its whole life.
+
+    With ``rate``, the load is that many requests a second (``httpload.paced_load``) instead
+    of as many as the server answers: every server does the same work, and what differs is the
+    CPU each request takes."""
     upstream_port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -72,6 +124,7 @@ def compare(
                 "KEYHOUSE_HOME": str(home),
                 "KEYHOUSE_CONFIG": str(home / "keyhouse.toml"),
                 "KEYHOUSE_LOG_LEVEL": "warning",
+                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
                 **extra,
             }
 
@@ -93,41 +146,58 @@ def compare(
 
         results: dict[str, list[float]] = {name: [] for name in servers}
         cpu: dict[str, list[float]] = {name: [] for name in servers}
+        names = list(servers)
         for round_ in range(rounds):
-            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-            for name in order:
+            shift = round_ % len(names)
+            order = names[shift:] + names[:shift]
+            for name in order if round_ % 2 == 0 else reversed(order):
                 port, key, pid = servers[name]
                 before = cpu_seconds(pid)
-                result = httpload.post_load(
+                load = httpload.post_load if rate is None else httpload.paced_load
+                extra = {} if rate is None else {"rate": rate}
+                result = load(
                     port,
                     "/v1/chat/completions",
                     CHAT,
                     {"Authorization": f"Bearer {key}"},
                     connections=connections,
                     seconds=seconds,
+                    warmup=warmup,
+                    **extra,
                 )
                 if result.errors:
                     print(f"  {name}: {result.errors} errors")
                 results[name].append(result.per_second)
                 cpu[name].append((cpu_seconds(pid) - before) / max(result.total, 1) * 1e6)
+        pace = "as fast as answered" if rate is None else f"{rate:g} requests/s in all"
         print(
-            f"Non-streamed chat through a fake upstream, {connections} connections, "
-            f"{rounds} rounds of {seconds:g} s, one worker"
+            f"Non-streamed chat through a fake upstream, {connections} connections ({pace}), "
+            f"{rounds} rounds of {seconds:g} s (after {warmup:g} s) in turns, one worker; "
+            f"costs: the median of the rounds' ratios to {baseline!r} [95 % interval]"
         )
-        medians = {name: statistics.median(values) for name, values in results.items()}
-        per_request = {name: statistics.median(values) for name, values in cpu.items()}
-        for name, values in results.items():
-            cost = (1 - medians[name] / medians[baseline]) * 100
-            cpu_cost = (per_request[name] / per_request[baseline] - 1) * 100
-            print(
-                f"  {name:<24} {medians[name]:>7.0f} req/s   cost {cost:+5.1f}% "
-                f"(rounds: {', '.join(f'{v:.0f}' for v in values)}); "
-                f"server CPU {per_request[name]:.0f} µs/request, cost {cpu_cost:+5.1f}%"
+        costs: dict[str, Cost] = {}
+        for name in servers:
+            rate = [1 - v / b for v, b in zip(results[name], results[baseline], strict=True)]
+            more = [v / b - 1 for v, b in zip(cpu[name], cpu[baseline], strict=True)]
+            extra = [v - b for v, b in zip(cpu[name], cpu[baseline], strict=True)]
+            costs[name] = cost = Cost(
+                statistics.median(results[name]),
+                statistics.median(cpu[name]),
+                statistics.median(rate),
+                median_interval(rate),
+                statistics.median(more),
+                median_interval(more),
+                statistics.median(extra),
+                median_interval(extra),
             )
-        if cpu_out is not None:
-            cpu_out.update(per_request)
+            print(
+                f"  {name:<24} {cost.per_second:>7.0f} req/s, cost {cost.cost * 100:+5.1f}% "
+                f"[{cost.cost_interval[0] * 100:+.1f}, {cost.cost_interval[1] * 100:+.1f}]; "
+                f"server CPU {cost.cpu_us:.0f} µs/request, cost {cost.cpu_cost * 100:+5.1f}% "
+                f"[{cost.cpu_interval[0] * 100:+.1f}, {cost.cpu_interval[1] * 100:+.1f}]"
+            )
         print(f"Load average (1 min): {os.getloadavg()[0]:.2f}")
-        return medians
+        return costs
     finally:
         for process in reversed(processes):
             stop(process)

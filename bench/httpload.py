@@ -100,6 +100,56 @@ async def _worker(
         writer.close()
 
 
+def paced_load(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    rate: float,
+    seconds: float,
+    warmup: float = 0.3,
+) -> Result:
+    """``rate`` requests a second in all, over ``connections`` keep-alive connections, each
+    sending on its own schedule (staggered), for ``warmup`` then ``seconds``: a server below
+    its limit, as servers mostly run, where the closed loop of ``post_load`` keeps it at its
+    limit. A request late on its schedule is sent as soon as the one before it is answered."""
+    payload = request_bytes(port, path, body, headers)
+    gap = connections / rate
+
+    async def worker(index: int, start: float, out: Result) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        first = start + index * gap / connections
+        end = start + warmup + seconds
+        try:
+            n = 0
+            while (due := first + n * gap) < end:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                sent = time.perf_counter()
+                writer.write(payload)
+                status, _ = await _read_response(reader)
+                out.total += 1
+                if due >= start + warmup:
+                    if status == b"200":
+                        out.latencies.append(time.perf_counter() - sent)
+                    else:
+                        out.errors += 1
+                n += 1
+        finally:
+            writer.close()
+
+    async def run() -> Result:
+        out = Result(seconds)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i, start, out) for i in range(connections)))
+        return out
+
+    return asyncio.run(run())
+
+
 def count_load(port: int, payload: bytes, *, connections: int, requests: int) -> int:
     """``requests`` requests (``payload``, raw) over ``connections`` keep-alive connections, one
     in flight on each, however long they take; the number answered 200."""

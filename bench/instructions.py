@@ -25,8 +25,8 @@ instructions — Python, pydantic, orjson, the loop — not the kernel's (its so
 upstream's and not the billing writer's (its own process, as in "server CPU").
 
 Work that runs by the clock is counted in proportion to the run's length, and under valgrind a
-run lasts ~50× as long: the meter's flush, every ``billing_flush_interval`` (0.2 s), would carry
-a fiftieth of its usual rows each time. So these servers flush every 10 s, which keeps about the
+run lasts ~50× as long: the meter's flush, every ``billing_flush_interval`` (1 s), would carry
+a fiftieth of its usual rows each time. So these servers flush every 50 s, which keeps about the
 usual rows to a flush, and a limits lease lasts 50 s instead of 1 s. (The key-change poll, four
 times a second, adds ~1 % to every server.)
 
@@ -58,8 +58,8 @@ from run import fake_upstream, free_port, keyhouse_cli, stop, wait_healthy
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 EMAIL = "instructions-bench@example.org"
-#: Flushes as seldom, in valgrind's slow time, as every 0.2 s is in real time (see above).
-SLOW_FLUSH = "billing_flush_interval = 10\n"
+#: Flushes as seldom, in valgrind's slow time, as every 1 s is in real time (see above).
+SLOW_FLUSH = "billing_flush_interval = 50\n"
 #: Likewise a limits lease (``limits/lease.py``) lasts 50 s, not 1 s, so that each carries
 #: about its usual requests; an environment variable, which trees without leases ignore.
 SLOW_LEASES = {"KEYHOUSE_LIMITS_LEASE_SECONDS": "50"}

@@ -1,6 +1,6 @@
 """What rate limits cost: requests/s with limits off, on in-process, and on in Redis.
 
-    python bench/limits.py [--seconds 4] [--rounds 3]
+    python bench/limits.py [--seconds 1] [--rounds 24]
 
 Three servers identical but for their limits, through a fast fake upstream, at 16
 connections, in turns in one run (bench/compare.py). Billing is off in all three, so that
@@ -29,8 +29,8 @@ max_parallel = 100000
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """What the meter costs: requests/s with billing off, meter-only, and enforced (holds).
 
-    python bench/meter.py [--seconds 4] [--rounds 3] [--against SRC]
+    python bench/meter.py [--seconds 1] [--rounds 24] [--against SRC]
 
 Three servers identical but for ``billing_mode``, through a fast fake upstream, at 16
 connections, in turns in one run (bench/compare.py); rate limits off in all three. "meter-only"
@@ -203,8 +203,8 @@ def cpu(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--against", type=Path, help="another source tree, measured alongside")
     parser.add_argument("--cpu", action="store_true", help="the wallet's CPU per request")
@@ -225,7 +225,7 @@ def main() -> None:
     if args.against is not None:
         env = {"PYTHONPATH": str(args.against.resolve())}
         variants.update({name + BEFORE: (toml, env) for name, toml in MODES.items()})
-    medians = compare(
+    costs = compare(
         variants,
         baseline="billing off",
         connections=args.connections,
@@ -235,12 +235,12 @@ def main() -> None:
     if args.against is not None:
         print("Each tree against its own 'billing off':")
         for suffix, tree in (("", "this tree"), (BEFORE, str(args.against))):
-            off = medians["billing off" + suffix]
-            costs = ", ".join(
-                f"{name} {(1 - medians[name + suffix] / off) * 100:+.1f}%"
+            off = costs["billing off" + suffix].per_second
+            each = ", ".join(
+                f"{name} {(1 - costs[name + suffix].per_second / off) * 100:+.1f}%"
                 for name in list(MODES)[1:]
             )
-            print(f"  {tree}: {costs}")
+            print(f"  {tree}: {each}")
     print("Target: the meter costs at most 10 %.")
 
 

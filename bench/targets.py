@@ -16,9 +16,14 @@ the bare Starlette + aiohttp relay (``bare_proxy.py``):
   each started ``--cold-runs`` times, the worst run counted;
 * p50 added at one connection ≤ 0.5 ms (Keyhouse's p50 minus the upstream's own, in the same
   round: the median over ``--one-rounds`` short rounds in turns);
-* meter ≤ 10 % and limits ≤ 10 %: four servers through ``compare.py`` — neither (billing off, no
+* meter ≤ 10 % and limits ≤ 10 %: five servers through ``compare.py`` — neither (billing off, no
   limits), the meter alone (``meter.py``'s enforce: holds against leased credit), the limits
-  alone in-process and in Redis (``limits.py``'s tier) — each one's cost against the first.
+  alone in-process and in Redis (``limits.py``'s tier) — each one's cost against the first, as
+  the median of ``--cost-rounds`` rounds' ratios with its 95 % interval; the fifth is the
+  first's identical twin, whose "cost" shows what the machine's noise alone reads. The same
+  servers are then measured again at a fixed ``--cost-rate`` (requests/s, below every
+  server's limit): the CPU each request adds when the server is not at its limit, where the
+  closed loop keeps it, taken against a request's CPU at full load.
 
 Warm figures are the medians of ``--rounds`` rounds in which the contenders take turns.
 """
@@ -45,6 +50,8 @@ from run import free_port, keyhouse_cli, stop, wait_healthy
 HERE = Path(__file__).resolve().parent
 EMAIL = "targets@example.org"
 PATH = "/v1/chat/completions"
+#: The billing-off server's twin in the cost rounds: what it "costs" is the machine's noise.
+TWIN = "off, again"
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Target:
         sign = "≥" if self.higher_is_better else "≤"
         verdict = "met" if self.met else "NOT MET"
         return (
-            f"  {self.name:<36} {self.measured:<44} {self.ratio:>7.2f} {sign} "
+            f"  {self.name:<40} {self.measured:<44} {self.ratio:>7.2f} {sign} "
             f"{self.limit:<5g} {verdict}"
         )
 
@@ -148,6 +155,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--one-rounds", type=int, default=20, help="rounds at one connection")
     parser.add_argument("--one-seconds", type=float, default=0.6)
+    parser.add_argument("--cost-rounds", type=int, default=24, help="rounds of the cost servers")
+    parser.add_argument("--cost-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--cost-rate", type=float, default=2000, help="the paced cost rounds' requests/s"
+    )
     parser.add_argument(
         "--no-limits", action="store_true", help="skip the meter and limits servers"
     )
@@ -369,10 +381,11 @@ def main() -> None:
             from limits import OFF, ON
             from meter import MODES
 
-            fixed_cpu: dict[str, float] = {}
-            # The meter's and the limits' own cost, each against a server with neither.
+            # The meter's and the limits' own cost, each against a server with neither; and
+            # that server's twin, whose "cost" is what this machine's noise alone reads.
             variants = {
                 "off": (OFF, {}),
+                TWIN: (OFF, {}),
                 "meter (enforce)": (MODES["enforce (holds)"], {}),
                 "limits in-process": (ON, {}),
                 "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
@@ -380,44 +393,79 @@ def main() -> None:
             if args.before:
                 old = {"PYTHONPATH": args.before}
                 variants |= {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
-            medians = compare(
+            costs = compare(
                 variants,
                 baseline="off",
                 connections=conns,
-                seconds=args.seconds,
-                rounds=args.rounds,
-                cpu_out=fixed_cpu,
+                seconds=args.cost_seconds,
+                rounds=args.cost_rounds,
             )
-            for name, off in [
-                (f"{n}{when}", f"off{when}")
-                for when in (["", " (before)"] if args.before else [""])
-                for n in ("meter (enforce)", "limits in-process", "limits in Redis")
-            ]:
-                cost = 1 - medians[name] / medians[off]
-                targets.append(
-                    Target(
-                        f"{name} cost",
-                        f"{medians[name]:.0f} vs {medians[off]:.0f} req/s",
-                        cost,
-                        0.10,
-                        False,
+            print()
+            paced = compare(
+                variants,
+                baseline="off",
+                connections=conns,
+                seconds=args.cost_seconds,
+                rounds=args.cost_rounds,
+                rate=args.cost_rate,
+            )
+            for when in ["", " (before)"] if args.before else [""]:
+                for name in ("meter (enforce)", "limits in-process", "limits in Redis"):
+                    cost, off = costs[name + when], costs["off" + when]
+                    low, high = cost.cost_interval
+                    targets.append(
+                        Target(
+                            f"{name}{when} cost",
+                            f"{cost.per_second:.0f} vs {off.per_second:.0f} req/s "
+                            f"[{low:+.2f}, {high:+.2f}]",
+                            cost.cost,
+                            0.10,
+                            False,
+                        )
                     )
-                )
-                cpu_cost = fixed_cpu[name] / fixed_cpu[off] - 1
-                targets.append(
-                    Target(
-                        f"{name} cost, CPU",
-                        f"{fixed_cpu[name]:.0f} vs {fixed_cpu[off]:.0f} µs/request",
-                        cpu_cost,
-                        0.10,
-                        False,
+                    low, high = cost.cpu_interval
+                    targets.append(
+                        Target(
+                            f"{name}{when} cost, CPU",
+                            f"{cost.cpu_us:.0f} vs {off.cpu_us:.0f} µs/request "
+                            f"[{low:+.2f}, {high:+.2f}]",
+                            cost.cpu_cost,
+                            0.10,
+                            False,
+                        )
                     )
-                )
+                    # Below its limit a request costs more CPU (fewer requests share each turn
+                    # of the loop), so the paced figure's share would be of a larger whole:
+                    # its extra µs are taken against a request's CPU at full load instead.
+                    slow = paced[name + when]
+                    base = off.cpu_us
+                    low, high = (x / base for x in slow.extra_interval)
+                    targets.append(
+                        Target(
+                            f"{name}{when} cost, CPU at {args.cost_rate:g}/s",
+                            f"{slow.cpu_extra:+.1f} µs ÷ {base:.0f} µs at full load "
+                            f"[{low:+.2f}, {high:+.2f}]",
+                            slow.cpu_extra / base,
+                            0.10,
+                            False,
+                        )
+                    )
+            twin, twin_paced = costs[TWIN], paced[TWIN]
+            noise = (
+                f"  (the noise: the 'off' server's identical twin read a cost of "
+                f"{twin.cost * 100:+.1f}% req/s [{twin.cost_interval[0] * 100:+.1f}, "
+                f"{twin.cost_interval[1] * 100:+.1f}], {twin.cpu_cost * 100:+.1f}% CPU "
+                f"[{twin.cpu_interval[0] * 100:+.1f}, {twin.cpu_interval[1] * 100:+.1f}]; "
+                f"at {args.cost_rate:g}/s {twin_paced.cpu_extra:+.1f} µs "
+                f"[{twin_paced.extra_interval[0]:+.1f}, {twin_paced.extra_interval[1]:+.1f}])"
+            )
 
         print(f"\nTargets (one worker, {conns} connections, meter and limits on)")
-        print(f"  {'target':<36} {'measured':<44} {'ratio':>7}")
+        print(f"  {'target':<40} {'measured':<44} {'ratio':>7}")
         for target in targets:
             print(target.line())
+        if not args.no_limits:
+            print(noise)
         print(
             "(CPU lines: the server's own CPU time per request, all threads. On a shared machine "
             "requests/s follow the neighbours' load; CPU per request hardly does.)"
