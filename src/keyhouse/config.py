@@ -476,7 +476,7 @@ class Settings:
         30.0, "Seconds after which a lease not renewed comes back (its server died).", SECONDS
     )
     billing_flush_interval: float = setting(
-        0.2, "Settlements and usage rows are written at least this often (seconds).", SECONDS
+        1.0, "Settlements and usage rows are written at least this often (seconds).", SECONDS
     )
     billing_writer: Literal["process", "inline"] = setting(
         "process",
