@@ -335,7 +335,33 @@ async def charge_many(
     if not charges:
         return
     lots = await spendable(session, member_id, now)
-    left_in = {lot_id: remaining for lot_id, remaining in lots}
+    total = sum(cost for _, cost in charges)
+    if lots and lots[0][1] >= total:  # the usual flush: the first lot pays for all of it
+        taken: dict[str | None, int] = {lots[0][0]: total}
+        requests: dict[str | None, int] = {lots[0][0]: len(charges)}
+    else:
+        taken, requests = _in_order(lots, charges)
+    single = charges[0][0] if len(charges) == 1 else None
+    entries = [
+        _entry(member_id, lot_id, -amount, single, now, f"usage of {requests[lot_id]} requests")
+        for lot_id, amount in taken.items()
+    ]
+    for lot_id, take in taken.items():
+        if lot_id is None:
+            continue
+        result = await session.execute(_DRAW_ON_LOT, {"lot": lot_id, "take": take})
+        if result.rowcount != 1:  # cannot happen under the row locks taken above
+            raise LotRace(lot_id)
+    await session.execute(_INSERT_ENTRIES, entries)  # Core: no ORM per row
+    await _add_to_balance(session, member_id, -total, now)
+
+
+def _in_order(
+    lots: list[tuple[str, int]], charges: list[tuple[str, int]]
+) -> tuple[dict[str | None, int], dict[str | None, int]]:
+    """Each charge drawn on the lots in order, a lot used up before the next: what is taken
+    from each lot (None: beyond every lot), and from how many requests."""
+    left_in = dict(lots)
     order = [lot_id for lot_id, _ in lots]
     taken: dict[str | None, int] = {}
     requests: dict[str | None, int] = {}
@@ -355,19 +381,7 @@ async def charge_many(
         if left > 0:  # no lot covers it: below zero, until the next grant pays it back
             taken[None] = taken.get(None, 0) + left
             requests[None] = requests.get(None, 0) + 1
-    single = charges[0][0] if len(charges) == 1 else None
-    entries = [
-        _entry(member_id, lot_id, -amount, single, now, f"usage of {requests[lot_id]} requests")
-        for lot_id, amount in taken.items()
-    ]
-    for lot_id, take in taken.items():
-        if lot_id is None:
-            continue
-        result = await session.execute(_DRAW_ON_LOT, {"lot": lot_id, "take": take})
-        if result.rowcount != 1:  # cannot happen under the row locks taken above
-            raise LotRace(lot_id)
-    await session.execute(_INSERT_ENTRIES, entries)  # Core: no ORM per row
-    await _add_to_balance(session, member_id, -sum(cost for _, cost in charges), now)
+    return taken, requests
 
 
 class LotRace(Exception):
