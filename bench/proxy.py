@@ -47,7 +47,7 @@ STREAM = orjson.dumps(
 )
 
 CONFIG = """
-billing_mode = "enforce"  # the meter on: holds against leased credit, usage in 200 ms batches
+billing_mode = "enforce"  # the meter on: holds against leased credit, usage in batches
 trial_credit = "1000000"
 
 [tiers.default]          # limits on, far above the load

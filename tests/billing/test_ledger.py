@@ -322,6 +322,45 @@ async def test_a_charge_beyond_every_lot_goes_below_zero_on_no_lot(
         await assert_books(session, member)
 
 
+async def test_a_batch_charge_is_one_entry_per_lot_drawn_noting_its_requests(
+    db: Database, clock: FrozenClock
+) -> None:
+    member = await _member(db, clock)
+    async with db.session() as session:
+        soon = await ledger.grant(session, member, micro("1"), clock.now(), expires_at=START + DAY)
+        later = await ledger.grant(session, member, micro("5"), clock.now())
+        await session.commit()
+    assert soon and later
+
+    Entry = tuple[str | None, int, str | None, str | None]  # lot, amount, request, note
+
+    async def charged(charges: list[tuple[str, int]]) -> list[Entry]:
+        async with db.session() as session:
+            before = len(await _entries(session, member))
+            await ledger.charge_many(session, member, charges, clock.now())
+            await session.commit()
+            await assert_books(session, member)
+            entries = (await _entries(session, member))[before:]
+        return [(e.lot_id, e.amount, e.request_id, e.note) for e in entries]
+
+    # Within the first lot (a flush's usual case): one entry for all of them.
+    assert await charged([("a", micro("0.2")), ("b", micro("0.3")), ("free", 0)]) == [
+        (soon.id, -micro("0.5"), None, "usage of 2 requests")
+    ]
+    # Across lots, and beyond every lot: one entry per lot, each counting its requests.
+    assert await charged([("c", micro("0.4")), ("d", micro("0.3")), ("e", micro("5"))]) == [
+        (soon.id, -micro("0.5"), None, "usage of 2 requests"),
+        (later.id, -micro("5"), None, "usage of 2 requests"),
+        (None, -micro("0.2"), None, "usage of 1 requests"),
+    ]
+    # A batch of one names its request.
+    assert await charged([("f", micro("0.1"))]) == [
+        (None, -micro("0.1"), "f", "usage of 1 requests")
+    ]
+    async with db.session() as session:
+        assert await ledger.balance_of(session, member) == -micro("0.3")
+
+
 async def test_a_grant_after_the_balance_went_below_zero_pays_that_first(
     db: Database, clock: FrozenClock
 ) -> None:
