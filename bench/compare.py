@@ -102,8 +102,9 @@ def compare(
     server (in a rotating order, reversed every other round), each server's figure is taken
     against the baseline's in the same round, and the median of those ratios is reported with
     its interval. Each server runs with the same ``PYTHONHASHSEED``: string hashes decide how
-    every dict and set is laid out, and with a seed of its own each process is a little faster
-    or slower than its twin for its whole life.
+    every dict and set is laid out, so with a seed of its own a process may be a little faster
+    or slower than its twin for its whole life (``bench/README.md``: the evidence is weak, the
+    fix free).
 
     With ``rate``, the load is that many requests a second (``httpload.paced_load``) instead
     of as many as the server answers: every server does the same work, and what differs is the
@@ -154,7 +155,7 @@ def compare(
                 port, key, pid = servers[name]
                 before = cpu_seconds(pid)
                 load = httpload.post_load if rate is None else httpload.paced_load
-                extra = {} if rate is None else {"rate": rate}
+                paced = {} if rate is None else {"rate": rate}
                 result = load(
                     port,
                     "/v1/chat/completions",
@@ -163,7 +164,7 @@ def compare(
                     connections=connections,
                     seconds=seconds,
                     warmup=warmup,
-                    **extra,
+                    **paced,
                 )
                 if result.errors:
                     print(f"  {name}: {result.errors} errors")
@@ -177,18 +178,18 @@ def compare(
         )
         costs: dict[str, Cost] = {}
         for name in servers:
-            rate = [1 - v / b for v, b in zip(results[name], results[baseline], strict=True)]
+            fewer = [1 - v / b for v, b in zip(results[name], results[baseline], strict=True)]
             more = [v / b - 1 for v, b in zip(cpu[name], cpu[baseline], strict=True)]
-            extra = [v - b for v, b in zip(cpu[name], cpu[baseline], strict=True)]
+            added = [v - b for v, b in zip(cpu[name], cpu[baseline], strict=True)]
             costs[name] = cost = Cost(
                 statistics.median(results[name]),
                 statistics.median(cpu[name]),
-                statistics.median(rate),
-                median_interval(rate),
+                statistics.median(fewer),
+                median_interval(fewer),
                 statistics.median(more),
                 median_interval(more),
-                statistics.median(extra),
-                median_interval(extra),
+                statistics.median(added),
+                median_interval(added),
             )
             print(
                 f"  {name:<24} {cost.per_second:>7.0f} req/s, cost {cost.cost * 100:+5.1f}% "
