@@ -91,6 +91,7 @@ def compare(
     rounds: int = 24,
     warmup: float = 0.3,
     rate: float | None = None,
+    baselines: dict[str, str] | None = None,
 ) -> dict[str, Cost]:
     """``variants``: name → (TOML text before [[models]], extra environment). Prints a table of
     requests/s, server CPU per request and the cost of each variant against ``baseline``;
@@ -108,7 +109,8 @@ def compare(
 
     With ``rate``, the load is that many requests a second (``httpload.paced_load``) instead
     of as many as the server answers: every server does the same work, and what differs is the
-    CPU each request takes."""
+    CPU each request takes. ``baselines``: a baseline of their own for some variants (name →
+    its baseline's name), e.g. another tree's servers against that tree's."""
     upstream_port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -148,14 +150,14 @@ def compare(
         results: dict[str, list[float]] = {name: [] for name in servers}
         cpu: dict[str, list[float]] = {name: [] for name in servers}
         names = list(servers)
+        load = httpload.post_load if rate is None else httpload.paced_load
+        paced = {} if rate is None else {"rate": rate}
         for round_ in range(rounds):
             shift = round_ % len(names)
             order = names[shift:] + names[:shift]
             for name in order if round_ % 2 == 0 else reversed(order):
                 port, key, pid = servers[name]
                 before = cpu_seconds(pid)
-                load = httpload.post_load if rate is None else httpload.paced_load
-                paced = {} if rate is None else {"rate": rate}
                 result = load(
                     port,
                     "/v1/chat/completions",
@@ -178,9 +180,10 @@ def compare(
         )
         costs: dict[str, Cost] = {}
         for name in servers:
-            fewer = [1 - v / b for v, b in zip(results[name], results[baseline], strict=True)]
-            more = [v / b - 1 for v, b in zip(cpu[name], cpu[baseline], strict=True)]
-            added = [v - b for v, b in zip(cpu[name], cpu[baseline], strict=True)]
+            base = (baselines or {}).get(name, baseline)
+            fewer = [1 - v / b for v, b in zip(results[name], results[base], strict=True)]
+            more = [v / b - 1 for v, b in zip(cpu[name], cpu[base], strict=True)]
+            added = [v - b for v, b in zip(cpu[name], cpu[base], strict=True)]
             costs[name] = cost = Cost(
                 statistics.median(results[name]),
                 statistics.median(cpu[name]),

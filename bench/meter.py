@@ -228,6 +228,9 @@ def main() -> None:
     costs = compare(
         variants,
         baseline="billing off",
+        baselines={name + BEFORE: "billing off" + BEFORE for name in MODES}
+        if args.against is not None
+        else None,
         connections=args.connections,
         seconds=args.seconds,
         rounds=args.rounds,
@@ -235,10 +238,8 @@ def main() -> None:
     if args.against is not None:
         print("Each tree against its own 'billing off':")
         for suffix, tree in (("", "this tree"), (BEFORE, str(args.against))):
-            off = costs["billing off" + suffix].per_second
             each = ", ".join(
-                f"{name} {(1 - costs[name + suffix].per_second / off) * 100:+.1f}%"
-                for name in list(MODES)[1:]
+                f"{name} {costs[name + suffix].cost * 100:+.1f}%" for name in list(MODES)[1:]
             )
             print(f"  {tree}: {each}")
     print("Target: the meter costs at most 10 %.")

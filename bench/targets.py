@@ -377,7 +377,7 @@ def main() -> None:
 
         if not args.no_limits:
             print()
-            from compare import compare
+            from compare import Cost, compare
             from limits import OFF, ON
             from meter import MODES
 
@@ -390,25 +390,28 @@ def main() -> None:
                 "limits in-process": (ON, {}),
                 "limits in Redis": (ON, {"KEYHOUSE_REDIS_URL": args.redis}),
             }
+            # Each tree's servers against that tree's "off"
+            baselines: dict[str, str] = {}
             if args.before:
                 old = {"PYTHONPATH": args.before}
-                variants |= {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
-            costs = compare(
-                variants,
-                baseline="off",
-                connections=conns,
-                seconds=args.cost_seconds,
-                rounds=args.cost_rounds,
-            )
+                befores = {f"{n} (before)": (t, {**e, **old}) for n, (t, e) in variants.items()}
+                baselines = dict.fromkeys(befores, "off (before)")
+                variants |= befores
+
+            def cost_rounds(rate: float | None) -> dict[str, Cost]:
+                return compare(
+                    variants,
+                    baseline="off",
+                    baselines=baselines,
+                    connections=conns,
+                    seconds=args.cost_seconds,
+                    rounds=args.cost_rounds,
+                    rate=rate,
+                )
+
+            costs = cost_rounds(None)  # as fast as each server answers
             print()
-            paced = compare(
-                variants,
-                baseline="off",
-                connections=conns,
-                seconds=args.cost_seconds,
-                rounds=args.cost_rounds,
-                rate=args.cost_rate,
-            )
+            paced = cost_rounds(args.cost_rate)
             for when in ["", " (before)"] if args.before else [""]:
                 for name in ("meter (enforce)", "limits in-process", "limits in Redis"):
                     cost, off = costs[name + when], costs["off" + when]
