@@ -15,6 +15,8 @@ import pytest
 from keyhouse.clock import FrozenClock
 from keyhouse.limits.lease import MAX_SLOTS, Leases
 from keyhouse.limits.limiter import Admission, Limiter, RateLimited
+from keyhouse.limits.memory import MemoryStore
+from keyhouse.limits.policy import day_bounds
 from keyhouse.limits.redis import RedisStore
 from keyhouse.limits.rules import US, Rule
 from tests.conftest import missing, port_open
@@ -306,3 +308,74 @@ async def test_a_lease_is_of_one_day() -> None:
     tomorrow = Rule("k:rpd", "day", 10, "requests", 0, 86_400 * US, 2 * 86_400 * US)
     assert leases.take([tomorrow], [1], 86_400 * US + 10) is None  # yesterday's are void
     assert leases.due(2 * 86_400 * US) == []  # and nothing goes back to a day that is over
+
+
+async def test_admit_now_decides_as_admit_does_and_defers_only_what_needs_the_store(
+    clock: FrozenClock,
+) -> None:
+    """The pipeline asks ``admit_now`` first, and awaits ``admit`` only when it answers None.
+    Over a random mix of requests, corrections and releases that runs into the limits, that
+    pair admits and refuses exactly what ``admit`` alone does, with the same headers; and most
+    requests are decided without awaiting."""
+    plain = Limiter(MemoryStore(), clock, lease=SHARE)
+    quick = Limiter(MemoryStore(), clock, lease=SHARE)
+    start, end = day_bounds(clock.now(), "UTC")
+    rpd = Rule("k:rpd", "day", 2000, "requests", 0, start, end, label="RPD", scope="your key")
+    rules = [rpm(300), tpm(60_000), rpd, par(60)]
+    rng = random.Random(16)
+    in_flight: list[tuple[Admission, Admission]] = []
+    answers = {"now": 0, "awaited": 0}
+    refused: set[str] = set()
+    for i in range(1200):
+        heavy = i >= 800  # a calm start, then a rush into the limits
+        clock.advance(rng.random() * (0.04 if heavy else 0.4))
+        while in_flight and rng.random() < (0.4 if heavy else 0.6):  # some end, as they used
+            done = in_flight.pop(rng.randrange(len(in_flight)))
+            used = rng.randint(0, 400)
+            plain.finish(done[0], used)
+            quick.finish(done[1], used)
+        costs = [1, rng.randint(1, 400), 1, 1]
+        try:
+            expected: Admission | RateLimited = await plain.admit(rules, costs)
+        except RateLimited as exc:
+            expected = exc
+        got: Admission | RateLimited | None = quick.admit_now(rules, costs, quick.now_us())
+        answers["now" if got is not None else "awaited"] += 1
+        if got is None:
+            try:
+                got = await quick.admit(rules, costs)
+            except RateLimited as exc:
+                got = exc
+        assert type(got) is type(expected)
+        assert got.headers == expected.headers
+        if isinstance(got, RateLimited):
+            assert str(got) == str(expected)
+            refused.add(str(got).split(":")[0])
+        else:
+            assert isinstance(expected, Admission)
+            in_flight.append((expected, got))
+    assert len(refused) == 2  # the rush ran into the limits, by rate and in flight
+    assert answers["now"] > 2 * answers["awaited"]
+    await plain.stop()
+    await quick.stop()
+
+
+async def test_a_leased_day_counts_as_an_unleased_one(clock: FrozenClock) -> None:
+    """A day's count does not drain, so a process alone shows exactly what it would without
+    leases, request after request, to the limit and past it."""
+    start, end = day_bounds(clock.now(), "UTC")
+    rpd = Rule("k:rpd", "day", 150, "requests", 0, start, end, label="RPD", scope="your key")
+    exact = Limiter(MemoryStore(), clock)
+    leased = Limiter(MemoryStore(), clock, lease=SHARE)
+    for _ in range(160):
+        clock.advance(0.01)  # within a lease's lifetime: most are spent from it
+        outcomes = []
+        for limiter in (exact, leased):
+            try:
+                outcomes.append((await limiter.admit([rpd], [1])).headers)
+            except RateLimited as exc:
+                outcomes.append({"refused": str(exc), **exc.headers})
+        assert outcomes[0] == outcomes[1]
+    assert "refused" in outcomes[0]
+    await exact.stop()
+    await leased.stop()

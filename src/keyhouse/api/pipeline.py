@@ -261,8 +261,13 @@ async def admit(ex: Exchange, name: str, tokens: int) -> Admission:
     assert ex.principal is not None and ex.route is not None
     svc = ex.svc
     ex.started = time.perf_counter()
-    rules = svc.rules.rules(ex.principal, ex.route.spec, svc.limiter.now_us())
-    admission = await svc.limiter.admit(rules, costs_for(rules, tokens), subject=name)
+    limiter = svc.limiter
+    now = limiter.now_us()
+    rules = svc.rules.rules(ex.principal, ex.route.spec, now)
+    costs = costs_for(rules, tokens)
+    admission = limiter.admit_now(rules, costs, now) or await limiter.admit(
+        rules, costs, subject=name
+    )
     ex.admission = admission
     return admission
 

@@ -87,6 +87,18 @@ class Lease:
         return self.units if kind == "day" else len(self.slots)
 
 
+_ALL_OK: dict[int, list[bool]] = {}
+
+
+def _all_ok(n: int) -> list[bool]:
+    """``[True] * n``, made once per ``n``: every leased decision's ``oks`` (read, never
+    changed)."""
+    oks = _ALL_OK.get(n)
+    if oks is None:
+        oks = _ALL_OK[n] = [True] * n
+    return oks
+
+
 class Leases:
     """Every lease of a process, by rule key. Nothing here awaits: a request that its leases
     cover is decided between two awaits (``take``), as the in-process store decides."""
@@ -138,25 +150,45 @@ class Leases:
         values: list[int] = []
         slots: dict[str, str] = {}
         # One pass that takes as it goes (every request's path); a rule that its lease cannot
-        # cover puts back what the rules before it took (``_untake``).
+        # cover puts back what the rules before it took (``_untake``). Each value is
+        # ``Lease.value``'s, inlined: a call per rule was a fifth of this.
         for rule, cost in zip(rules, costs):
             lease = held.get(rule.key)
             if lease is not None and lease.rule is not rule:  # another day, or a new limit
                 lease = self._lease(rule)
             if lease is None or (lease.until_us <= now_us and not lease.asking):
                 return self._untake(rules, costs, len(values), slots)  # due: this one renews
-            if rule.kind != "concurrency":
-                if lease.units < cost:
+            kind = rule.kind
+            if kind == "rate":
+                units = lease.units - cost
+                if units < 0:
                     return self._untake(rules, costs, len(values), slots)
-                lease.units -= cost
-            elif cost:
-                if not lease.slots:
+                lease.units = units
+                elapsed = now_us - lease.at_us
+                if elapsed < 0:
+                    elapsed = 0
+                value = (
+                    lease.seen - elapsed * rule.limit - units * rule.period_us
+                    if elapsed < rule.period_us
+                    else 0
+                )
+            elif kind == "day":
+                units = lease.units - cost
+                if units < 0:
                     return self._untake(rules, costs, len(values), slots)
-                slot, born = lease.slots.pop()
-                slots[rule.key] = slot
-                self._born[slot] = born
-            values.append(lease.value(now_us))
-        return Decision(True, rules, costs, values, [True] * len(rules), now_us, slots)
+                lease.units = units
+                value = lease.seen - units
+            else:
+                free = lease.slots
+                if cost:
+                    if not free:
+                        return self._untake(rules, costs, len(values), slots)
+                    slot, born = free.pop()
+                    slots[rule.key] = slot
+                    self._born[slot] = born
+                value = lease.seen - len(free)
+            values.append(value if value > 0 else 0)
+        return Decision(True, rules, costs, values, _all_ok(len(rules)), now_us, slots)
 
     def _untake(self, rules: list[Rule], costs: list[int], n: int, slots: dict[str, str]) -> None:
         """Put back what ``take`` took from the first ``n`` rules' leases."""
