@@ -37,14 +37,27 @@ def placeholders(dialect: str, count: int, start: int = 0) -> list[str]:
     return ["?"] * count
 
 
+#: ``YYYY-MM-DD HH:MM:SS.`` per second (``sqlite_time``): a flush's rows fall in a second or two.
+_SECONDS: dict[tuple[int, ...], str] = {}
+
+
 def sqlite_time(at: datetime) -> str:
     """A UTC time as SQLAlchemy stores it in SQLite (``db.models.UTCDateTime``):
-    ``YYYY-MM-DD HH:MM:SS.ffffff``, the wall time in UTC, no offset."""
-    if at.tzinfo is UTC:  # the clock's own times: one call, the offset cut off
-        return at.isoformat(" ", "microseconds")[:26]
-    if at.tzinfo is not None:
-        at = at.astimezone(UTC)
-    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+    ``YYYY-MM-DD HH:MM:SS.ffffff``, the wall time in UTC, no offset.
+
+    Once per usage row: ``isoformat`` (C's printf under it) was 12 k instructions of the
+    writer's ~84 k a row; the second's text, remembered, and the microseconds cost 4.5 k."""
+    if at.tzinfo is not UTC:
+        if at.tzinfo is not None:
+            at = at.astimezone(UTC)
+        at = at.replace(tzinfo=UTC)
+    second = (at.year, at.month, at.day, at.hour, at.minute, at.second)
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[second] = at.isoformat(" ", "seconds")[:19] + "."
+    return text + "%06d" % at.microsecond  # noqa: UP031 — 0.8 k instructions less than f"{…:06d}"
 
 
 async def fetch_driver(session: AsyncSession, statement: str, params: tuple[Any, ...]) -> list[Any]:
