@@ -7,6 +7,7 @@ completions over keep-alive connections. Used by limits.py and meter.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -26,11 +27,24 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far, all its threads. On a shared machine
-    this is the steadier figure: other processes slow a server's requests/s down, but hardly
-    change the CPU time each of its requests takes."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """CPU time of a process so far, all its threads. On a shared machine this is the
+    steadier figure: other processes slow a server's requests/s down, but hardly change the
+    CPU time each of its requests takes.
+
+    Read from each thread's ``schedstat`` (nanoseconds), not ``stat``'s user and system
+    times, which count in ticks of 10 ms: at 2,000 requests a round a tick is 5 µs a request,
+    and the paced rounds' medians came out in steps of that size (+19.2 µs three runs out of
+    three). A thread that ended between two readings drops out of the second; a server's
+    threads live as long as it does. Where ``schedstat`` is missing, the ticks."""
+    try:
+        total = 0
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += int(Path(task.path, "schedstat").read_text().split()[0])
+        return total / 1e9
+    except FileNotFoundError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
 
 
 CHAT = orjson.dumps(
