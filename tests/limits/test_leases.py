@@ -313,7 +313,7 @@ async def test_a_lease_is_of_one_day() -> None:
 async def test_admit_now_decides_as_admit_does_and_defers_only_what_needs_the_store(
     clock: FrozenClock,
 ) -> None:
-    """The pipeline asks ``admit_now`` first, and awaits ``admit`` only when it answers None.
+    """The pipeline asks ``admit_now`` first, and awaits ``admit_rest`` only when it answers None.
     Over a random mix of requests, corrections and releases that runs into the limits, that
     pair admits and refuses exactly what ``admit`` alone does, with the same headers; and most
     requests are decided without awaiting."""
@@ -339,11 +339,12 @@ async def test_admit_now_decides_as_admit_does_and_defers_only_what_needs_the_st
             expected: Admission | RateLimited = await plain.admit(rules, costs)
         except RateLimited as exc:
             expected = exc
-        got: Admission | RateLimited | None = quick.admit_now(rules, costs, quick.now_us())
+        now = quick.now_us()
+        got: Admission | RateLimited | None = quick.admit_now(rules, costs, now)
         answers["now" if got is not None else "awaited"] += 1
         if got is None:
             try:
-                got = await quick.admit(rules, costs)
+                got = await quick.admit_rest(rules, costs, now)
             except RateLimited as exc:
                 got = exc
         assert type(got) is type(expected)

@@ -265,8 +265,8 @@ async def admit(ex: Exchange, name: str, tokens: int) -> Admission:
     now = limiter.now_us()
     rules = svc.rules.rules(ex.principal, ex.route.spec, now)
     costs = costs_for(rules, tokens)
-    admission = limiter.admit_now(rules, costs, now) or await limiter.admit(
-        rules, costs, subject=name
+    admission = limiter.admit_now(rules, costs, now) or await limiter.admit_rest(
+        rules, costs, now, subject=name
     )
     ex.admission = admission
     return admission

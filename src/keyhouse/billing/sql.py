@@ -47,10 +47,8 @@ def sqlite_time(at: datetime) -> str:
 
     Once per usage row: ``isoformat`` (C's printf under it) was 12 k instructions of the
     writer's ~84 k a row; the second's text, remembered, and the microseconds cost 4.5 k."""
-    if at.tzinfo is not UTC:
-        if at.tzinfo is not None:
-            at = at.astimezone(UTC)
-        at = at.replace(tzinfo=UTC)
+    if at.tzinfo is not UTC:  # another zone, or naive (UTC already)
+        at = at.astimezone(UTC) if at.tzinfo is not None else at.replace(tzinfo=UTC)
     second = (at.year, at.month, at.day, at.hour, at.minute, at.second)
     text = _SECONDS.get(second)
     if text is None:

@@ -264,7 +264,8 @@ class Limiter:
     def admit_now(self, rules: list[Rule], costs: list[int], now_us: int) -> Admission | None:
         """``admit`` for a request that nothing need be awaited for — no rule applies, or this
         process's leases cover it, as they do most requests — else None: then ``await
-        admit``. Most requests so cost no coroutine and no second clock read."""
+        admit_rest``. The pipeline so spends no coroutine and no second clock read on most
+        requests."""
         if not rules:
             return Admission()
         leases = self._leases
@@ -275,24 +276,31 @@ class Limiter:
 
     async def admit(self, rules: list[Rule], costs: list[int], *, subject: str = "") -> Admission:
         """Take ``costs`` from every rule, or none of them and raise a 429."""
-        if not rules:
-            return Admission()
+        if rules and len(costs) != len(rules):
+            raise ValueError(f"{len(rules)} rules but {len(costs)} costs")
+        now = self.now_us()
+        return self.admit_now(rules, costs, now) or await self.admit_rest(
+            rules, costs, now, subject=subject
+        )
+
+    async def admit_rest(
+        self, rules: list[Rule], costs: list[int], now_us: int, *, subject: str = ""
+    ) -> Admission:
+        """``admit`` for a request that ``admit_now`` left (it answered None): the store
+        decides it, or what is left of it once the leases have given what they hold."""
         if len(costs) != len(rules):
             raise ValueError(f"{len(rules)} rules but {len(costs)} costs")
         decision: Decision | None
         memory = self._memory
         leases = self._leases
-        if leases is not None:  # from this process's share, without asking the store
-            now = self.now_us()
-            decision = leases.take(rules, costs, now)
-            if decision is None:
-                decision = await self._leased(leases, rules, costs, now)
+        if leases is not None:  # what this process's share holds, the rest from the store
+            decision = await self._leased(leases, rules, costs, now_us)
         elif memory is not None:  # nothing to wait for: decide without a coroutine, as _decide
             try:
                 decision = (
                     None
                     if time.monotonic() < self._down_until
-                    else memory.decide(rules, costs, self.now_us(), self._slot_id())
+                    else memory.decide(rules, costs, now_us, self._slot_id())
                 )
             except Exception as exc:
                 self._failed(exc)
