@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.accounts.members import create_member
-from keyhouse.billing import ledger
+from keyhouse.billing import holds, ledger
+from keyhouse.billing.holds import Queued
 from keyhouse.billing.money import MICRO
 from keyhouse.clock import Clock
 from keyhouse.db.models import LedgerEntry
@@ -23,6 +25,48 @@ RING = SecretRing.of([TEST_SECRET])
 def micro(amount: str) -> int:
     """``"1.25"`` → 1 250 000, independently of the code under test."""
     return int(Decimal(amount) * MICRO)
+
+
+def queued(
+    request_id: str,
+    member: str,
+    at: datetime,
+    *,
+    key: str = "key_1",
+    model: str = "m",
+    cost: int = 0,
+    prompt: int = 0,
+    completion: int = 0,
+    cached: int = 0,
+    accounts: tuple[str, ...] = (),
+    deployment: str | None = None,
+    overshoot: int = 0,
+    org_cost: int | None = None,
+) -> Queued:
+    """A settlement as the wallet queues it for the flush (``billing.holds.Queued``), its
+    fields placed by their names there."""
+    fields = {
+        holds.REQUEST_ID: request_id,
+        holds.MEMBER_ID: member,
+        holds.KEY_ID: key,
+        holds.MODEL: model,
+        holds.PRICE_VERSION: None,
+        holds.AMOUNT: 0,
+        holds.ACCOUNTS: accounts,
+        holds.COST: cost,
+        holds.PROMPT_TOKENS: prompt,
+        holds.COMPLETION_TOKENS: completion,
+        holds.CACHED_TOKENS: cached,
+        holds.ESTIMATED: False,
+        holds.AT: at,
+        holds.DEPLOYMENT: deployment,
+        holds.LATENCY_MS: 10,
+        holds.TTFT_MS: None,
+        holds.STATUS: 200,
+        holds.OVERSHOOT: overshoot,
+        holds.ORG_COST: org_cost,
+    }
+    return tuple(fields[i] for i in range(len(fields)))  # type: ignore[return-value]
 
 
 async def add_member(session: AsyncSession, clock: Clock, email: str | None = None) -> str:

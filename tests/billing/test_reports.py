@@ -13,18 +13,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, insert, select
 
 from keyhouse.accounts.members import create_member
-from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger, reports
 from keyhouse.billing import usage as usage_rows
-from keyhouse.billing.holds import Hold, Settlement
-from keyhouse.billing.money import Prices
+from keyhouse.billing.holds import Queued
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
@@ -32,10 +29,10 @@ from keyhouse.db.models import UsageRecord, UsageRollup
 from keyhouse.errors import InvalidRequest
 from keyhouse.keys.secrets import SecretRing
 from keyhouse.keys.store import create_key
+from tests.billing.credit_support import queued
 from tests.conftest import TEST_SECRET
 
 RING = SecretRing.of([TEST_SECRET])
-FREE = Prices(Decimal(0), Decimal(0), Decimal(0))
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 
 
@@ -54,12 +51,21 @@ def settlement(
     completion: int = 5,
     cached: int = 0,
     cost: int = 1000,
-) -> Settlement:
-    hold = Hold(f"req_{uuid.uuid4().hex}", member, key, model, FREE, None, [], 0)
-    return Settlement(hold, cost, Usage(prompt, completion, cached), when, None, 10, None, 200)
+) -> Queued:
+    return queued(
+        f"req_{uuid.uuid4().hex}",
+        member,
+        when,
+        key=key,
+        model=model,
+        cost=cost,
+        prompt=prompt,
+        completion=completion,
+        cached=cached,
+    )
 
 
-async def record(db: Database, items: list[Settlement], timezone: str = "UTC") -> None:
+async def record(db: Database, items: list[Queued], timezone: str = "UTC") -> None:
     async with db.session() as session:
         await usage_rows.record(session, items, timezone)
         await session.commit()

@@ -14,13 +14,13 @@ from sqlalchemy import create_engine, insert
 
 from keyhouse.backends.base import Usage
 from keyhouse.billing import usage as usage_rows
-from keyhouse.billing.holds import Hold, Settlement
+from keyhouse.billing.holds import AT, COST, MEMBER_ID, ORG_COST, OVERSHOOT, Queued
 from keyhouse.billing.money import Prices
 from keyhouse.billing.sql import sqlite_time
 from keyhouse.config import ModelSpec
 from keyhouse.db.models import UsageRecord
+from tests.billing.credit_support import queued
 
-FREE = Prices(Decimal(0), Decimal(0), Decimal(0))
 #: Offsets in quarter and half hours, a 30-minute daylight saving shift, and local mean time.
 ZONES = [
     "UTC",
@@ -51,22 +51,32 @@ def test_times_are_written_as_sqlalchemy_writes_them_on_sqlite() -> None:
     assert stored == [sqlite_time(at) for at in times]
 
 
-def _settlement(at: datetime, member: str, cost: int, overshoot: int) -> Settlement:
-    hold = Hold(f"req_{at.timestamp()}", member, "key_1", "m", FREE, None, (), 0)
-    usage = Usage(3, 5, 1)
-    return Settlement(hold, cost, usage, at, "d", 1, None, 200, overshoot, cost // 2)
+def _settlement(at: datetime, member: str, cost: int, overshoot: int) -> Queued:
+    return queued(
+        f"req_{at.timestamp()}",
+        member,
+        at,
+        cost=cost,
+        prompt=3,
+        completion=5,
+        cached=1,
+        deployment="d",
+        overshoot=overshoot,
+        org_cost=cost // 2,
+    )
 
 
-def _one_by_one(settled: list[Settlement], zone: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+def _one_by_one(settled: list[Queued], zone: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """The roll-ups as the flush summed them before (each settlement bucketed on its own)."""
     rollups: dict = {}  # type: ignore[type-arg]
     margins: dict = {}  # type: ignore[type-arg]
     for s in settled:
-        figures = [1, 3, 1, 5, s.cost, s.org_cost or 0, s.overshoot, 1 if s.overshoot else 0]
-        hour, day = usage_rows.buckets(s.at, zone)
+        overshoot = s[OVERSHOOT]
+        figures = [1, 3, 1, 5, s[COST], s[ORG_COST] or 0, overshoot, 1 if overshoot else 0]
+        hour, day = usage_rows.buckets(s[AT], zone)
         for target, key in (
-            (rollups, ("hour", hour, s.hold.member_id, "key_1", "m")),
-            (rollups, ("day", day, s.hold.member_id, "key_1", "m")),
+            (rollups, ("hour", hour, s[MEMBER_ID], "key_1", "m")),
+            (rollups, ("day", day, s[MEMBER_ID], "key_1", "m")),
             (margins, (day, "m", "d")),
         ):
             row = target.setdefault(key, [0] * 8)

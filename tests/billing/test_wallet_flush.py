@@ -17,18 +17,19 @@ from sqlalchemy import event, func, select
 
 from keyhouse.accounts.members import create_member
 from keyhouse.backends.base import Usage
-from keyhouse.billing import ledger
+from keyhouse.billing import flush, ledger
 from keyhouse.billing import usage as usage_rows
-from keyhouse.billing.holds import Hold
+from keyhouse.billing.holds import Account, Hold
+from keyhouse.billing.leases import Leases
 from keyhouse.billing.money import Prices
 from keyhouse.billing.usage import ROWS_PER_INSERT
 from keyhouse.billing.wallet import Wallet
 from keyhouse.clock import FrozenClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
-from keyhouse.db.models import Member, UsageRecord, UsageRollup
+from keyhouse.db.models import BudgetSpend, Member, UsageRecord, UsageRollup
 from keyhouse.keys.store import create_key
-from tests.billing.credit_support import RING, add_member, assert_books, micro
+from tests.billing.credit_support import RING, add_member, assert_books, micro, queued
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 LONG = 500  # longer than any one INSERT of usage rows
@@ -125,3 +126,35 @@ async def test_a_request_id_written_already_is_not_charged_again(
             select(func.sum(UsageRollup.requests)).where(UsageRollup.period == "day")
         )
     assert rows == requests == 2
+
+
+async def test_a_flush_spends_from_the_accounts_it_is_given_what_it_charged(
+    db: Database, db_settings: Settings
+) -> None:
+    """The flush reads the settlements as the wallet queued them, accounts by name: a budget
+    is spent what was charged now (not what a request settled already would have cost), each
+    account is released all it had pending from the batch, and an account the wallet let go of
+    (not among those given) is left alone."""
+    clock = FrozenClock(NOW)
+    budget = Account("bud:m:mem_x:2026-03", "", 10_000, None)
+    async with db.session() as session:
+        member = await add_member(session, clock)
+        await ledger.grant(session, member, micro("1"), NOW)
+        session.add(BudgetSpend(account=budget.name, spent=0, leased=0, updated_at=NOW))
+        await session.commit()
+    budget.member_id = member
+    names = (f"bal:{member}", budget.name)  # the balance: let go of, nothing to write of it
+    first = queued("req_first", member, NOW, cost=5, accounts=names)
+    batch = [first, queued("req_second", member, NOW, cost=7, accounts=names)]
+    leases = Leases(db, clock, size=0, ttl=60)
+    accounts = {budget.name: budget}
+    for part in ([first], batch):
+        written = await flush.commit(
+            db, part, accounts, NOW, timezone="UTC", leases=leases, renew=False
+        )
+    assert [(w.account, w.release, w.shrink) for w in written] == [(budget, 12, 0)]
+    async with db.session() as session:
+        await assert_books(session, member)
+        assert await ledger.balance_of(session, member) == micro("1") - 12
+        assert await session.scalar(select(BudgetSpend.spent)) == 12
+        assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 2

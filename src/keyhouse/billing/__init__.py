@@ -4,8 +4,8 @@ One job a module, imported downward only:
 
 * ``money``: integer micro-units and ``Prices``; ``names``: the account ids (``bal:…``,
   ``bud:…``) of leases and budgets; ``sql``: the statements SQLite and PostgreSQL spell apart.
-* ``holds``: the in-memory types (``Account``, ``Hold``, ``Settlement``); ``quota``: the 429
-  when credit cannot pay.
+* ``holds``: the in-memory types (``Account``, ``Hold``, a ``Queued`` settlement); ``quota``:
+  the 429 when credit cannot pay.
 * ``ledger``: entries, lots and balances; ``usage``: usage rows, roll-ups, events;
   ``prices``: price versions; ``leases``: leasing, renewing, returning and reaping credit.
 * ``flush``: one batch of settlements written in one transaction; ``wallet``: hold and settle

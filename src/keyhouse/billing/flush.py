@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyhouse.billing import ledger
 from keyhouse.billing import usage as usage_rows
-from keyhouse.billing.holds import Account, Settlement
+from keyhouse.billing.holds import ACCOUNTS, COST, MEMBER_ID, REQUEST_ID, Account, Queued
 from keyhouse.billing.leases import Leases
 from keyhouse.db.engine import Database, take_write_lock
 from keyhouse.db.models import BudgetSpend, UTCDateTime
@@ -60,7 +60,8 @@ class Written:
 
 async def commit(
     db: Database,
-    batch: Sequence[Settlement],
+    batch: Sequence[Queued],
+    accounts: dict[str, Account],
     now: datetime,
     *,
     timezone: str,
@@ -70,7 +71,7 @@ async def commit(
     """``write`` in a transaction of its own, with our leases renewed if ``renew``, committed.
     The wallet's whole flush, wherever it runs (``billing.writer``)."""
     async with db.session() as session:
-        written = await write(session, batch, now, timezone=timezone, leases=leases)
+        written = await write(session, batch, accounts, now, timezone=timezone, leases=leases)
         if renew:
             await leases.renew_in(session, now)
         await session.commit()
@@ -79,54 +80,59 @@ async def commit(
 
 async def write(
     session: AsyncSession,
-    batch: Sequence[Settlement],
+    batch: Sequence[Queued],
+    accounts: dict[str, Account],
     now: datetime,
     *,
     timezone: str,
     leases: Leases,
 ) -> list[Written]:
-    """Write ``batch`` in ``session``'s transaction (the caller commits). Changes nothing in
-    memory: the caller applies what it returns once the commit succeeded."""
+    """Write ``batch`` in ``session``'s transaction (the caller commits). ``accounts``: those
+    the batch names, by name; one not there is an account a settlement cost nothing (the wallet
+    let it go), with nothing to write. Changes nothing in memory: the caller applies what it
+    returns once the commit succeeded."""
     await take_write_lock(session)
     fresh = await usage_rows.record(session, batch, timezone)
     if len(fresh) < len(batch):
         written = {id(item) for item in fresh}
         for item in batch:
             if id(item) not in written:
-                log.error("%s was settled already; not charged again", item.hold.request_id)
+                log.error("%s was settled already; not charged again", item[REQUEST_ID])
     per_member: dict[str, list[tuple[str, int]]] = {}
     for item in fresh:
-        per_member.setdefault(item.hold.member_id, []).append((item.hold.request_id, item.cost))
+        per_member.setdefault(item[MEMBER_ID], []).append((item[REQUEST_ID], item[COST]))
     for member_id, charges in per_member.items():
         await ledger.charge_many(session, member_id, charges, now)
-    return await _spend(session, batch, fresh, now, leases)
+    return await _spend(session, batch, fresh, accounts, now, leases)
+
+
+def _per_account(batch: Sequence[Queued]) -> dict[str, int]:
+    """What the settlements cost, summed per account name."""
+    costs: dict[str, int] = {}
+    for item in batch:
+        for name in item[ACCOUNTS]:
+            costs[name] = costs.get(name, 0) + item[COST]
+    return costs
 
 
 async def _spend(
     session: AsyncSession,
-    batch: Sequence[Settlement],
-    fresh: Sequence[Settlement],
+    batch: Sequence[Queued],
+    fresh: Sequence[Queued],
+    accounts: dict[str, Account],
     now: datetime,
     leases: Leases,
 ) -> list[Written]:
     """Leases and budgets: what the batch spent from each account held against."""
-    queued: dict[str, list[Account | int]] = {}  # name → [account, pending to release here]
-    charged: dict[str, int] = {}  # what was charged now, per account
-    for item in batch:
-        for account in item.hold.accounts:
-            entry = queued.get(account.name)
-            if entry is None:
-                queued[account.name] = [account, item.cost]
-            else:
-                entry[1] += item.cost  # type: ignore[operator]
-    if not queued:
-        return []
-    for item in fresh:
-        for account in item.hold.accounts:
-            charged[account.name] = charged.get(account.name, 0) + item.cost
+    queued = _per_account(batch)  # pending to release here
+    # What was charged now: all of it, unless some were settled already (``fresh`` is a part).
+    charged = queued if len(fresh) == len(batch) else _per_account(fresh)
     written: list[Written] = []
-    for account, release in queued.values():  # type: ignore[misc]
-        spent = charged.get(account.name, 0)
+    for name, release in queued.items():
+        account = accounts.get(name)
+        if account is None:
+            continue
+        spent = charged.get(name, 0)
         # The lease pays as far as it goes; an overshoot beyond it is charged to the
         # balance (or budget) itself, never to a lease below zero.
         shrink = min(spent, max(0, account.leased))
@@ -135,11 +141,11 @@ async def _spend(
             shrink = 0
         if account.is_budget:
             await session.execute(
-                _SPEND_BUDGET, {"name": account.name, "add": spent, "shrink": shrink, "now": now}
+                _SPEND_BUDGET, {"name": name, "add": spent, "shrink": shrink, "now": now}
             )
             await _soft_limit(session, account, now)
         elif shrink:
-            await leases.unlease(session, account.name, shrink)
+            await leases.unlease(session, name, shrink)
         written.append(Written(account, release, shrink))
     return written
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from keyhouse.backends.base import Usage
 from keyhouse.billing.money import Prices
 
 
@@ -63,32 +62,12 @@ class Hold:
     settled: bool = False
 
 
-@dataclass(slots=True, eq=False)
-class Settlement:
-    """A settled request, waiting for the flush to write its usage row and charge."""
-
-    hold: Hold
-    cost: int
-    usage: Usage
-    at: datetime
-    deployment: str | None
-    latency_ms: int
-    ttft_ms: int | None
-    status: int
-    #: What was charged above the hold (0 when the hold covered it).
-    overshoot: int = 0
-    #: What the request cost the organisation (the deployment's ``cost`` prices); None: unknown.
-    org_cost: int | None = None
-
-
-#: A settlement as the wallet queues it for the flush: plain values only, its accounts by
-#: name. The queue keeps ~1,000 of them between two flushes; as objects (a ``Settlement``, its
-#: ``Hold`` and ``Usage``) each was walked by every pass of the cyclic garbage collector until
-#: the flush, while a tuple of plain values is untracked at its first (``bench/README.md``).
-#: The fields: request id, member, key, model, price version, amount held, account names,
-#: cost, prompt, completion and cached tokens, estimated, at, deployment, latency and time to
-#: first token in ms, status, overshoot, the organisation's cost. ``billing.writer`` sends
-#: them to the flush as they are and makes ``Settlement``s of them there.
+#: A settled request as the wallet queues it for the flush, and as the flush writes it: plain
+#: values only, its accounts by name. The queue keeps ~1,000 of them between two flushes; as
+#: objects (a settlement, its hold and usage) each was walked by every pass of the cyclic garbage
+#: collector until the flush, while a tuple of plain values is untracked at its first; and the
+#: flush reads them as they are, where making three objects of each had been a sixth of its
+#: work (``bench/README.md``). The fields are named by the indexes below.
 Queued = tuple[
     str,
     str,
@@ -110,3 +89,29 @@ Queued = tuple[
     int,
     int | None,
 ]
+
+#: The fields of a ``Queued`` settlement. ``AMOUNT``: what was held; ``ACCOUNTS``: the names of
+#: the accounts held against; ``ESTIMATED``: the usage was counted here, not reported;
+#: ``OVERSHOOT``: what was charged above the hold; ``ORG_COST``: what the request cost the
+#: organisation (the deployment's ``cost`` prices; None: unknown).
+(
+    REQUEST_ID,
+    MEMBER_ID,
+    KEY_ID,
+    MODEL,
+    PRICE_VERSION,
+    AMOUNT,
+    ACCOUNTS,
+    COST,
+    PROMPT_TOKENS,
+    COMPLETION_TOKENS,
+    CACHED_TOKENS,
+    ESTIMATED,
+    AT,
+    DEPLOYMENT,
+    LATENCY_MS,
+    TTFT_MS,
+    STATUS,
+    OVERSHOOT,
+    ORG_COST,
+) = range(19)

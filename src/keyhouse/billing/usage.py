@@ -1,24 +1,45 @@
 """Usage rows, their hourly and daily roll-ups, and events — written in the billing flush's
 transaction, read by the usage API.
 
-A flush writes one row per request, so this is the meter's hot loop: each settlement becomes
-one tuple of driver-ready values (no dict, no SQLAlchemy type processing per row), and the
-roll-ups are summed per quarter hour of UTC before any timezone arithmetic (every offset in
-use is a whole number of quarter hours, so the local hour and day are the same throughout).
+A flush writes one row per request, so this is the meter's hot loop: it reads the queued
+settlements as they are (``holds.Queued``, plain tuples), each becomes one tuple of
+driver-ready values (no dict, no SQLAlchemy type processing per row), and the roll-ups are
+summed per quarter hour of UTC before any timezone arithmetic (every offset in use is a whole
+number of quarter hours, so the local hour and day are the same throughout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyhouse.billing.holds import Settlement
+from keyhouse.billing.holds import (
+    AT,
+    CACHED_TOKENS,
+    COMPLETION_TOKENS,
+    COST,
+    DEPLOYMENT,
+    ESTIMATED,
+    KEY_ID,
+    LATENCY_MS,
+    MEMBER_ID,
+    MODEL,
+    ORG_COST,
+    OVERSHOOT,
+    PRICE_VERSION,
+    PROMPT_TOKENS,
+    REQUEST_ID,
+    STATUS,
+    TTFT_MS,
+    Queued,
+)
 from keyhouse.billing.sql import dialect_name, fetch_driver, placeholders, sqlite_time
 from keyhouse.db.models import DeploymentRollup, Event, UsageRecord, UsageRollup, UTCDateTime
 
@@ -37,6 +58,7 @@ def buckets(at: datetime, timezone: str) -> tuple[datetime, datetime]:
 
 
 QUARTER = 900  # seconds
+_QUARTER = timedelta(seconds=QUARTER)
 
 
 def _quarter_buckets(quarter: int, timezone: str) -> tuple[datetime, datetime] | None:
@@ -59,27 +81,32 @@ def _quarter_buckets(quarter: int, timezone: str) -> tuple[datetime, datetime] |
 #: keep the statements each connection prepares (one per length) few and small.
 ROWS_PER_INSERT = 32  # x 17 columns: within SQLite's oldest limit of 999 parameters
 
-#: The columns of a usage row, in the order ``_row`` gives their values.
-COLUMNS = (
-    "at",
-    "request_id",
-    "member_id",
-    "key_id",
-    "model",
-    "deployment",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost",
-    "price_version",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "estimated",
-    "overshoot",
-    "org_cost",
-)
+#: The columns of a usage row, each with the field of a queued settlement that fills it.
+COLUMNS = {
+    "at": AT,
+    "request_id": REQUEST_ID,
+    "member_id": MEMBER_ID,
+    "key_id": KEY_ID,
+    "model": MODEL,
+    "deployment": DEPLOYMENT,
+    "prompt_tokens": PROMPT_TOKENS,
+    "cached_tokens": CACHED_TOKENS,
+    "completion_tokens": COMPLETION_TOKENS,
+    "cost": COST,
+    "price_version": PRICE_VERSION,
+    "latency_ms": LATENCY_MS,
+    "ttft_ms": TTFT_MS,
+    "status": STATUS,
+    "estimated": ESTIMATED,
+    "overshoot": OVERSHOOT,
+    "org_cost": ORG_COST,
+}
 assert set(COLUMNS) == {c.name for c in UsageRecord.__table__.c} - {"id"}
+assert next(iter(COLUMNS)) == "at"
+#: A settlement's values for the columns after ``at`` (whose form is the driver's), in C.
+_VALUES = itemgetter(*list(COLUMNS.values())[1:])
+#: What a settlement's roll-ups are summed by, beside its quarter hour.
+_GROUP = itemgetter(MEMBER_ID, KEY_ID, MODEL, DEPLOYMENT)
 
 
 @lru_cache(maxsize=16)  # two dialects x the sizes 32, 16, … 1
@@ -101,30 +128,7 @@ def _aware(at: datetime) -> datetime:
     return at
 
 
-def _row(s: Settlement, stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
-    hold, usage = s.hold, s.usage
-    return (
-        stamp(s.at),
-        hold.request_id,
-        hold.member_id,
-        hold.key_id,
-        hold.model,
-        s.deployment,
-        usage.prompt_tokens,
-        usage.cached_tokens,
-        usage.completion_tokens,
-        s.cost,
-        hold.price_version,
-        s.latency_ms,
-        s.ttft_ms,
-        s.status,
-        usage.estimated,
-        s.overshoot,
-        s.org_cost,
-    )
-
-
-async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> list[Settlement]:
+async def _insert_rows(session: AsyncSession, settled: Sequence[Queued]) -> list[Queued]:
     """The usage rows, as the driver takes them (SQLite stores times as UTC text, what
     ``db.models.UTCDateTime`` writes; asyncpg takes aware datetimes); returns the settlements
     whose row went in. A request id that has a row already — or comes twice — is skipped by
@@ -139,7 +143,8 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> 
             size //= 2
         params: list[Any] = []
         for s in settled[start : start + size]:
-            params.extend(_row(s, stamp))
+            params.append(stamp(s[AT]))
+            params.extend(_VALUES(s))
         rows = await fetch_driver(session, _insert(dialect, size), tuple(params))
         written.update(row[0] for row in rows)
         start += size
@@ -147,8 +152,8 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Settlement]) -> 
         return list(settled)
     fresh = []
     for s in settled:  # the first of an id's settlements is the one written
-        if s.hold.request_id in written:
-            written.discard(s.hold.request_id)
+        if s[REQUEST_ID] in written:
+            written.discard(s[REQUEST_ID])
             fresh.append(s)
     return fresh
 
@@ -170,52 +175,57 @@ MarginKey = tuple[datetime, str, str]  # day, model, deployment ("" for none)
 
 
 def totals(
-    settled: Sequence[Settlement], timezone: str
+    settled: Sequence[Queued], timezone: str
 ) -> tuple[dict[RollupKey, list[int]], dict[MarginKey, list[int]]]:
     """The settlements summed per hour and day, member, key and model (the roll-ups), and per
-    day, model and deployment (the margins)."""
+    day, model and deployment (the margins). Their times are aware (the clock's UTC)."""
     per_quarter: dict[tuple[Any, ...], list[int]] = {}
-    odd: list[Settlement] = []
+    odd: list[Queued] = []
     known: dict[int, tuple[datetime, datetime] | None] = {}
+    # The UTC quarter hour of the row before: most of a batch's rows share one, and comparing
+    # two times is a fifth of the cost of ``timestamp()``.
+    quarter, start, end = 0, datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
     for s in settled:
-        quarter = int(s.at.timestamp() // QUARTER)
-        if quarter not in known:
-            known[quarter] = _quarter_buckets(quarter, timezone)
+        at = s[AT]
+        if not start <= at < end:
+            quarter = int(at.timestamp() // QUARTER)
+            start = datetime.fromtimestamp(quarter * QUARTER, UTC)
+            end = start + _QUARTER
+            if quarter not in known:
+                known[quarter] = _quarter_buckets(quarter, timezone)
         if known[quarter] is None:
             odd.append(s)
             continue
-        hold, usage = s.hold, s.usage
-        key = (quarter, hold.member_id, hold.key_id, hold.model, s.deployment)
+        key = (quarter, _GROUP(s))
         row = per_quarter.get(key)
         if row is None:
             row = per_quarter[key] = [0, 0, 0, 0, 0, 0, 0, 0]
         row[0] += 1
-        row[1] += usage.prompt_tokens
-        row[2] += usage.cached_tokens
-        row[3] += usage.completion_tokens
-        row[4] += s.cost
-        row[5] += s.org_cost or 0
-        if s.overshoot:
-            row[6] += s.overshoot
+        row[1] += s[PROMPT_TOKENS]
+        row[2] += s[CACHED_TOKENS]
+        row[3] += s[COMPLETION_TOKENS]
+        row[4] += s[COST]
+        row[5] += s[ORG_COST] or 0
+        if s[OVERSHOOT]:
+            row[6] += s[OVERSHOOT]
             row[7] += 1
     groups: list[tuple[datetime, datetime, str, str, str, str | None, list[int]]] = []
-    for (quarter, member, key_id, model, deployment), figures in per_quarter.items():
+    for (quarter, (member, key_id, model, deployment)), figures in per_quarter.items():
         hour, day = known[quarter]  # type: ignore[misc]
         groups.append((hour, day, member, key_id, model, deployment, figures))
     for s in odd:
-        hour, day = buckets(s.at, timezone)
+        hour, day = buckets(s[AT], timezone)
         figures = [
             1,
-            s.usage.prompt_tokens,
-            s.usage.cached_tokens,
-            s.usage.completion_tokens,
-            s.cost,
-            s.org_cost or 0,
-            s.overshoot,
-            1 if s.overshoot else 0,
+            s[PROMPT_TOKENS],
+            s[CACHED_TOKENS],
+            s[COMPLETION_TOKENS],
+            s[COST],
+            s[ORG_COST] or 0,
+            s[OVERSHOOT],
+            1 if s[OVERSHOOT] else 0,
         ]
-        hold = s.hold
-        groups.append((hour, day, hold.member_id, hold.key_id, hold.model, s.deployment, figures))
+        groups.append((hour, day, *_GROUP(s), figures))
     rollups: dict[RollupKey, list[int]] = {}
     margins: dict[MarginKey, list[int]] = {}
     for hour, day, member, key_id, model, deployment, figures in groups:
@@ -233,9 +243,7 @@ def totals(
     return rollups, margins
 
 
-async def record(
-    session: AsyncSession, settled: Sequence[Settlement], timezone: str
-) -> list[Settlement]:
+async def record(session: AsyncSession, settled: Sequence[Queued], timezone: str) -> list[Queued]:
     """Usage rows for these settlements, and the roll-ups of those written; returns those
     written (not those whose request id has a row already)."""
     if not settled:

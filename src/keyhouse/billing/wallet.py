@@ -24,7 +24,7 @@ from typing import Any
 
 from keyhouse.backends.base import Usage
 from keyhouse.billing import ledger, names
-from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Queued, Settlement
+from keyhouse.billing.holds import NO_ACCOUNTS, Account, Hold, Queued
 from keyhouse.billing.leases import Leases
 from keyhouse.billing.money import Prices, show, to_micro
 from keyhouse.billing.names import period_key
@@ -40,7 +40,6 @@ __all__ = [  # the names code outside billing/ has imported from here: they stay
     "Account",
     "Hold",
     "InsufficientQuota",
-    "Settlement",
     "Wallet",
     "no_credit",
     "period_key",

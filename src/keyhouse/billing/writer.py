@@ -26,17 +26,14 @@ import struct
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.orm import configure_mappers
 
-from keyhouse.backends.base import Usage
 from keyhouse.billing import flush as flushing
-from keyhouse.billing.holds import Account, Hold, Queued, Settlement
+from keyhouse.billing.holds import Account, Queued
 from keyhouse.billing.leases import Leases
-from keyhouse.billing.money import Prices
 from keyhouse.clock import SystemClock
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
@@ -51,9 +48,6 @@ HELPER = (
     "import os, runpy; os.nice(5); "
     "runpy.run_module('keyhouse.billing.writer', run_name='__main__', alter_sys=True)"
 )
-#: Settlements come priced: the flush never prices, so the holds ``unpack`` makes (in the helper
-#: or inline) carry no prices.
-UNPRICED = Prices(Decimal(0), Decimal(0), Decimal(0))
 
 
 class WriterError(Exception):
@@ -101,7 +95,7 @@ class Inline:
         renew: bool,
     ) -> list[flushing.Written]:
         return await flushing.commit(
-            self.db, unpack(accounts, batch), now, timezone=timezone, leases=leases, renew=renew
+            self.db, batch, accounts, now, timezone=timezone, leases=leases, renew=renew
         )
 
     async def close(self) -> None:
@@ -114,25 +108,9 @@ AccountRow = tuple[str, str, int | None, int | None, str | None, int]
 
 
 def pack(accounts: dict[str, Account]) -> list[AccountRow]:
-    """The accounts as the helper needs them, plain values (the settlements are already)."""
+    """The accounts as the helper needs them, plain values (the settlements are already: the
+    flush reads them as the wallet queued them)."""
     return [(a.name, a.member_id, a.limit, a.soft, a.lease_id, a.leased) for a in accounts.values()]
-
-
-def unpack(accounts: dict[str, Account], rows: Sequence[Queued]) -> list[Settlement]:
-    """The queued settlements as ``Settlement``s for the flush, their accounts those of
-    ``accounts`` by name (one object per account, shared, as in the wallet). A name not there
-    is an account a settlement cost nothing (the wallet let it go): nothing to write of it."""
-    held: dict[tuple[str, ...], tuple[Account, ...]] = {}  # a few distinct ones a batch
-    out = []
-    for r in rows:
-        names = r[6]
-        accounts_of = held.get(names)
-        if accounts_of is None:
-            accounts_of = held[names] = tuple(accounts[n] for n in names if n in accounts)
-        hold = Hold(r[0], r[1], r[2], r[3], UNPRICED, r[4], accounts_of, r[5], None, True)
-        usage = Usage(r[8], r[9], r[10], r[11])
-        out.append(Settlement(hold, r[7], usage, r[12], r[13], r[14], r[15], r[16], r[17], r[18]))
-    return out
 
 
 # ------------------------------------------------------------------ the helper process
@@ -302,7 +280,7 @@ async def _write(db: Database, request: tuple[Any, ...]) -> list[tuple[str, int,
     leases.owner = owner  # renew and shrink the server's own leases
     accounts = {row[0]: Account(*row) for row in account_rows}
     written = await flushing.commit(
-        db, unpack(accounts, rows), now, timezone=timezone, leases=leases, renew=renew
+        db, rows, accounts, now, timezone=timezone, leases=leases, renew=renew
     )
     return [(w.account.name, w.release, w.shrink) for w in written]
 
