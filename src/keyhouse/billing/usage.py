@@ -40,7 +40,7 @@ from keyhouse.billing.holds import (
     TTFT_MS,
     Queued,
 )
-from keyhouse.billing.sql import dialect_name, fetch_driver, placeholders, sqlite_time
+from keyhouse.billing.sql import dialect_name, driver, placeholders, sqlite_time
 from keyhouse.db.models import DeploymentRollup, Event, UsageRecord, UsageRollup, UTCDateTime
 
 
@@ -136,6 +136,7 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Queued]) -> list
     was charged, with no look-up of the batch's ids beforehand."""
     dialect = dialect_name(session)
     stamp = sqlite_time if dialect == "sqlite" else _aware
+    fetch = await driver(session)
     written: set[str] = set()
     start, size = 0, ROWS_PER_INSERT
     while start < len(settled):
@@ -145,7 +146,7 @@ async def _insert_rows(session: AsyncSession, settled: Sequence[Queued]) -> list
         for s in settled[start : start + size]:
             params.append(stamp(s[AT]))
             params.extend(_VALUES(s))
-        rows = await fetch_driver(session, _insert(dialect, size), tuple(params))
+        rows = await fetch(_insert(dialect, size), tuple(params))
         written.update(row[0] for row in rows)
         start += size
     if len(written) == len(settled):
