@@ -308,9 +308,7 @@ class Leases:
         """Correct a token rule by ``delta`` units against its lease; what is left for the
         store. Units over-reserved go into the lease (the store counted them: they are ours to
         spend), up to twice its share; the rest goes back."""
-        lease = self._held.get(rule.key)  # ``_lease``'s first lines (every request's path)
-        if lease is not None and lease.rule is not rule:
-            lease = self._lease(rule)
+        lease = self._lease(rule)
         if lease is None:
             return delta
         if delta < 0:
@@ -329,9 +327,7 @@ class Leases:
     def release(self, rule: Rule, slot: str, now_us: int) -> bool:
         """Take a request's slot back into the lease (True), or leave it for the store to free."""
         born = self._born.pop(slot, None)
-        lease = self._held.get(rule.key)  # ``_lease``'s first lines (every request's path)
-        if lease is not None and lease.rule is not rule:
-            lease = self._lease(rule)
+        lease = self._lease(rule)
         if lease is None:
             return False
         if (
