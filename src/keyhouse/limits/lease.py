@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from keyhouse.limits.rules import Decision, Rule
+from keyhouse.limits.rules import Admission, Rule
 
 #: A concurrency rule's lease: at most this many slots (in Redis, each a member of a sorted set).
 MAX_SLOTS = 64
@@ -87,18 +87,6 @@ class Lease:
         return self.units if kind == "day" else len(self.slots)
 
 
-_ALL_OK: dict[int, list[bool]] = {}
-
-
-def _all_ok(n: int) -> list[bool]:
-    """``[True] * n``, made once per ``n``: every leased decision's ``oks`` (read, never
-    changed)."""
-    oks = _ALL_OK.get(n)
-    if oks is None:
-        oks = _ALL_OK[n] = [True] * n
-    return oks
-
-
 class Leases:
     """Every lease of a process, by rule key. Nothing here awaits: a request that its leases
     cover is decided between two awaits (``take``), as the in-process store decides."""
@@ -144,7 +132,7 @@ class Leases:
 
     # ------------------------------------------------------------------ the request path
 
-    def take(self, rules: list[Rule], costs: list[int], now_us: int) -> Decision | None:
+    def take(self, rules: list[Rule], costs: list[int], now_us: int) -> Admission | None:
         """Admit a request from leases alone, or None when one of its rules needs the store."""
         held = self._held
         values: list[int] = []
@@ -188,7 +176,7 @@ class Leases:
                     self._born[slot] = born
                 value = lease.seen - len(free)
             values.append(value if value > 0 else 0)
-        return Decision(True, rules, costs, values, _all_ok(len(rules)), now_us, slots)
+        return Admission(rules, costs, values, now_us, slots)
 
     def _untake(self, rules: list[Rule], costs: list[int], n: int, slots: dict[str, str]) -> None:
         """Put back what ``take`` took from the first ``n`` rules' leases."""

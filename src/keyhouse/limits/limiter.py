@@ -18,14 +18,13 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from keyhouse.clock import Clock, SystemClock
 from keyhouse.errors import KeyhouseError
 from keyhouse.limits.lease import Leases
 from keyhouse.limits.memory import MemoryStore
-from keyhouse.limits.rules import US, Decision, Rule, RuleState, decoded, duration
+from keyhouse.limits.rules import US, Admission, Decision, Rule, RuleState, duration
 
 log = logging.getLogger("keyhouse.limits")
 
@@ -70,43 +69,6 @@ class LimiterUnavailable(KeyhouseError):
     status = 503
     type = "server_error"
     code = "rate_limiter_unavailable"
-
-
-@dataclass(slots=True)
-class Admission:
-    """A request let in: the headers to send, and what to undo or correct when it ends."""
-
-    #: The store's answer; None when no rule applies or the store could not be asked.
-    decision: Decision | None = None
-    rules: list[Rule] = field(default_factory=list)
-    #: What each rule was charged (token rules: the estimate, corrected when the request ends).
-    costs: list[int] = field(default_factory=list)
-    slots: dict[str, str] = field(default_factory=dict)
-    #: Work that the model's token count leaves out (a response schema compiled, tool
-    #: definitions, logit_bias entries): still charged when the count corrects the estimate.
-    overhead_tokens: int = 0
-    finished: bool = False
-    _raw: list[tuple[bytes, bytes]] | None = None
-
-    @property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """OpenAI's rate-limit headers as the answer sends them (``Response.raw_headers``)."""
-        raw = self._raw
-        return raw if raw is not None else self.prepare()
-
-    def prepare(self) -> list[tuple[bytes, bytes]]:
-        """Make the headers (else made on first use). They come from the decision's values,
-        so they are the same whenever they are made: the pipeline makes them while the
-        backend works (``api/pipeline.answer``), off the client's wait."""
-        raw = self._raw
-        if raw is None:
-            decision = self.decision
-            raw = self._raw = decision.raw_headers() if decision is not None else []
-        return raw
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return decoded(self.raw_headers)
 
 
 class Limiter:
@@ -271,8 +233,7 @@ class Limiter:
         leases = self._leases
         if leases is None:
             return None
-        decision = leases.take(rules, costs, now_us)
-        return None if decision is None else Admission(decision, rules, costs, decision.slots)
+        return leases.take(rules, costs, now_us)
 
     async def admit(self, rules: list[Rule], costs: list[int], *, subject: str = "") -> Admission:
         """Take ``costs`` from every rule, or none of them and raise a 429."""
@@ -311,7 +272,7 @@ class Limiter:
             return self._unavailable()
         if not decision.allowed:
             raise self.refusal(decision, rules, costs, subject)
-        return Admission(decision, rules, costs, decision.slots)
+        return Admission.of(decision)
 
     async def peek(self, rules: list[Rule]) -> dict[str, str]:
         """The headers as they stand, taking nothing (for responses that consume nothing)."""

@@ -126,63 +126,128 @@ class Decision:
         return decoded(self.raw_headers())
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """The same headers as the bytes an answer sends, without the states: this runs for
-        every request, and the answer takes them as they are (no re-encoding)."""
-        # Per dimension, the rule closest to refusing: the fewest remaining, then the longest
-        # reset; on a tie, the first such rule. The arithmetic is state_of's. In locals, not a
-        # dict of tuples: this was a third of the limits' cost per request.
-        now = self.now_us
-        requests: Rule | None = None
-        tokens: Rule | None = None
-        requests_left = requests_reset = tokens_left = tokens_reset = 0
-        for rule, value in zip(self.rules, self.values):
-            kind = rule.kind
-            if kind == "rate":
-                limit = rule.limit
-                left = limit - -(-value // rule.period_us)  # (capacity - value) // unit
-                reset = -(-value // limit)
-            elif kind == "day":
-                left = rule.limit - value
-                reset = rule.day_end_us - now
-            else:
-                continue
-            if left < 0:
-                left = 0
-            if reset < 0:
-                reset = 0
-            if rule.dimension == "requests":
-                if (
-                    requests is None
-                    or left < requests_left
-                    or (left == requests_left and reset > requests_reset)
-                ):
-                    requests, requests_left, requests_reset = rule, left, reset
-            elif (
-                tokens is None
-                or left < tokens_left
-                or (left == tokens_left and reset > tokens_reset)
+        """The same headers as the bytes an answer sends, without the states."""
+        return raw_headers(self.rules, self.values, self.now_us)
+
+
+class Admission:
+    """A request let in: its rules, what each was charged (token rules: the estimate, corrected
+    when the request ends) and its value after, so the headers to send, and the slots to
+    release. Made straight from this process's leases on most requests (``Leases.take``), with
+    no ``Decision`` between: one object a request, not two."""
+
+    __slots__ = (
+        "_raw",
+        "costs",
+        "finished",
+        "now_us",
+        "overhead_tokens",
+        "rules",
+        "slots",
+        "values",
+    )
+
+    def __init__(
+        self,
+        rules: list[Rule] | None = None,
+        costs: list[int] | None = None,
+        values: list[int] | None = None,
+        now_us: int = 0,
+        slots: dict[str, str] | None = None,
+    ) -> None:
+        self.rules: list[Rule] = [] if rules is None else rules
+        self.costs: list[int] = [] if costs is None else costs
+        #: Each rule's raw value after the request (``state_of``), for the headers.
+        self.values: list[int] = [] if values is None else values
+        self.now_us = now_us
+        #: Concurrency slots taken (rule key → slot id), to release when the request ends.
+        self.slots: dict[str, str] = {} if slots is None else slots
+        #: Work that the model's token count leaves out (a response schema compiled, tool
+        #: definitions, logit_bias entries): still charged when the count corrects the
+        #: estimate.
+        self.overhead_tokens = 0
+        self.finished = False
+        self._raw: list[tuple[bytes, bytes]] | None = None
+
+    @classmethod
+    def of(cls, decision: Decision) -> Admission:
+        """An admitting decision of the store's."""
+        return cls(decision.rules, decision.costs, decision.values, decision.now_us, decision.slots)
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's rate-limit headers as the answer sends them (``Response.raw_headers``)."""
+        raw = self._raw
+        return raw if raw is not None else self.prepare()
+
+    def prepare(self) -> list[tuple[bytes, bytes]]:
+        """Make the headers (else made on first use). They come from the values, so they are
+        the same whenever they are made: the pipeline makes them while the backend works
+        (``api/pipeline.answer``), off the client's wait."""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = raw_headers(self.rules, self.values, self.now_us)
+        return raw
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return decoded(self.raw_headers)
+
+
+def raw_headers(rules: list[Rule], values: list[int], now: int) -> list[tuple[bytes, bytes]]:
+    """OpenAI's six headers (``headers_for(states)`` as text) as the bytes an answer sends, from
+    the rules' raw values (``state_of``), without the states: this runs for every request, and
+    the answer takes them as they are (no re-encoding)."""
+    # Per dimension, the rule closest to refusing: the fewest remaining, then the longest
+    # reset; on a tie, the first such rule. The arithmetic is state_of's. In locals, not a
+    # dict of tuples: this was a third of the limits' cost per request.
+    requests: Rule | None = None
+    tokens: Rule | None = None
+    requests_left = requests_reset = tokens_left = tokens_reset = 0
+    for rule, value in zip(rules, values):
+        kind = rule.kind
+        if kind == "rate":
+            limit = rule.limit
+            left = limit - -(-value // rule.period_us)  # (capacity - value) // unit
+            reset = -(-value // limit)
+        elif kind == "day":
+            left = rule.limit - value
+            reset = rule.day_end_us - now
+        else:
+            continue
+        if left < 0:
+            left = 0
+        if reset < 0:
+            reset = 0
+        if rule.dimension == "requests":
+            if (
+                requests is None
+                or left < requests_left
+                or (left == requests_left and reset > requests_reset)
             ):
-                tokens, tokens_left, tokens_reset = rule, left, reset
-        if requests is None:
-            if tokens is None:
-                return []
-            return [
-                tokens.limit_header,
-                (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
-                (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
-            ]
-        headers = [
-            requests.limit_header,
-            (b"x-ratelimit-remaining-requests", b"%d" % requests_left),
-            (b"x-ratelimit-reset-requests", _duration(requests_reset)),
+                requests, requests_left, requests_reset = rule, left, reset
+        elif tokens is None or left < tokens_left or (left == tokens_left and reset > tokens_reset):
+            tokens, tokens_left, tokens_reset = rule, left, reset
+    if requests is None:
+        if tokens is None:
+            return []
+        return [
+            tokens.limit_header,
+            (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
+            (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
         ]
-        if tokens is not None:
-            headers += (
-                tokens.limit_header,
-                (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
-                (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
-            )
-        return headers
+    headers = [
+        requests.limit_header,
+        (b"x-ratelimit-remaining-requests", b"%d" % requests_left),
+        (b"x-ratelimit-reset-requests", _duration(requests_reset)),
+    ]
+    if tokens is not None:
+        headers += (
+            tokens.limit_header,
+            (b"x-ratelimit-remaining-tokens", b"%d" % tokens_left),
+            (b"x-ratelimit-reset-tokens", _duration(tokens_reset)),
+        )
+    return headers
 
 
 def decoded(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
