@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Clock(Protocol):
@@ -29,6 +33,28 @@ class FrozenClock:
 
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)
+
+
+def micros(at: datetime) -> int:
+    """An aware time as whole microseconds since the epoch: exact (no float between)."""
+    return (at - EPOCH) // _MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    """``micros`` undone: the aware UTC time."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def _system_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def micros_of(clock: Clock) -> Callable[[], int]:
+    """The clock's time in whole microseconds since the epoch, as a function to call: for the
+    system's clock, read without a ``datetime`` made (what a request's settlement stamps)."""
+    if type(clock) is SystemClock:
+        return _system_micros
+    return lambda: micros(clock.now())
 
 
 def unix() -> int:

@@ -14,7 +14,7 @@ from keyhouse.accounts.members import create_member
 from keyhouse.billing import holds, ledger
 from keyhouse.billing.holds import Queued
 from keyhouse.billing.money import MICRO
-from keyhouse.clock import Clock
+from keyhouse.clock import Clock, micros
 from keyhouse.db.models import LedgerEntry
 from keyhouse.keys.secrets import SecretRing
 from tests.conftest import TEMPLATES, TEST_SECRET, pg_env
@@ -44,7 +44,7 @@ def queued(
     org_cost: int | None = None,
 ) -> Queued:
     """A settlement as the wallet queues it for the flush (``billing.holds.Queued``), its
-    fields placed by their names there."""
+    fields placed by their names there (``at``: an aware time, queued as microseconds)."""
     fields = {
         holds.REQUEST_ID: request_id,
         holds.MEMBER_ID: member,
@@ -58,7 +58,7 @@ def queued(
         holds.COMPLETION_TOKENS: completion,
         holds.CACHED_TOKENS: cached,
         holds.ESTIMATED: False,
-        holds.AT: at,
+        holds.AT: micros(at),
         holds.DEPLOYMENT: deployment,
         holds.LATENCY_MS: 10,
         holds.TTFT_MS: None,

@@ -17,6 +17,7 @@ from keyhouse.billing import usage as usage_rows
 from keyhouse.billing.holds import AT, COST, MEMBER_ID, ORG_COST, OVERSHOOT, Queued
 from keyhouse.billing.money import Prices
 from keyhouse.billing.sql import sqlite_time
+from keyhouse.clock import as_utc, from_micros, micros
 from keyhouse.config import ModelSpec
 from keyhouse.db.models import UsageRecord
 from tests.billing.credit_support import queued
@@ -48,7 +49,7 @@ def test_times_are_written_as_sqlalchemy_writes_them_on_sqlite() -> None:
             values = {**row, "at": at, "request_id": f"req_{i}", "estimated": False}
             connection.execute(insert(UsageRecord.__table__), values)
         stored = connection.exec_driver_sql("SELECT at FROM usage ORDER BY id").scalars().all()
-    assert stored == [sqlite_time(at) for at in times]
+    assert stored == [sqlite_time(micros(as_utc(at))) for at in times]  # type: ignore[arg-type]
 
 
 def _settlement(at: datetime, member: str, cost: int, overshoot: int) -> Queued:
@@ -73,7 +74,7 @@ def _one_by_one(settled: list[Queued], zone: str) -> tuple[dict, dict]:  # type:
     for s in settled:
         overshoot = s[OVERSHOOT]
         figures = [1, 3, 1, 5, s[COST], s[ORG_COST] or 0, overshoot, 1 if overshoot else 0]
-        hour, day = usage_rows.buckets(s[AT], zone)
+        hour, day = usage_rows.buckets(from_micros(s[AT]), zone)
         for target, key in (
             (rollups, ("hour", hour, s[MEMBER_ID], "key_1", "m")),
             (rollups, ("day", day, s[MEMBER_ID], "key_1", "m")),

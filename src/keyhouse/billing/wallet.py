@@ -31,7 +31,7 @@ from keyhouse.billing.names import period_key
 from keyhouse.billing.prices import PriceVersions
 from keyhouse.billing.quota import InsufficientQuota, no_credit, why
 from keyhouse.billing.writer import Writer, writer_for
-from keyhouse.clock import Clock
+from keyhouse.clock import Clock, micros_of
 from keyhouse.config import Settings
 from keyhouse.db.engine import Database
 from keyhouse.keys.principal import Principal
@@ -62,6 +62,8 @@ class Wallet:
         #: Who writes a flush: a helper process on SQLite, this one otherwise.
         self.writer: Writer = writer_for(db, settings)
         self.clock = clock
+        #: The clock in whole microseconds: what a settlement is stamped with (``holds.AT``).
+        self._micros = micros_of(clock)
         self.leases = Leases(db, clock, size=to_micro(settings.lease_size), ttl=settings.lease_ttl)
         self.prices = PriceVersions(db, clock, settings.currency)
         self.settings = settings
@@ -271,7 +273,7 @@ class Wallet:
                 used.completion_tokens,
                 used.cached_tokens,
                 used.estimated,
-                self.clock.now(),
+                self._micros(),
                 deployment,
                 latency_ms,
                 ttft_ms,
