@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from operator import attrgetter
 from typing import Any
 
 from keyhouse.backends.base import Usage
@@ -52,6 +53,8 @@ REAP_EVERY = 5.0
 EXPIRE_EVERY = 60.0  # seconds between two runs of the lot expiry job (the first: at once)
 
 UNKNOWN = Usage(0, 0, estimated=True)
+#: An account's name, in C (``settle`` names the accounts a settlement was charged to).
+_NAME = attrgetter("name")
 
 
 class Wallet:
@@ -69,6 +72,9 @@ class Wallet:
         self.settings = settings
         self.accounts: dict[str, Account] = {}
         self._queue: list[Queued] = []
+        #: The accounts the queued settlements were charged to, by name: what the next flush
+        #: spends from (kept as they settle, so the flush need not read every row for them).
+        self._spent: dict[str, Account] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_reap = 0.0
         self._next_expiry = 0.0  # time.monotonic() of the next run; every process runs it
@@ -140,28 +146,34 @@ class Wallet:
 
     def _accounts_for(self, principal: Principal) -> list[Account]:
         """The member's balance, and the member's and the key's budgets for this period."""
-        wanted: list[tuple[str, int | None, int | None]] = [
-            (names.balance(principal.member_id), None, None)
-        ]
-        now = None
+        used = time.monotonic()  # not idle: its lease stays while this request leases
+        member_id = principal.member_id
+        accounts = [self._account(names.balance(member_id), member_id, None, None, used)]
+        member_budget, key_budget = principal.member_budget, principal.key_budget
+        if (member_budget is None or member_budget.hard is None) and (
+            key_budget is None or key_budget.hard is None
+        ):
+            return accounts  # most keys: the balance alone
+        now = self.clock.now()
         for scope, ref, budget in (
-            ("m", principal.member_id, principal.member_budget),
-            ("k", principal.key_id, principal.key_budget),
+            ("m", member_id, member_budget),
+            ("k", principal.key_id, key_budget),
         ):
             if budget is not None and budget.hard is not None:
-                now = now or self.clock.now()
                 period = period_key(budget.period, now, self.settings.timezone)
-                wanted.append((names.budget(scope, ref, str(period)), budget.hard, budget.soft))
-        out = []
-        used = time.monotonic()
-        for name, limit, soft in wanted:
-            account = self.accounts.get(name)
-            if account is None:
-                account = self.accounts[name] = Account(name, principal.member_id, limit, soft)
-            account.limit, account.soft = limit, soft
-            account.last_used = used  # not idle: its lease stays while this request leases
-            out.append(account)
-        return out
+                name = names.budget(scope, ref, str(period))
+                accounts.append(self._account(name, member_id, budget.hard, budget.soft, used))
+        return accounts
+
+    def _account(
+        self, name: str, member_id: str, limit: int | None, soft: int | None, used: float
+    ) -> Account:
+        account = self.accounts.get(name)
+        if account is None:
+            account = self.accounts[name] = Account(name, member_id, limit, soft)
+        account.limit, account.soft = limit, soft
+        account.last_used = used
+        return account
 
     async def hold(
         self,
@@ -255,10 +267,15 @@ class Wallet:
                     used.completion_tokens,
                 )
             touched = time.monotonic()
+            spent = self._spent
             for account in hold.accounts:
                 account.held -= hold.amount
                 account.pending += cost
                 account.last_used = touched
+                spent[account.name] = account
+            charged = tuple(map(_NAME, hold.accounts))
+        else:
+            charged = ()
         self._queue.append(
             (
                 hold.request_id,
@@ -267,7 +284,7 @@ class Wallet:
                 hold.model,
                 hold.price_version,
                 hold.amount,
-                tuple([account.name for account in hold.accounts]),
+                charged,
                 cost,
                 used.prompt_tokens,
                 used.completion_tokens,
@@ -291,10 +308,12 @@ class Wallet:
                 await self.leases.renew(self.accounts.values())
                 return
             batch, self._queue = self._queue, []
+            spent, self._spent = self._spent, {}
             # The accounts the batch spent from, by name. One with a settlement still queued
-            # has it pending and stays here (``return_leases``), unless it cost nothing.
+            # has it pending and stays here (``return_leases``), unless it cost nothing: one
+            # the wallet has let go of since is left out.
             known = self.accounts
-            accounts = {name: known[name] for row in batch for name in row[6] if name in known}
+            accounts = {name: a for name, a in spent.items() if known.get(name) is a}
             try:
                 written = await self.writer.write(
                     batch,
@@ -306,6 +325,8 @@ class Wallet:
                 )
             except BaseException:
                 self._queue[:0] = batch  # not written: again next time
+                spent.update(self._spent)  # with those settled meanwhile
+                self._spent = spent
                 raise
         for item in written:
             item.account.pending -= item.release
