@@ -1,6 +1,6 @@
 """What the meter costs: requests/s with billing off, meter-only, and enforced (holds).
 
-    python bench/meter.py [--seconds 1] [--rounds 24] [--against SRC]
+    python bench/meter.py [--seconds 3] [--rounds 12] [--against SRC]
 
 Three servers identical but for ``billing_mode``, through a fast fake upstream, at 16
 connections, in turns in one run (bench/compare.py); rate limits off in all three. "meter-only"
@@ -203,8 +203,9 @@ def cpu(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=24)
+    # Three flushes a turn (billing_flush_interval = 1 s): a turn of 1 s held zero, one or two
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--against", type=Path, help="another source tree, measured alongside")
     parser.add_argument("--cpu", action="store_true", help="the wallet's CPU per request")

@@ -155,8 +155,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--one-rounds", type=int, default=20, help="rounds at one connection")
     parser.add_argument("--one-seconds", type=float, default=0.6)
-    parser.add_argument("--cost-rounds", type=int, default=24, help="rounds of the cost servers")
-    parser.add_argument("--cost-seconds", type=float, default=1.0)
+    parser.add_argument("--cost-rounds", type=int, default=12, help="rounds of the cost servers")
+    # Three of the meter's 1 s flushes a turn: with 1 s turns a turn held zero, one or two of
+    # them, and the meter's cost jumped by ten points between runs (bench/README.md)
+    parser.add_argument("--cost-seconds", type=float, default=3.0)
     parser.add_argument(
         "--cost-rate", type=float, default=2000, help="the paced cost rounds' requests/s"
     )
