@@ -20,7 +20,7 @@ import secrets
 import time
 from typing import Literal, Protocol
 
-from keyhouse.clock import Clock, SystemClock
+from keyhouse.clock import Clock, micros_of
 from keyhouse.errors import KeyhouseError
 from keyhouse.limits.lease import Leases
 from keyhouse.limits.memory import MemoryStore
@@ -86,7 +86,7 @@ class Limiter:
         its store (``limits/lease.py``); 0 asks the store for every request."""
         self.store = store
         self.clock = clock
-        self._system_clock = type(clock) is SystemClock
+        self._micros = micros_of(clock)  # the system's without a datetime (three times a request)
         self._memory = store if isinstance(store, MemoryStore) else None
         self._leases = Leases(lease, int(lease_seconds * US)) if lease > 0 else None
         self._keeper: asyncio.Task[None] | None = None
@@ -149,9 +149,7 @@ class Limiter:
         return f"{self._slot_prefix}-{next(self._slots)}"
 
     def now_us(self) -> int:
-        if self._system_clock:  # the same time, without a datetime (three times a request)
-            return time.time_ns() // 1000
-        return int(self.clock.now().timestamp() * US)
+        return self._micros()
 
     # ------------------------------------------------------------------ failure policy
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from keyhouse.clock import micros
 from keyhouse.config import LimitSet, ModelSpec, Settings, Tier
 from keyhouse.keys.principal import Principal
 from keyhouse.limits.rules import US, Rule
@@ -23,7 +24,7 @@ def day_bounds(now: datetime, timezone: str) -> tuple[int, int]:
     today = now.astimezone(zone).date()
     start = datetime.combine(today, time(0), tzinfo=zone)
     end = datetime.combine(today + timedelta(days=1), time(0), tzinfo=zone)
-    return int(start.timestamp() * US), int(end.timestamp() * US)
+    return micros(start), micros(end)
 
 
 def rules_of(
